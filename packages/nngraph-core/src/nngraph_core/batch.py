@@ -1,0 +1,301 @@
+"""Batches of neural graphs.
+
+A :class:`GraphBatch` concatenates graphs PyG-style: node features ``[sum N, d_node]``, edge
+features ``[sum E, d_edge]``, an edge index with per-graph node offsets, and a ``batch`` vector
+giving each node's graph. Two ways to build one:
+
+* :meth:`GraphTemplate.batch <nngraph_core.GraphTemplate.batch>` for a zoo of ONE architecture:
+  one gather; structure tensors (edge index, batch vector, node attributes) are produced lazily
+  from the template, and :meth:`GraphBatch.dense_nodes` / :meth:`GraphBatch.dense_edges` give
+  ``[B, N, d]`` / ``[B, E, d]`` views without a copy.
+* :func:`batch` for a list of graphs of any architectures (kernels re-padded to a common size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ShapeMismatchError
+from .graph import NeuralGraph
+from .spec import NetworkSpec
+from .template import GraphTemplate
+
+__all__ = ["GraphBatch", "batch"]
+
+
+class GraphBatch:
+    """A batch of neural graphs (see the module docstring for the layout).
+
+    Attributes:
+        node_features: ``[sum N, d_node]``.
+        edge_features: ``[sum E, d_edge]``.
+        num_graphs: ``B``.
+        node_ptr, edge_ptr: ``[B + 1]`` offsets of each graph's nodes / edges.
+        template: the shared :class:`GraphTemplate` when all graphs have one architecture and
+            the batch came from :meth:`GraphTemplate.batch`, else ``None``.
+        specs: the architecture of every graph.
+    """
+
+    def __init__(
+        self,
+        node_features: Tensor,
+        edge_features: Tensor,
+        *,
+        num_graphs: int,
+        node_ptr: Tensor,
+        edge_ptr: Tensor,
+        template: GraphTemplate | None = None,
+        specs: Sequence[NetworkSpec] = (),
+        structure: dict[str, Tensor] | None = None,
+    ) -> None:
+        self.node_features = node_features
+        self.edge_features = edge_features
+        self.num_graphs = num_graphs
+        self.node_ptr = node_ptr
+        self.edge_ptr = edge_ptr
+        self.template = template
+        self.specs: tuple[NetworkSpec, ...] = tuple(specs) if specs else ((template.spec,) * num_graphs if template else ())
+        self._structure: dict[str, Tensor] = dict(structure or {})
+
+    @classmethod
+    def from_template(cls, template: GraphTemplate, nodes: Tensor, edges: Tensor) -> GraphBatch:
+        """Wrap dense features ``[B, N, 1]`` / ``[B, E, d]`` of one architecture."""
+        b = nodes.shape[0]
+        dev = nodes.device
+        return cls(
+            nodes.reshape(b * template.num_nodes, template.node_dim),
+            edges.reshape(b * template.num_edges, template.edge_dim),
+            num_graphs=b,
+            node_ptr=torch.arange(b + 1, device=dev) * template.num_nodes,
+            edge_ptr=torch.arange(b + 1, device=dev) * template.num_edges,
+            template=template,
+        )
+
+    # -- structure (lazy for template batches) ---------------------------------------------------
+    def _tiled(self, name: str) -> Tensor:
+        if name not in self._structure:
+            assert self.template is not None
+            base: Tensor = getattr(self.template, name)
+            dev = self.node_features.device
+            self._structure[name] = base.to(dev).repeat(self.num_graphs)
+        return self._structure[name]
+
+    @property
+    def edge_index(self) -> Tensor:
+        """``[2, sum E]`` with per-graph node offsets (built on first access for template batches)."""
+        if "edge_index" not in self._structure:
+            t = self.template
+            assert t is not None
+            dev = self.node_features.device
+            offsets = (torch.arange(self.num_graphs, device=dev) * t.num_nodes).repeat_interleave(t.num_edges)
+            self._structure["edge_index"] = t.edge_index.to(dev).repeat(1, self.num_graphs) + offsets
+        return self._structure["edge_index"]
+
+    @property
+    def batch(self) -> Tensor:
+        """``[sum N]`` graph id of every node."""
+        if "batch" not in self._structure:
+            counts = self.node_ptr.diff()
+            self._structure["batch"] = torch.repeat_interleave(
+                torch.arange(self.num_graphs, device=counts.device), counts
+            )
+        return self._structure["batch"]
+
+    @property
+    def node_layer(self) -> Tensor:
+        return self._tiled("node_layer")
+
+    @property
+    def node_role(self) -> Tensor:
+        return self._tiled("node_role")
+
+    @property
+    def node_activation(self) -> Tensor:
+        return self._tiled("node_activation")
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_features.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_features.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_graphs
+
+    def __repr__(self) -> str:
+        kind = "one architecture" if self.template is not None else "mixed"
+        return (
+            f"GraphBatch(graphs={self.num_graphs}, nodes={self.num_nodes}, edges={self.num_edges}, "
+            f"edge_dim={self.edge_features.shape[-1]}, {kind})"
+        )
+
+    # -- dense views (one architecture) --------------------------------------------------------------
+    def _require_template(self, what: str) -> GraphTemplate:
+        if self.template is None:
+            raise ShapeMismatchError(f"{what} needs a batch of one architecture (built by GraphTemplate.batch)")
+        return self.template
+
+    def dense_nodes(self) -> Tensor:
+        """``[B, N, d_node]`` view of the node features."""
+        t = self._require_template("dense_nodes()")
+        return self.node_features.view(self.num_graphs, t.num_nodes, -1)
+
+    def dense_edges(self) -> Tensor:
+        """``[B, E, d_edge]`` view of the edge features."""
+        t = self._require_template("dense_edges()")
+        return self.edge_features.view(self.num_graphs, t.num_edges, -1)
+
+    # -- back to networks ---------------------------------------------------------------------------
+    def params(self) -> Tensor:
+        """Flat parameters ``[B, P]`` (one architecture): the exact inverse of ``template.batch``."""
+        t = self._require_template("params()")
+        return t.params(self.node_features, self.edge_features)
+
+    def to_graphs(self) -> list[NeuralGraph]:
+        """Split into single :class:`NeuralGraph` objects (exact: ``to_state_dict`` of each gives
+        back the network that went in)."""
+        if self.template is not None:
+            t = self.template
+            return [t.graph(p, allow_nonfinite=True) for p in self.params()]
+        out = []
+        st = self._structure
+        for i, spec in enumerate(self.specs):
+            n0, n1 = int(self.node_ptr[i]), int(self.node_ptr[i + 1])
+            e0, e1 = int(self.edge_ptr[i]), int(self.edge_ptr[i + 1])
+            edge_index = st["edge_index"][:, e0:e1] - n0
+            node_layer = st["node_layer"][n0:n1]
+            kernel = self._kernel_shape()
+            feats, param = _repad(
+                self.edge_features[e0:e1],
+                st["edge_param"][e0:e1],
+                node_layer[edge_index[0]],
+                spec,
+                kernel,
+                spec.kernel_shape,
+            )
+            out.append(
+                NeuralGraph(
+                    node_features=self.node_features[n0:n1],
+                    edge_index=edge_index,
+                    edge_features=feats,
+                    node_layer=node_layer,
+                    node_role=st["node_role"][n0:n1],
+                    node_activation=st["node_activation"][n0:n1],
+                    node_param=st["node_param"][n0:n1],
+                    edge_param=param,
+                    spec=spec,
+                )
+            )
+        return out
+
+    def _kernel_shape(self) -> tuple[int, int]:
+        return (max(s.kernel_shape[0] for s in self.specs), max(s.kernel_shape[1] for s in self.specs))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GraphBatch:
+        """Move to ``device`` and/or cast the features to ``dtype``."""
+        structure = {k: v.to(device) for k, v in self._structure.items()}
+        return GraphBatch(
+            self.node_features.to(device=device, dtype=dtype),
+            self.edge_features.to(device=device, dtype=dtype),
+            num_graphs=self.num_graphs,
+            node_ptr=self.node_ptr.to(device),
+            edge_ptr=self.edge_ptr.to(device),
+            template=self.template,
+            specs=self.specs,
+            structure=structure,
+        )
+
+    def to_pyg(self) -> Any:
+        """A ``torch_geometric.data.Batch`` (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``ptr``,
+        ``node_layer``, ``node_role``). Requires ``pip install nngraph-core[pyg]``."""
+        try:
+            from torch_geometric.data import Batch
+        except ImportError as exc:  # pragma: no cover - exercised only without PyG
+            raise ImportError("to_pyg() needs torch-geometric: pip install 'nngraph-core[pyg]'") from exc
+        out = Batch(
+            x=self.node_features,
+            edge_index=self.edge_index,
+            edge_attr=self.edge_features,
+            batch=self.batch,
+            ptr=self.node_ptr,
+            node_layer=self.node_layer,
+            node_role=self.node_role,
+            node_activation=self.node_activation,
+        )
+        return out
+
+
+def _repad(
+    features: Tensor,
+    param: Tensor,
+    src_layer: Tensor,
+    spec: NetworkSpec,
+    old: tuple[int, int],
+    new: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Edge features and their parameter map moved from centred kernel window ``old`` to ``new``."""
+    if old == new:
+        return features, param
+    e = features.shape[0]
+    feats = torch.zeros(e, *new, dtype=features.dtype, device=features.device)
+    index = torch.full((e, *new), -1, dtype=torch.long, device=features.device)
+    old_f = features.reshape(e, *old)
+    old_i = param.reshape(e, *old)
+    for idx, layer in enumerate(spec.layers):
+        kh, kw = layer.kernel_size
+        r0, c0 = (old[0] - kh) // 2, (old[1] - kw) // 2
+        r1, c1 = (new[0] - kh) // 2, (new[1] - kw) // 2
+        sel = (src_layer == idx).nonzero().flatten()
+        feats[sel, r1 : r1 + kh, c1 : c1 + kw] = old_f[sel, r0 : r0 + kh, c0 : c0 + kw]
+        index[sel, r1 : r1 + kh, c1 : c1 + kw] = old_i[sel, r0 : r0 + kh, c0 : c0 + kw]
+    return feats.reshape(e, -1), index.reshape(e, -1)
+
+
+def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
+    """Concatenate graphs of any architectures into one :class:`GraphBatch`.
+
+    Edge features are re-padded (centred) to the largest kernel among the graphs, so a batch of
+    MLPs and CNNs with different kernel sizes shares one edge-feature width. All graphs must
+    have one dtype and device.
+    """
+    if not graphs:
+        raise ShapeMismatchError("batch() needs at least one graph")
+    dtypes = {g.dtype for g in graphs}
+    devices = {g.device for g in graphs}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise ShapeMismatchError(f"graphs differ in dtype/device: {dtypes} {devices}")
+    kh = max(g.kernel_shape[0] for g in graphs)
+    kw = max(g.kernel_shape[1] for g in graphs)
+    dev = graphs[0].device
+    node_counts = torch.tensor([g.num_nodes for g in graphs], device=dev)
+    edge_counts = torch.tensor([g.num_edges for g in graphs], device=dev)
+    node_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), node_counts.cumsum(0)])
+    edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), edge_counts.cumsum(0)])
+    repadded = [
+        _repad(g.edge_features, g.edge_param, g.node_layer[g.edge_index[0]], g.spec, g.kernel_shape, (kh, kw))
+        for g in graphs
+    ]
+    offsets = node_ptr[:-1].repeat_interleave(edge_counts)
+    structure = {
+        "edge_index": torch.cat([g.edge_index for g in graphs], dim=1) + offsets,
+        "node_layer": torch.cat([g.node_layer for g in graphs]),
+        "node_role": torch.cat([g.node_role for g in graphs]),
+        "node_activation": torch.cat([g.node_activation for g in graphs]),
+        "node_param": torch.cat([g.node_param for g in graphs]),
+        "edge_param": torch.cat([p for _, p in repadded]),
+    }
+    return GraphBatch(
+        torch.cat([g.node_features for g in graphs]),
+        torch.cat([f for f, _ in repadded]),
+        num_graphs=len(graphs),
+        node_ptr=node_ptr,
+        edge_ptr=edge_ptr,
+        specs=[g.spec for g in graphs],
+        structure=structure,
+    )

@@ -1,0 +1,52 @@
+"""Typed errors raised by nngraph.
+
+Every error derives from :class:`NNGraphError`, so ``except NNGraphError`` catches all of them,
+and each also derives from the closest built-in exception (``TypeError`` / ``ValueError``) so
+code that predates nngraph keeps working. Messages name the offending module or state-dict key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchitectureError",
+    "MissingKeyError",
+    "NNGraphError",
+    "NonFiniteWeightsError",
+    "ShapeMismatchError",
+    "UnexpectedKeyError",
+    "UnsupportedLayerError",
+]
+
+
+class NNGraphError(Exception):
+    """Base class of every error raised by nngraph."""
+
+
+class UnsupportedLayerError(NNGraphError, TypeError):
+    """A module cannot be expressed as part of a neural graph (e.g. ``BatchNorm2d``, ``LSTM``)."""
+
+
+class ArchitectureError(NNGraphError, ValueError):
+    """Layers do not chain (widths disagree), or the architecture is otherwise not a network we support."""
+
+
+class ShapeMismatchError(NNGraphError, ValueError):
+    """A tensor has a shape other than the one the architecture requires."""
+
+
+class MissingKeyError(NNGraphError, KeyError):
+    """A state dict lacks a key that the architecture requires."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class UnexpectedKeyError(NNGraphError, KeyError):
+    """A state dict has a key that the architecture does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteWeightsError(NNGraphError, ValueError):
+    """A parameter contains NaN or infinite values (pass ``allow_nonfinite=True`` to accept them)."""

@@ -1,0 +1,425 @@
+"""Architecture descriptions: which layers a network has, and where their parameters live.
+
+A :class:`NetworkSpec` is read off a module once (:func:`network_spec`) and then serves every
+network of that architecture: it knows the state-dict keys in order, the widths of every layer,
+the largest kernel, and the parameter-free modules (activations, pooling, flatten) between the
+layers, so the network can also be run functionally from flat parameters.
+
+Supported: ``nn.Linear`` and ``nn.Conv2d`` (any kernel, stride, padding, dilation; ``groups=1``),
+each with or without bias, and any *parameter-free* module between them (activations including
+user-defined ones such as :class:`~nngraph_core.Sine`, dropout, pooling, flatten). Layers are
+read in ``named_modules()`` order; a module whose ``forward`` does something else can declare
+its computation with a method ``nngraph_layers(self) -> list[nn.Module]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import ArchitectureError, UnsupportedLayerError
+
+__all__ = ["LayerSpec", "NetworkSpec", "network_spec"]
+
+LayerKind = Literal["linear", "conv2d"]
+
+# Parameter-free modules that reorder or mix neurons: they break the layer-wise node identity.
+_MIXING_MODULES: tuple[type[nn.Module], ...] = (
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ChannelShuffle,
+    nn.Unflatten,
+    nn.Fold,
+    nn.Unfold,
+)
+# Modules that change nothing about the computation at evaluation time.
+_IGNORED_NAMES = {"Identity", "Flatten", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout"}
+_SPATIAL_REDUCERS: tuple[type[nn.Module], ...] = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = tuple(v)
+    return (int(a), int(b))
+
+
+def _op_name(m: nn.Module) -> str:
+    extra = m.extra_repr()
+    name = type(m).__name__.lower()
+    return f"{name}({extra})" if extra else name
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSpec:
+    """One parameterised layer of a network.
+
+    Args:
+        kind: ``"linear"`` or ``"conv2d"``.
+        in_features: input neurons (channels for a conv; for a linear layer fed by a flattened
+            feature map, the number of *channels* of that map).
+        out_features: output neurons / channels.
+        weight_key: state-dict key of the weight.
+        bias_key: state-dict key of the bias, or ``None`` for a layer without bias.
+        weight_shape: the weight's shape as stored.
+        kernel_size: ``(kh, kw)``; ``(1, 1)`` for a linear layer; for a linear layer fed by a
+            flattened ``[C, h, w]`` map it is ``(h, w)``: each channel -> neuron edge carries the
+            ``h * w`` weights that connect that channel to that neuron.
+        stride, padding, dilation, padding_mode: conv hyper-parameters (unused for linear).
+        ops_after: the parameter-free modules applied to this layer's output, in order.
+    """
+
+    kind: LayerKind
+    in_features: int
+    out_features: int
+    weight_key: str
+    bias_key: str | None
+    weight_shape: tuple[int, ...]
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    padding_mode: str = "zeros"
+    ops_after: tuple[nn.Module, ...] = field(default=(), repr=False)
+
+    @property
+    def flattened(self) -> bool:
+        """True for a linear layer fed by a flattened (not pooled) feature map."""
+        return self.kind == "linear" and self.kernel_size != (1, 1)
+
+    @property
+    def activation(self) -> str:
+        """Readable name of the parameter-free modules after this layer (``"identity"`` if none)."""
+        names = [_op_name(m) for m in self.ops_after if type(m).__name__ not in _IGNORED_NAMES]
+        return "+".join(names) if names else "identity"
+
+    def signature(self) -> tuple[object, ...]:
+        return (
+            self.kind,
+            self.in_features,
+            self.out_features,
+            self.weight_key,
+            self.bias_key,
+            self.weight_shape,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.padding_mode,
+            self.activation,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkSpec:
+    """The architecture of a network: its layers and the layout of its state dict.
+
+    Two specs are equal when they describe the same architecture with the same keys (the
+    parameter-free modules are compared by name). Flat parameter vectors follow
+    :attr:`param_keys` order, each tensor flattened row-major.
+    """
+
+    layers: tuple[LayerSpec, ...]
+    param_keys: tuple[str, ...]
+    param_shapes: tuple[tuple[int, ...], ...]
+    input_ops: tuple[nn.Module, ...] = field(default=(), repr=False)
+    input_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ArchitectureError("a network needs at least one Linear or Conv2d layer")
+
+    # -- sizes ---------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        """Number of parameterised layers ``L`` (the graph has ``L + 1`` node layers)."""
+        return len(self.layers)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Nodes per node layer: ``(n_0, n_1, ..., n_L)``."""
+        return (self.layers[0].in_features, *(layer.out_features for layer in self.layers))
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(self.widths)
+
+    @property
+    def num_edges(self) -> int:
+        return sum(layer.in_features * layer.out_features for layer in self.layers)
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(s) for s in self.param_shapes)
+
+    @property
+    def kernel_shape(self) -> tuple[int, int]:
+        """The largest kernel ``(Kh, Kw)``; every edge feature is a kernel padded to this size."""
+        return (
+            max(layer.kernel_size[0] for layer in self.layers),
+            max(layer.kernel_size[1] for layer in self.layers),
+        )
+
+    @property
+    def edge_dim(self) -> int:
+        kh, kw = self.kernel_shape
+        return kh * kw
+
+    @property
+    def is_cnn(self) -> bool:
+        return any(layer.kind == "conv2d" for layer in self.layers)
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """Distinct activation names; node ``node_activation`` values index this tuple."""
+        names: list[str] = ["identity"]
+        for layer in self.layers:
+            if layer.activation not in names:
+                names.append(layer.activation)
+        return tuple(names)
+
+    def param_offsets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """``key -> (offset in the flat vector, shape)``."""
+        out: dict[str, tuple[int, tuple[int, ...]]] = {}
+        offset = 0
+        for key, shape in zip(self.param_keys, self.param_shapes, strict=True):
+            out[key] = (offset, shape)
+            offset += math.prod(shape)
+        return out
+
+    def signature(self) -> tuple[object, ...]:
+        return (
+            tuple(layer.signature() for layer in self.layers),
+            self.param_keys,
+            self.param_shapes,
+            tuple(_op_name(m) for m in self.input_ops),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NetworkSpec):
+            return NotImplemented
+        return self.signature() == other.signature()
+
+    def __hash__(self) -> int:
+        return hash(self.signature())
+
+    def describe(self) -> str:
+        """One line: ``linear 2->32 sine(w0=30.0) | linear 32->32 ... ``."""
+        parts = []
+        for layer in self.layers:
+            k = "" if layer.kernel_size == (1, 1) else f" k{layer.kernel_size[0]}x{layer.kernel_size[1]}"
+            parts.append(f"{layer.kind} {layer.in_features}->{layer.out_features}{k} {layer.activation}")
+        return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a spec off a module
+# ---------------------------------------------------------------------------------------------
+
+
+def _ordered_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The computation order: ``nngraph_layers()`` if defined, else leaves in registration order."""
+    names = {id(m): n for n, m in module.named_modules()}
+    custom = getattr(module, "nngraph_layers", None)
+    if callable(custom):
+        out = []
+        for i, m in enumerate(custom()):
+            if not isinstance(m, nn.Module):
+                raise ArchitectureError(
+                    f"{type(module).__name__}.nngraph_layers() item {i} is {type(m).__name__}, "
+                    "not an nn.Module"
+                )
+            out.append((names.get(id(m), f"<nngraph_layers[{i}]>"), m))
+        return out
+    return [(n, m) for n, m in module.named_modules() if not list(m.children())]
+
+
+def _has_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=True)) or any(True for _ in m.buffers(recurse=True))
+
+
+def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) -> NetworkSpec:
+    """Read the architecture of ``module``.
+
+    Args:
+        module: the network. ``nn.Sequential`` (nested or not), or any module whose layers run
+            in registration order, or one that defines ``nngraph_layers()``.
+        input_shape: the shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
+            Needed only when a conv feature map is flattened (not pooled) into a linear layer
+            and its spatial size cannot be read off an adaptive pooling layer.
+
+    Raises:
+        UnsupportedLayerError: a module with parameters that is not ``Linear`` / ``Conv2d``
+            (e.g. ``BatchNorm2d``), a grouped conv, or a neuron-mixing module.
+        ArchitectureError: layers that do not chain, or a flattened map of unknown size.
+    """
+    param_names = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
+    seen_layers: set[int] = set()
+    layers: list[dict[str, object]] = []
+    input_ops: list[nn.Module] = []
+    for name, m in _ordered_modules(module):
+        label = name or type(m).__name__
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if id(m) in seen_layers:
+                raise ArchitectureError(f"layer {label!r} is used twice; shared weights are not supported")
+            seen_layers.add(id(m))
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise UnsupportedLayerError(f"{label!r}: grouped convolution (groups={m.groups}) is not supported")
+            if id(m.weight) not in param_names:
+                raise ArchitectureError(f"{label!r} is not a submodule of the network, so its keys are unknown")
+            layers.append({"module": m, "label": label, "ops": []})
+        elif isinstance(m, _MIXING_MODULES):
+            raise UnsupportedLayerError(f"{label!r} ({type(m).__name__}) mixes neurons and has no neural-graph form")
+        elif _has_state(m):
+            raise UnsupportedLayerError(
+                f"{label!r} ({type(m).__name__}) has parameters or buffers; only Linear and Conv2d "
+                "layers and parameter-free modules can be converted"
+            )
+        elif layers:
+            ops = layers[-1]["ops"]
+            assert isinstance(ops, list)
+            ops.append(m)
+        else:
+            input_ops.append(m)
+    if not layers:
+        raise ArchitectureError(f"{type(module).__name__} has no Linear or Conv2d layer")
+    leftover = {n for i, n in param_names.items() if not any(i in _ids(entry["module"]) for entry in layers)}
+    if leftover:
+        raise UnsupportedLayerError(f"parameters outside Linear/Conv2d layers: {sorted(leftover)}")
+
+    shapes = _spatial_shapes(module, layers, input_ops, input_shape)
+    specs: list[LayerSpec] = []
+    prev_out: int | None = None
+    prev_kind: str | None = None
+    for idx, entry in enumerate(layers):
+        m = entry["module"]
+        label = entry["label"]
+        ops = tuple(entry["ops"])  # type: ignore[arg-type]
+        assert isinstance(m, (nn.Linear, nn.Conv2d)) and isinstance(label, str)
+        wkey = param_names[id(m.weight)]
+        bkey = param_names[id(m.bias)] if m.bias is not None else None
+        if isinstance(m, nn.Conv2d):
+            if prev_kind == "linear":
+                raise ArchitectureError(f"{label!r}: a Conv2d after a Linear layer is not supported")
+            if prev_out is not None and m.in_channels != prev_out:
+                raise ArchitectureError(f"{label!r} expects {m.in_channels} channels but receives {prev_out}")
+            padding: tuple[int, int] | str = m.padding if isinstance(m.padding, str) else _pair(m.padding)
+            specs.append(
+                LayerSpec(
+                    kind="conv2d",
+                    in_features=m.in_channels,
+                    out_features=m.out_channels,
+                    weight_key=wkey,
+                    bias_key=bkey,
+                    weight_shape=tuple(m.weight.shape),
+                    kernel_size=_pair(m.kernel_size),
+                    stride=_pair(m.stride),
+                    padding=padding,
+                    dilation=_pair(m.dilation),
+                    padding_mode=m.padding_mode,
+                    ops_after=ops,
+                )
+            )
+        else:
+            kernel = (1, 1)
+            in_nodes = m.in_features
+            if prev_kind == "conv2d":
+                assert prev_out is not None
+                if m.in_features != prev_out:
+                    hw = shapes[idx - 1]
+                    if hw is None:
+                        raise ArchitectureError(
+                            f"{label!r} takes {m.in_features} features from a flattened map of "
+                            f"{prev_out} channels; pass input_shape=(C, H, W) so its spatial size is known"
+                        )
+                    if prev_out * hw[0] * hw[1] != m.in_features:
+                        raise ArchitectureError(
+                            f"{label!r} expects {m.in_features} features but the flattened map is "
+                            f"{prev_out}x{hw[0]}x{hw[1]}"
+                        )
+                    kernel = hw
+                in_nodes = prev_out
+            elif prev_out is not None and m.in_features != prev_out:
+                raise ArchitectureError(f"{label!r} expects {m.in_features} features but receives {prev_out}")
+            specs.append(
+                LayerSpec(
+                    kind="linear",
+                    in_features=in_nodes,
+                    out_features=m.out_features,
+                    weight_key=wkey,
+                    bias_key=bkey,
+                    weight_shape=tuple(m.weight.shape),
+                    kernel_size=kernel,
+                    ops_after=ops,
+                )
+            )
+        prev_out = specs[-1].out_features
+        prev_kind = specs[-1].kind
+
+    sd = module.state_dict()
+    layer_keys = {k for s in specs for k in (s.weight_key, s.bias_key) if k is not None}
+    extra = [k for k in sd if k not in layer_keys]
+    if extra:
+        raise UnsupportedLayerError(f"state-dict entries outside Linear/Conv2d layers: {extra}")
+    keys = tuple(k for k in sd if k in layer_keys)
+    return NetworkSpec(
+        layers=tuple(specs),
+        param_keys=keys,
+        param_shapes=tuple(tuple(sd[k].shape) for k in keys),
+        input_ops=tuple(input_ops),
+        input_shape=tuple(input_shape) if input_shape is not None else None,
+    )
+
+
+def _ids(m: object) -> set[int]:
+    assert isinstance(m, nn.Module)
+    return {id(p) for p in m.parameters()}
+
+
+def _spatial_shapes(
+    module: nn.Module,
+    layers: list[dict[str, object]],
+    input_ops: Iterable[nn.Module],
+    input_shape: Sequence[int] | None,
+) -> list[tuple[int, int] | None]:
+    """Spatial size ``(h, w)`` after each layer's ops (``None`` where unknown or not spatial)."""
+    out: list[tuple[int, int] | None] = []
+    if input_shape is not None:
+        p = next(module.parameters())
+        x = torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                for op in input_ops:
+                    x = op(x)
+                for entry in layers:
+                    m = entry["module"]
+                    assert isinstance(m, nn.Module)
+                    y = m(x)
+                    hw: tuple[int, int] | None = tuple(y.shape[-2:]) if y.dim() == 4 else None  # type: ignore[assignment]
+                    for op in entry["ops"]:  # type: ignore[attr-defined]
+                        y = op(y)
+                        if y.dim() == 4:
+                            hw = (int(y.shape[-2]), int(y.shape[-1]))
+                    out.append(hw)
+                    x = y
+        except RuntimeError as exc:
+            raise ArchitectureError(f"running the network on input_shape={tuple(input_shape)} failed: {exc}") from exc
+        finally:
+            module.train(was_training)
+        return out
+    for entry in layers:
+        hw = None
+        for op in entry["ops"]:  # type: ignore[attr-defined]
+            if isinstance(op, _SPATIAL_REDUCERS):
+                size = op.output_size
+                pair = (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[arg-type]
+                hw = (int(pair[0]), int(pair[1])) if None not in pair else None
+        out.append(hw)
+    return out
