@@ -1,0 +1,57 @@
+"""Hypothesis profiles for nngraph test suites.
+
+* ``ci`` -- Hypothesis' built-in ``ci`` profile (derandomized, no deadline, no database), with
+  200 examples per property. Hypothesis selects it when the ``CI`` environment variable is set.
+* ``dev`` -- quick local runs: 25 examples, no deadline (torch code has no stable timing).
+* ``thorough`` -- 2,000 examples, for a nightly or a release.
+
+Select one with ``pytest --hypothesis-profile NAME`` or ``NNGRAPH_HYPOTHESIS_PROFILE=NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+__all__ = ["PROFILES", "load_profile", "register_profiles"]
+
+PROFILES = ("ci", "dev", "thorough")
+CI_EXAMPLES = 200
+
+
+def register_profiles() -> None:
+    """Register the nngraph profiles (idempotent)."""
+    base_ci = settings.get_profile("ci")
+    settings.register_profile(
+        "ci",
+        parent=base_ci,
+        max_examples=CI_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "thorough",
+        max_examples=2000,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def default_profile() -> str:
+    """``$NNGRAPH_HYPOTHESIS_PROFILE`` if set, else ``ci`` under CI, else ``dev``."""
+    chosen = os.environ.get("NNGRAPH_HYPOTHESIS_PROFILE")
+    if chosen:
+        if chosen not in PROFILES:
+            raise ValueError(f"NNGRAPH_HYPOTHESIS_PROFILE={chosen!r}; choose one of {PROFILES}")
+        return chosen
+    return "ci" if os.environ.get("CI") else "dev"
+
+
+def load_profile(name: str | None = None) -> str:
+    """Register the profiles and load ``name`` (default: :func:`default_profile`)."""
+    register_profiles()
+    chosen = name or default_profile()
+    settings.load_profile(chosen)
+    return chosen
