@@ -38,6 +38,8 @@ class GraphBatch:
         template: the shared :class:`GraphTemplate` when all graphs have one architecture and
             the batch came from :meth:`GraphTemplate.batch`, else ``None``.
         specs: the architecture of every graph.
+        probe_features: optional ``[sum N, K]`` per-node features computed from forward passes
+            (set by ``nngraph_probe``); models use them when present. ``None`` by default.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class GraphBatch:
         self.template = template
         self.specs: tuple[NetworkSpec, ...] = tuple(specs) if specs else ((template.spec,) * num_graphs if template else ())
         self._structure: dict[str, Tensor] = dict(structure or {})
+        self.probe_features: Tensor | None = None
 
     @classmethod
     def from_template(cls, template: GraphTemplate, nodes: Tensor, edges: Tensor) -> GraphBatch:
@@ -200,7 +203,7 @@ class GraphBatch:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GraphBatch:
         """Move to ``device`` and/or cast the features to ``dtype``."""
         structure = {k: v.to(device) for k, v in self._structure.items()}
-        return GraphBatch(
+        out = GraphBatch(
             self.node_features.to(device=device, dtype=dtype),
             self.edge_features.to(device=device, dtype=dtype),
             num_graphs=self.num_graphs,
@@ -210,6 +213,9 @@ class GraphBatch:
             specs=self.specs,
             structure=structure,
         )
+        if self.probe_features is not None:
+            out.probe_features = self.probe_features.to(device=device, dtype=dtype)
+        return out
 
     def to_pyg(self) -> Any:
         """A ``torch_geometric.data.Batch`` (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``ptr``,
