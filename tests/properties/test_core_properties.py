@@ -43,7 +43,9 @@ def _build(data: st.DataObject, kind: str, dtype: torch.dtype, **kwargs: object)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
-def test_hidden_permutation_preserves_function(kind: str, dtype: torch.dtype, data: st.DataObject) -> None:
+def test_hidden_permutation_preserves_function(
+    kind: str, dtype: torch.dtype, data: st.DataObject
+) -> None:
     recipe, module, seed = _build(data, kind, dtype)
     spec = ngc.network_spec(module, input_shape=recipe.input_shape)
     perm = data.draw(hidden_permutations(spec), label="permutation")
@@ -59,7 +61,9 @@ def test_permuted_graph_is_isomorphic(kind: str, dtype: torch.dtype, data: st.Da
     spec = ngc.network_spec(module, input_shape=recipe.input_shape)
     perm = data.draw(hidden_permutations(spec), label="permutation")
     graph = ngc.from_module(module, input_shape=recipe.input_shape)
-    permuted_graph = ngc.from_module(ngc.permute_hidden(module, perm, spec=spec), input_shape=recipe.input_shape)
+    permuted_graph = ngc.from_module(
+        ngc.permute_hidden(module, perm, spec=spec), input_shape=recipe.input_shape
+    )
     sigma = ngc.GraphTemplate(spec).node_permutation(perm)
     assert_graphs_isomorphic(permuted_graph, graph, sigma)
     # The graph-level action agrees with permuting the network.
@@ -93,7 +97,9 @@ def test_roundtrip_is_bit_exact(kind: str, dtype: torch.dtype, data: st.DataObje
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
-def test_template_batch_agrees_with_from_module(kind: str, dtype: torch.dtype, data: st.DataObject) -> None:
+def test_template_batch_agrees_with_from_module(
+    kind: str, dtype: torch.dtype, data: st.DataObject
+) -> None:
     recipe = data.draw(network_recipes(kind), label="architecture")
     seed = data.draw(seeds, label="seed")
     size = data.draw(st.integers(1, 4), label="batch size")
@@ -118,10 +124,14 @@ def test_template_batch_agrees_with_from_module(kind: str, dtype: torch.dtype, d
 
 @given(data=st.data())
 def test_mixed_architecture_batch_roundtrip(data: st.DataObject) -> None:
-    recipes = data.draw(st.lists(network_recipes("any"), min_size=1, max_size=4), label="architectures")
+    recipes = data.draw(
+        st.lists(network_recipes("any"), min_size=1, max_size=4), label="architectures"
+    )
     seed = data.draw(seeds, label="seed")
     modules = [r.build(seed + i, torch.float32) for i, r in enumerate(recipes)]
-    graphs = [ngc.from_module(m, input_shape=r.input_shape) for m, r in zip(modules, recipes, strict=True)]
+    graphs = [
+        ngc.from_module(m, input_shape=r.input_shape) for m, r in zip(modules, recipes, strict=True)
+    ]
     gb = ngc.batch(graphs)
     # Kernels are re-padded to the largest height and the largest width among the graphs.
     width = max(g.kernel_shape[0] for g in graphs) * max(g.kernel_shape[1] for g in graphs)
@@ -148,17 +158,30 @@ def test_inputs_and_outputs_are_fixed_points(kind: str, data: st.DataObject) -> 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
-def test_uncoupled_permutation_changes_function(kind: str, dtype: torch.dtype, data: st.DataObject) -> None:
+def test_uncoupled_permutation_changes_function(
+    kind: str, dtype: torch.dtype, data: st.DataObject
+) -> None:
     recipe, module, seed = _build(
-        data, kind, dtype, min_hidden_width=2, activations=SMOOTH_ACTIVATIONS, **({"min_layers": 2} if kind == "mlp" else {})
+        data,
+        kind,
+        dtype,
+        min_hidden_width=2,
+        activations=SMOOTH_ACTIVATIONS,
+        **({"min_layers": 2} if kind == "mlp" else {}),
     )
     spec = ngc.network_spec(module, input_shape=recipe.input_shape)
     template = ngc.GraphTemplate(spec)
     perm = data.draw(nontrivial_hidden_permutations(spec), label="permutation")
-    layer = next(i for i, p in enumerate(perm.perms, start=1) if not torch.equal(p, torch.arange(p.numel())))
+    layer = next(
+        i for i, p in enumerate(perm.perms, start=1) if not torch.equal(p, torch.arange(p.numel()))
+    )
     which = data.draw(st.sampled_from(["incoming", "outgoing"]), label="coupling broken")
     pi = partial_permutation_index(
-        template, layer, perm.perms[layer - 1], incoming=which == "incoming", outgoing=which == "outgoing"
+        template,
+        layer,
+        perm.perms[layer - 1],
+        incoming=which == "incoming",
+        outgoing=which == "outgoing",
     )
     flat = template.flatten(module)
     illegal = ngc.permute_hidden(module, ngc.HiddenPermutation.identity(spec), spec=spec)
@@ -167,7 +190,9 @@ def test_uncoupled_permutation_changes_function(kind: str, dtype: torch.dtype, d
     x = recipe.example_input(8, seed, dtype)
     with torch.no_grad():
         assert_same_function(module, legal, x)
-        assert_differs(illegal(x), module(x), f"breaking the {which} coupling did not change the function")
+        assert_differs(
+            illegal(x), module(x), f"breaking the {which} coupling did not change the function"
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -186,5 +211,7 @@ def test_permuting_outputs_changes_function(kind: str, data: st.DataObject) -> N
     other.load_state_dict(template.unflatten(template.flatten(module)[pi]))
     x = recipe.example_input(8, seed, torch.float64)
     with torch.no_grad():
-        assert_differs(other(x), module(x), "swapping two output neurons did not change the function")
+        assert_differs(
+            other(x), module(x), "swapping two output neurons did not change the function"
+        )
         torch.testing.assert_close(other(x)[:, swap], module(x), rtol=0, atol=0)

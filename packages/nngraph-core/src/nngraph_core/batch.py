@@ -60,7 +60,9 @@ class GraphBatch:
         self.node_ptr = node_ptr
         self.edge_ptr = edge_ptr
         self.template = template
-        self.specs: tuple[NetworkSpec, ...] = tuple(specs) if specs else ((template.spec,) * num_graphs if template else ())
+        self.specs: tuple[NetworkSpec, ...] = (
+            tuple(specs) if specs else ((template.spec,) * num_graphs if template else ())
+        )
         self._structure: dict[str, Tensor] = dict(structure or {})
         self.probe_features: Tensor | None = None
 
@@ -94,8 +96,12 @@ class GraphBatch:
             t = self.template
             assert t is not None
             dev = self.node_features.device
-            offsets = (torch.arange(self.num_graphs, device=dev) * t.num_nodes).repeat_interleave(t.num_edges)
-            self._structure["edge_index"] = t.edge_index.to(dev).repeat(1, self.num_graphs) + offsets
+            offsets = (torch.arange(self.num_graphs, device=dev) * t.num_nodes).repeat_interleave(
+                t.num_edges
+            )
+            self._structure["edge_index"] = (
+                t.edge_index.to(dev).repeat(1, self.num_graphs) + offsets
+            )
         return self._structure["edge_index"]
 
     @property
@@ -141,7 +147,9 @@ class GraphBatch:
     # -- dense views (one architecture) --------------------------------------------------------------
     def _require_template(self, what: str) -> GraphTemplate:
         if self.template is None:
-            raise ShapeMismatchError(f"{what} needs a batch of one architecture (built by GraphTemplate.batch)")
+            raise ShapeMismatchError(
+                f"{what} needs a batch of one architecture (built by GraphTemplate.batch)"
+            )
         return self.template
 
     def dense_nodes(self) -> Tensor:
@@ -198,9 +206,14 @@ class GraphBatch:
         return out
 
     def _kernel_shape(self) -> tuple[int, int]:
-        return (max(s.kernel_shape[0] for s in self.specs), max(s.kernel_shape[1] for s in self.specs))
+        return (
+            max(s.kernel_shape[0] for s in self.specs),
+            max(s.kernel_shape[1] for s in self.specs),
+        )
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GraphBatch:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> GraphBatch:
         """Move to ``device`` and/or cast the features to ``dtype``."""
         structure = {k: v.to(device) for k, v in self._structure.items()}
         out = GraphBatch(
@@ -223,7 +236,9 @@ class GraphBatch:
         try:
             from torch_geometric.data import Batch
         except ImportError as exc:  # pragma: no cover - exercised only without PyG
-            raise ImportError("to_pyg() needs torch-geometric: pip install 'nngraph-core[pyg]'") from exc
+            raise ImportError(
+                "to_pyg() needs torch-geometric: pip install 'nngraph-core[pyg]'"
+            ) from exc
         out = Batch(
             x=self.node_features,
             edge_index=self.edge_index,
@@ -284,7 +299,14 @@ def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
     node_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), node_counts.cumsum(0)])
     edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), edge_counts.cumsum(0)])
     repadded = [
-        _repad(g.edge_features, g.edge_param, g.node_layer[g.edge_index[0]], g.spec, g.kernel_shape, (kh, kw))
+        _repad(
+            g.edge_features,
+            g.edge_param,
+            g.node_layer[g.edge_index[0]],
+            g.spec,
+            g.kernel_shape,
+            (kh, kw),
+        )
         for g in graphs
     ]
     offsets = node_ptr[:-1].repeat_interleave(edge_counts)

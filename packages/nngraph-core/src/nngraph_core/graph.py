@@ -77,7 +77,9 @@ class NeuralGraph:
         )
 
     # -- moving ------------------------------------------------------------------------------
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> NeuralGraph:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> NeuralGraph:
         """Move to ``device`` and/or cast the features to the floating ``dtype``."""
         changes: dict[str, Any] = {}
         for f in fields(self):
@@ -96,7 +98,9 @@ class NeuralGraph:
         """
         n = self.num_nodes
         perm = perm.to(self.device)
-        if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n, device=self.device)):
+        if perm.shape != (n,) or not torch.equal(
+            perm.sort().values, torch.arange(n, device=self.device)
+        ):
             raise ShapeMismatchError(f"expected a permutation of {n} nodes")
         inv = torch.argsort(perm)
         return replace(
@@ -135,7 +139,9 @@ class NeuralGraph:
         try:
             from torch_geometric.data import Data
         except ImportError as exc:  # pragma: no cover - exercised only without PyG
-            raise ImportError("to_pyg() needs torch-geometric: pip install 'nngraph-core[pyg]'") from exc
+            raise ImportError(
+                "to_pyg() needs torch-geometric: pip install 'nngraph-core[pyg]'"
+            ) from exc
         return Data(
             x=self.node_features,
             edge_index=self.edge_index,
@@ -173,11 +179,16 @@ def from_module(
     """
     spec = network_spec(module, input_shape=input_shape)
     template = GraphTemplate(spec)
-    return template.graph(template.flatten(module, allow_nonfinite=allow_nonfinite), allow_nonfinite=True)
+    return template.graph(
+        template.flatten(module, allow_nonfinite=allow_nonfinite), allow_nonfinite=True
+    )
 
 
 def from_state_dict(
-    state_dict: Mapping[str, Tensor], spec: NetworkSpec | nn.Module, *, allow_nonfinite: bool = False
+    state_dict: Mapping[str, Tensor],
+    spec: NetworkSpec | nn.Module,
+    *,
+    allow_nonfinite: bool = False,
 ) -> NeuralGraph:
     """The neural graph of a state dict of architecture ``spec`` (a spec, or a module of that
     architecture). Key order does not matter; missing, unexpected and mis-shaped entries raise
@@ -185,7 +196,9 @@ def from_state_dict(
     if isinstance(spec, nn.Module):
         spec = network_spec(spec)
     template = GraphTemplate(spec)
-    return template.graph(template.flatten(state_dict, allow_nonfinite=allow_nonfinite), allow_nonfinite=True)
+    return template.graph(
+        template.flatten(state_dict, allow_nonfinite=allow_nonfinite), allow_nonfinite=True
+    )
 
 
 def to_state_dict(graph: NeuralGraph) -> dict[str, Tensor]:

@@ -42,10 +42,18 @@ class HiddenPermutation:
         """Raise :class:`ShapeMismatchError` unless this is a valid permutation for ``spec``."""
         hidden = spec.widths[1:-1]
         if len(self.perms) != len(hidden):
-            raise ShapeMismatchError(f"{len(self.perms)} permutations for {len(hidden)} hidden layers")
+            raise ShapeMismatchError(
+                f"{len(self.perms)} permutations for {len(hidden)} hidden layers"
+            )
         for layer, (p, n) in enumerate(zip(self.perms, hidden, strict=True), start=1):
-            if p.dim() != 1 or p.numel() != n or not torch.equal(p.sort().values.cpu(), torch.arange(n)):
-                raise ShapeMismatchError(f"entry {layer - 1} is not a permutation of the {n} neurons of layer {layer}")
+            if (
+                p.dim() != 1
+                or p.numel() != n
+                or not torch.equal(p.sort().values.cpu(), torch.arange(n))
+            ):
+                raise ShapeMismatchError(
+                    f"entry {layer - 1} is not a permutation of the {n} neurons of layer {layer}"
+                )
 
     def inverse(self) -> HiddenPermutation:
         return HiddenPermutation(tuple(torch.argsort(p) for p in self.perms))

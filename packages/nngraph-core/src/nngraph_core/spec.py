@@ -70,7 +70,10 @@ class LayerSpec:
         kernel_size: ``(kh, kw)``; ``(1, 1)`` for a linear layer; for a linear layer fed by a
             flattened ``[C, h, w]`` map it is ``(h, w)``: each channel -> neuron edge carries the
             ``h * w`` weights that connect that channel to that neuron.
-        stride, padding, dilation, padding_mode: conv hyper-parameters (unused for linear).
+        stride: conv stride (unused for linear).
+        padding: conv padding, a pair or ``"same"`` / ``"valid"`` (unused for linear).
+        dilation: conv dilation (unused for linear).
+        padding_mode: conv padding mode (unused for linear).
         ops_after: the parameter-free modules applied to this layer's output, in order.
     """
 
@@ -212,14 +215,32 @@ class NetworkSpec:
         """One line: ``linear 2->32 sine(w0=30.0) | linear 32->32 ... ``."""
         parts = []
         for layer in self.layers:
-            k = "" if layer.kernel_size == (1, 1) else f" k{layer.kernel_size[0]}x{layer.kernel_size[1]}"
-            parts.append(f"{layer.kind} {layer.in_features}->{layer.out_features}{k} {layer.activation}")
+            k = (
+                ""
+                if layer.kernel_size == (1, 1)
+                else f" k{layer.kernel_size[0]}x{layer.kernel_size[1]}"
+            )
+            parts.append(
+                f"{layer.kind} {layer.in_features}->{layer.out_features}{k} {layer.activation}"
+            )
         return " | ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading a spec off a module
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """A parameterised layer found while tracing, with the parameter-free modules after it."""
+
+    module: nn.Linear | nn.Conv2d
+    label: str
+    ops: list[nn.Module] = field(default_factory=list)
+
+    def param_ids(self) -> set[int]:
+        return {id(p) for p in self.module.parameters()}
 
 
 def _ordered_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -240,7 +261,9 @@ def _ordered_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _has_state(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=True)) or any(True for _ in m.buffers(recurse=True))
+    return any(True for _ in m.parameters(recurse=True)) or any(
+        True for _ in m.buffers(recurse=True)
+    )
 
 
 def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) -> NetworkSpec:
@@ -258,37 +281,52 @@ def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) ->
             (e.g. ``BatchNorm2d``), a grouped conv, or a neuron-mixing module.
         ArchitectureError: layers that do not chain, or a flattened map of unknown size.
     """
-    param_names = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
+    param_names: dict[int, str] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in param_names:
+            raise ArchitectureError(
+                f"{param_names[id(p)]!r} and {n!r} are the same tensor (a layer used twice); "
+                "shared weights are not supported"
+            )
+        param_names[id(p)] = n
     seen_layers: set[int] = set()
-    layers: list[dict[str, object]] = []
+    layers: list[_Entry] = []
     input_ops: list[nn.Module] = []
     for name, m in _ordered_modules(module):
         label = name or type(m).__name__
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if id(m) in seen_layers:
-                raise ArchitectureError(f"layer {label!r} is used twice; shared weights are not supported")
+                raise ArchitectureError(
+                    f"layer {label!r} is used twice; shared weights are not supported"
+                )
             seen_layers.add(id(m))
             if isinstance(m, nn.Conv2d) and m.groups != 1:
-                raise UnsupportedLayerError(f"{label!r}: grouped convolution (groups={m.groups}) is not supported")
+                raise UnsupportedLayerError(
+                    f"{label!r}: grouped convolution (groups={m.groups}) is not supported"
+                )
             if id(m.weight) not in param_names:
-                raise ArchitectureError(f"{label!r} is not a submodule of the network, so its keys are unknown")
-            layers.append({"module": m, "label": label, "ops": []})
+                raise ArchitectureError(
+                    f"{label!r} is not a submodule of the network, so its keys are unknown"
+                )
+            layers.append(_Entry(m, label))
         elif isinstance(m, _MIXING_MODULES):
-            raise UnsupportedLayerError(f"{label!r} ({type(m).__name__}) mixes neurons and has no neural-graph form")
+            raise UnsupportedLayerError(
+                f"{label!r} ({type(m).__name__}) mixes neurons and has no neural-graph form"
+            )
         elif _has_state(m):
             raise UnsupportedLayerError(
                 f"{label!r} ({type(m).__name__}) has parameters or buffers; only Linear and Conv2d "
                 "layers and parameter-free modules can be converted"
             )
         elif layers:
-            ops = layers[-1]["ops"]
-            assert isinstance(ops, list)
-            ops.append(m)
+            layers[-1].ops.append(m)
         else:
             input_ops.append(m)
     if not layers:
         raise ArchitectureError(f"{type(module).__name__} has no Linear or Conv2d layer")
-    leftover = {n for i, n in param_names.items() if not any(i in _ids(entry["module"]) for entry in layers)}
+    leftover = {
+        n for i, n in param_names.items() if not any(i in entry.param_ids() for entry in layers)
+    }
     if leftover:
         raise UnsupportedLayerError(f"parameters outside Linear/Conv2d layers: {sorted(leftover)}")
 
@@ -297,18 +335,21 @@ def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) ->
     prev_out: int | None = None
     prev_kind: str | None = None
     for idx, entry in enumerate(layers):
-        m = entry["module"]
-        label = entry["label"]
-        ops = tuple(entry["ops"])  # type: ignore[arg-type]
-        assert isinstance(m, (nn.Linear, nn.Conv2d)) and isinstance(label, str)
+        m, label, ops = entry.module, entry.label, tuple(entry.ops)
         wkey = param_names[id(m.weight)]
         bkey = param_names[id(m.bias)] if m.bias is not None else None
         if isinstance(m, nn.Conv2d):
             if prev_kind == "linear":
-                raise ArchitectureError(f"{label!r}: a Conv2d after a Linear layer is not supported")
+                raise ArchitectureError(
+                    f"{label!r}: a Conv2d after a Linear layer is not supported"
+                )
             if prev_out is not None and m.in_channels != prev_out:
-                raise ArchitectureError(f"{label!r} expects {m.in_channels} channels but receives {prev_out}")
-            padding: tuple[int, int] | str = m.padding if isinstance(m.padding, str) else _pair(m.padding)
+                raise ArchitectureError(
+                    f"{label!r} expects {m.in_channels} channels but receives {prev_out}"
+                )
+            padding: tuple[int, int] | str = (
+                m.padding if isinstance(m.padding, str) else _pair(m.padding)
+            )
             specs.append(
                 LayerSpec(
                     kind="conv2d",
@@ -345,7 +386,9 @@ def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) ->
                     kernel = hw
                 in_nodes = prev_out
             elif prev_out is not None and m.in_features != prev_out:
-                raise ArchitectureError(f"{label!r} expects {m.in_features} features but receives {prev_out}")
+                raise ArchitectureError(
+                    f"{label!r} expects {m.in_features} features but receives {prev_out}"
+                )
             specs.append(
                 LayerSpec(
                     kind="linear",
@@ -376,14 +419,9 @@ def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) ->
     )
 
 
-def _ids(m: object) -> set[int]:
-    assert isinstance(m, nn.Module)
-    return {id(p) for p in m.parameters()}
-
-
 def _spatial_shapes(
     module: nn.Module,
-    layers: list[dict[str, object]],
+    layers: list[_Entry],
     input_ops: Iterable[nn.Module],
     input_shape: Sequence[int] | None,
 ) -> list[tuple[int, int] | None]:
@@ -399,24 +437,24 @@ def _spatial_shapes(
                 for op in input_ops:
                     x = op(x)
                 for entry in layers:
-                    m = entry["module"]
-                    assert isinstance(m, nn.Module)
-                    y = m(x)
-                    hw: tuple[int, int] | None = tuple(y.shape[-2:]) if y.dim() == 4 else None  # type: ignore[assignment]
-                    for op in entry["ops"]:  # type: ignore[attr-defined]
+                    y = entry.module(x)
+                    hw = (int(y.shape[-2]), int(y.shape[-1])) if y.dim() == 4 else None
+                    for op in entry.ops:
                         y = op(y)
                         if y.dim() == 4:
                             hw = (int(y.shape[-2]), int(y.shape[-1]))
                     out.append(hw)
                     x = y
         except RuntimeError as exc:
-            raise ArchitectureError(f"running the network on input_shape={tuple(input_shape)} failed: {exc}") from exc
+            raise ArchitectureError(
+                f"running the network on input_shape={tuple(input_shape)} failed: {exc}"
+            ) from exc
         finally:
             module.train(was_training)
         return out
     for entry in layers:
         hw = None
-        for op in entry["ops"]:  # type: ignore[attr-defined]
+        for op in entry.ops:
             if isinstance(op, _SPATIAL_REDUCERS):
                 size = op.output_size
                 pair = (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[arg-type]

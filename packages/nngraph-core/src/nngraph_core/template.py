@@ -95,7 +95,9 @@ class GraphTemplate:
             vars(self).update(cached)
 
     @classmethod
-    def from_module(cls, module: nn.Module, *, input_shape: tuple[int, ...] | None = None) -> GraphTemplate:
+    def from_module(
+        cls, module: nn.Module, *, input_shape: tuple[int, ...] | None = None
+    ) -> GraphTemplate:
         """The template of ``module``'s architecture (see :func:`~nngraph_core.network_spec`)."""
         return cls(network_spec(module, input_shape=input_shape))
 
@@ -116,7 +118,7 @@ class GraphTemplate:
         node_role = torch.full((n_nodes,), int(NodeRole.HIDDEN), dtype=torch.long)
         node_act = torch.zeros(n_nodes, dtype=torch.long)
         names = spec.activation_names
-        for layer_idx, w in enumerate(widths):
+        for layer_idx in range(len(widths)):
             node_layer[offsets[layer_idx] : offsets[layer_idx + 1]] = layer_idx
         node_role[: widths[0]] = int(NodeRole.INPUT)
         node_role[offsets[-2] :] = int(NodeRole.OUTPUT)
@@ -156,9 +158,15 @@ class GraphTemplate:
         self.node_activation = node_act
 
         n_params = spec.num_params
-        covered = torch.cat([self.node_param[self.node_param >= 0], self.edge_param[self.edge_param >= 0]])
-        if covered.numel() != n_params or not torch.equal(covered.sort().values, torch.arange(n_params)):
-            raise AssertionError("internal error: the parameter maps do not cover every parameter once")
+        covered = torch.cat(
+            [self.node_param[self.node_param >= 0], self.edge_param[self.edge_param >= 0]]
+        )
+        if covered.numel() != n_params or not torch.equal(
+            covered.sort().values, torch.arange(n_params)
+        ):
+            raise AssertionError(
+                "internal error: the parameter maps do not cover every parameter once"
+            )
 
         # Flat gather indices with padding redirected to a valid position; the padded columns
         # are zeroed after the gather (few columns, cheap).
@@ -219,10 +227,14 @@ class GraphTemplate:
         sd = source.state_dict() if isinstance(source, nn.Module) else source
         missing = [k for k in self.spec.param_keys if k not in sd]
         if missing:
-            raise MissingKeyError(f"state dict lacks {missing} (architecture: {self.spec.describe()})")
+            raise MissingKeyError(
+                f"state dict lacks {missing} (architecture: {self.spec.describe()})"
+            )
         unexpected = [k for k in sd if k not in set(self.spec.param_keys)]
         if unexpected:
-            raise UnexpectedKeyError(f"state dict has keys the architecture does not know: {unexpected}")
+            raise UnexpectedKeyError(
+                f"state dict has keys the architecture does not know: {unexpected}"
+            )
         parts = []
         dtype = sd[self.spec.param_keys[0]].dtype
         for key, shape in zip(self.spec.param_keys, self.spec.param_shapes, strict=True):
@@ -234,7 +246,9 @@ class GraphTemplate:
             if not t.is_floating_point():
                 raise ShapeMismatchError(f"{key!r} has dtype {t.dtype}, expected a floating dtype")
             if t.dtype != dtype:
-                raise ShapeMismatchError(f"{key!r} has dtype {t.dtype}, other parameters have {dtype}")
+                raise ShapeMismatchError(
+                    f"{key!r} has dtype {t.dtype}, other parameters have {dtype}"
+                )
             parts.append(t.detach().reshape(-1))
         flat = torch.cat(parts)
         if not allow_nonfinite:
@@ -252,7 +266,9 @@ class GraphTemplate:
 
     def _check_params(self, params: Tensor) -> None:
         if not isinstance(params, Tensor):
-            raise ShapeMismatchError(f"expected a tensor of flat parameters, got {type(params).__name__}")
+            raise ShapeMismatchError(
+                f"expected a tensor of flat parameters, got {type(params).__name__}"
+            )
         if params.dim() not in (1, 2) or params.shape[-1] != self.num_params:
             raise ShapeMismatchError(
                 f"expected flat parameters of shape [P] or [B, P] with P={self.num_params}, "
@@ -300,7 +316,9 @@ class GraphTemplate:
         """
         n, e, d = self.num_nodes, self.num_edges, self.edge_dim
         if node_features.shape[-1] != 1 or node_features.numel() % n:
-            raise ShapeMismatchError(f"node features {tuple(node_features.shape)} do not fit {n} nodes x 1")
+            raise ShapeMismatchError(
+                f"node features {tuple(node_features.shape)} do not fit {n} nodes x 1"
+            )
         b = node_features.numel() // n
         if edge_features.shape[-1] != d or edge_features.numel() != b * e * d:
             raise ShapeMismatchError(
@@ -308,7 +326,9 @@ class GraphTemplate:
             )
         nodes = node_features.reshape(b, n)
         edges = edge_features.reshape(b, e * d)
-        out = torch.empty(b, self.num_params, dtype=node_features.dtype, device=node_features.device)
+        out = torch.empty(
+            b, self.num_params, dtype=node_features.dtype, device=node_features.device
+        )
         dev = node_features.device
         out[:, self._node_targets.to(dev)] = nodes[:, self._node_valid.to(dev)]
         out[:, self._edge_targets.to(dev)] = edges[:, self._edge_valid.to(dev)]
@@ -321,7 +341,9 @@ class GraphTemplate:
 
         self._check_params(params)
         if params.dim() != 1:
-            raise ShapeMismatchError(f"graph() takes one vector [P]; got {tuple(params.shape)} (use batch())")
+            raise ShapeMismatchError(
+                f"graph() takes one vector [P]; got {tuple(params.shape)} (use batch())"
+            )
         if not allow_nonfinite:
             check_finite(params)
         nodes, edges = self.features(params)

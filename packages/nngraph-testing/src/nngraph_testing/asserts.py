@@ -38,30 +38,44 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
         raise ValueError(f"no tolerance defined for {dtype}") from None
 
 
-def assert_close_by_dtype(actual: Tensor, expected: Tensor, msg: str = "", *, scale: float = 1.0) -> None:
+def assert_close_by_dtype(
+    actual: Tensor, expected: Tensor, msg: str = "", *, scale: float = 1.0
+) -> None:
     """``torch.testing.assert_close`` with the :data:`TOLERANCES` of ``actual``'s dtype.
 
     ``scale`` multiplies both tolerances (e.g. for long reductions); keep it small.
     """
     rtol, atol = tolerance(actual.dtype)
     torch.testing.assert_close(
-        actual, expected, rtol=rtol * scale, atol=atol * scale, msg=(lambda m: f"{msg}\n{m}") if msg else None
+        actual,
+        expected,
+        rtol=rtol * scale,
+        atol=atol * scale,
+        msg=(lambda m: f"{msg}\n{m}") if msg else None,
     )
 
 
 def assert_same_function(a: nn.Module, b: nn.Module, x: Tensor, *, scale: float = 1.0) -> None:
     """``a`` and ``b`` compute the same function on inputs ``x`` (tolerance by ``x``'s dtype)."""
     with torch.no_grad():
-        assert_close_by_dtype(b(x), a(x), "the two networks compute different functions", scale=scale)
+        assert_close_by_dtype(
+            b(x), a(x), "the two networks compute different functions", scale=scale
+        )
 
 
 def assert_invariant(
-    fn: Callable[[object], Tensor], x: object, transform: Callable[[object], object], *, scale: float = 1.0
+    fn: Callable[[object], Tensor],
+    x: object,
+    transform: Callable[[object], object],
+    *,
+    scale: float = 1.0,
 ) -> None:
     """``fn(transform(x)) == fn(x)``."""
     expected = fn(x)
     actual = fn(transform(x))
-    assert_close_by_dtype(actual, expected, "output is not invariant under the transformation", scale=scale)
+    assert_close_by_dtype(
+        actual, expected, "output is not invariant under the transformation", scale=scale
+    )
 
 
 def assert_equivariant(
@@ -80,7 +94,9 @@ def assert_equivariant(
     y = fn(x)
     expected = transform_out(y.double()).to(y.dtype)
     actual = fn(transform_in(x))
-    assert_close_by_dtype(actual, expected, "output is not equivariant under the transformation", scale=scale)
+    assert_close_by_dtype(
+        actual, expected, "output is not equivariant under the transformation", scale=scale
+    )
 
 
 def assert_differs(a: Tensor, b: Tensor, msg: str = "", *, factor: float = 10.0) -> None:
@@ -92,24 +108,37 @@ def assert_differs(a: Tensor, b: Tensor, msg: str = "", *, factor: float = 10.0)
 
 
 def assert_sensitive(
-    fn: Callable[[object], Tensor], x: object, transform: Callable[[object], object], *, factor: float = 10.0
+    fn: Callable[[object], Tensor],
+    x: object,
+    transform: Callable[[object], object],
+    *,
+    factor: float = 10.0,
 ) -> None:
     """``fn(transform(x))`` differs from ``fn(x)`` by clearly more than the dtype's tolerance.
 
     Used with an *illegal* transformation (an uncoupled permutation, swapped outputs) to prove that
     an invariance test has power: a model that ignores its input would pass invariance trivially.
     """
-    assert_differs(fn(transform(x)), fn(x), "output did not change under an illegal transformation", factor=factor)
+    assert_differs(
+        fn(transform(x)),
+        fn(x),
+        "output did not change under an illegal transformation",
+        factor=factor,
+    )
 
 
-def assert_graphs_isomorphic(permuted: ngc.NeuralGraph, original: ngc.NeuralGraph, node_perm: Tensor) -> None:
+def assert_graphs_isomorphic(
+    permuted: ngc.NeuralGraph, original: ngc.NeuralGraph, node_perm: Tensor
+) -> None:
     """Node ``v`` of ``permuted`` is node ``node_perm[v]`` of ``original``, and the map carries node
     features, node attributes, edges and edge features over exactly (bit for bit)."""
     n = original.num_nodes
     assert permuted.num_nodes == n, f"node counts differ: {permuted.num_nodes} vs {n}"
     assert permuted.num_edges == original.num_edges, "edge counts differ"
     sigma = node_perm.to(original.device)
-    assert torch.equal(sigma.sort().values, torch.arange(n, device=sigma.device)), "node_perm is not a permutation"
+    assert torch.equal(sigma.sort().values, torch.arange(n, device=sigma.device)), (
+        "node_perm is not a permutation"
+    )
     for name in ("node_features", "node_layer", "node_role", "node_activation"):
         a, b = getattr(permuted, name), getattr(original, name)[sigma]
         assert torch.equal(a, b), f"{name} is not carried over by the node permutation"
@@ -118,7 +147,9 @@ def assert_graphs_isomorphic(permuted: ngc.NeuralGraph, original: ngc.NeuralGrap
     key_p = mapped[0] * n + mapped[1]
     key_o = original.edge_index[0] * n + original.edge_index[1]
     order_p, order_o = torch.argsort(key_p), torch.argsort(key_o)
-    assert torch.equal(key_p[order_p], key_o[order_o]), "edge sets differ under the node permutation"
+    assert torch.equal(key_p[order_p], key_o[order_o]), (
+        "edge sets differ under the node permutation"
+    )
     assert torch.unique(key_o).numel() == key_o.numel(), "the original graph has parallel edges"
     assert torch.equal(permuted.edge_features[order_p], original.edge_features[order_o]), (
         "edge features are not carried over by the node permutation"

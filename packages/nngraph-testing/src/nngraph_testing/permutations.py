@@ -57,7 +57,11 @@ def partial_permutation_index(
         if touches_in:
             dst = sigma_layer[dst]
         n_in = spec.layers[k].in_features
-        orig = es.start + (dst - template.node_offsets[k + 1]) * n_in + (src - template.node_offsets[k])
+        orig = (
+            es.start
+            + (dst - template.node_offsets[k + 1]) * n_in
+            + (src - template.node_offsets[k])
+        )
         e_new = template.edge_param[es]
         e_old = template.edge_param[orig]
         valid = e_new >= 0

@@ -17,4 +17,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     from hypothesis import settings
 
     chosen = config.getoption("hypothesis_profile", default=None) or _LOADED
-    return f"nngraph-testing: hypothesis profile {chosen!r} (max_examples={settings().max_examples})"
+    return (
+        f"nngraph-testing: hypothesis profile {chosen!r} (max_examples={settings().max_examples})"
+    )

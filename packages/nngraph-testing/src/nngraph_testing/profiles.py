@@ -30,7 +30,9 @@ def register_profiles() -> None:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile(
+        "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     settings.register_profile(
         "thorough",
         max_examples=2000,

@@ -103,7 +103,14 @@ class NetworkRecipe:
             if i < n_conv:
                 kh, kw = self.kernels[i]
                 layers.append(
-                    nn.Conv2d(n_in, n_out, (kh, kw), stride=self.strides[i], padding=(kh // 2, kw // 2), bias=self.bias[i])
+                    nn.Conv2d(
+                        n_in,
+                        n_out,
+                        (kh, kw),
+                        stride=self.strides[i],
+                        padding=(kh // 2, kw // 2),
+                        bias=self.bias[i],
+                    )
                 )
                 if i == n_conv - 1:
                     layers.append(_make_activation(self.activations[i]))
@@ -125,12 +132,16 @@ class NetworkRecipe:
             for name, p in module.named_parameters():
                 if name.endswith("weight"):
                     fan_in = math.prod(p.shape[1:])
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(fan_in))
+                    p.copy_(
+                        torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(fan_in)
+                    )
                 else:
                     p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
         return module.eval()
 
-    def example_input(self, batch: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def example_input(
+        self, batch: int, seed: int, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed + 1)
         return torch.randn((batch, *self.input_shape), generator=gen, dtype=torch.float64).to(dtype)
 
@@ -175,7 +186,9 @@ def cnn_recipes(
     n_conv = draw(st.integers(1, max_conv))
     n_lin = draw(st.integers(1, max_linear))
     in_ch = draw(st.integers(1, 3))
-    widths = [in_ch] + [draw(st.integers(min_hidden_width, max_channels)) for _ in range(n_conv + n_lin - 1)]
+    widths = [in_ch] + [
+        draw(st.integers(min_hidden_width, max_channels)) for _ in range(n_conv + n_lin - 1)
+    ]
     widths.append(draw(st.integers(1, 10)))
     kernels = tuple(
         (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))) for _ in range(n_conv)
@@ -212,7 +225,9 @@ def networks(
 @st.composite
 def hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPermutation:
     """A hidden permutation of ``spec`` drawn with ``st.permutations`` (shrinks towards identity)."""
-    return ngc.HiddenPermutation.from_lists([draw(st.permutations(range(n))) for n in spec.widths[1:-1]])
+    return ngc.HiddenPermutation.from_lists(
+        [draw(st.permutations(range(n))) for n in spec.widths[1:-1]]
+    )
 
 
 @st.composite
