@@ -56,7 +56,7 @@ def check_finite(params: Tensor, what: str = "parameters") -> None:
     the exact elementwise check runs to name the offending rows.
     """
     rows = params.reshape(1, -1) if params.dim() == 1 else params.reshape(params.shape[0], -1)
-    if rows.numel() == 0 or bool(torch.isfinite(rows.sum(dim=1, dtype=torch.float64)).all()):
+    if rows.numel() == 0 or bool(torch.isfinite(rows.sum(dim=1)).all()):
         return
     bad = (~torch.isfinite(rows)).any(dim=1).nonzero().flatten()
     if bad.numel():
@@ -330,8 +330,14 @@ class GraphTemplate:
             b, self.num_params, dtype=node_features.dtype, device=node_features.device
         )
         dev = node_features.device
-        out[:, self._node_targets.to(dev)] = nodes[:, self._node_valid.to(dev)]
-        out[:, self._edge_targets.to(dev)] = edges[:, self._edge_valid.to(dev)]
+        # index_copy_ along dim 1 is the fast scatter; columns without a parameter (inputs,
+        # kernel padding) are dropped first (skipped when there are none).
+        if self._node_pad.numel():
+            nodes = nodes[:, self._node_valid.to(dev)]
+        if self._edge_pad.numel():
+            edges = edges[:, self._edge_valid.to(dev)]
+        out.index_copy_(1, self._node_targets.to(dev), nodes)
+        out.index_copy_(1, self._edge_targets.to(dev), edges)
         return out
 
     # -- single graphs and permutations ------------------------------------------------------------
