@@ -56,15 +56,25 @@ def main() -> None:
 
     rows = [
         ("Tensor.clone() (baseline)", lambda: params.clone(), 2 * in_bytes),
-        ("template.batch (gather + NaN/Inf check)", lambda: template.batch(params), in_bytes + out_bytes + in_bytes),
+        (
+            "template.batch (gather + NaN/Inf check)",
+            lambda: template.batch(params),
+            in_bytes + out_bytes + in_bytes,
+        ),
         (
             "template.batch(allow_nonfinite=True) (gather only)",
             lambda: template.batch(params, allow_nonfinite=True),
             in_bytes + out_bytes,
         ),
-        ("template.params (scatter back)", lambda: template.params(nodes, edges), out_bytes + in_bytes),
+        (
+            "template.params (scatter back)",
+            lambda: template.params(nodes, edges),
+            out_bytes + in_bytes,
+        ),
     ]
-    print(f"\n{args.n:,} networks x {template.num_params:,} params ({in_bytes / 1e6:.0f} MB float32)\n")
+    print(
+        f"\n{args.n:,} networks x {template.num_params:,} params ({in_bytes / 1e6:.0f} MB float32)\n"
+    )
     print("| operation | time (ms) | networks/s | GB/s (read + write) | vs clone |")
     print("|---|---:|---:|---:|---:|")
     base = None

@@ -1,0 +1,209 @@
+"""Every workflow of the nngraph monorepo: ``nox -l`` lists the sessions.
+
+``nox`` alone runs the quick ones (lint, typecheck, tests, props); ``nox -s ci`` runs everything
+CI runs, in order. Packages are discovered from ``packages/*/pyproject.toml`` and
+``apps/*/pyproject.toml``, so a new package is tested, documented and built without editing this
+file. Every install goes through ``-c constraints.txt`` (torch is pinned there).
+"""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests", "props"]
+
+ROOT = Path(__file__).resolve().parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+REPORTS = ROOT / ".nox" / "_reports"  # junit xml of the pytest runs, summed up by `ci`
+TEST_ENV = {"MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+DOCS_ENV = {"NO_MKDOCS_2_WARNING": "1"}
+
+
+def _packages() -> list[Path]:
+    """Every package folder of the workspace (libraries first, then apps)."""
+    found = [p.parent for p in sorted(ROOT.glob("packages/*/pyproject.toml"))]
+    return found + [p.parent for p in sorted(ROOT.glob("apps/*/pyproject.toml"))]
+
+
+def _group(name: str) -> tuple[str, ...]:
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+def _install_packages(session: nox.Session, *, extras: str = "test", deps: bool = True) -> None:
+    """Install every workspace package editable, in ONE pip call so that pins between sibling
+    packages (``nngraph-testing==0.1.0``) resolve to the local checkouts."""
+    args: list[str] = []
+    for pkg in _packages():
+        meta = nox.project.load_toml(pkg / "pyproject.toml")
+        optional = meta.get("project", {}).get("optional-dependencies", {})
+        args += ["-e", f"{pkg}[{extras}]" if extras in optional else str(pkg)]
+        # A package may keep its test requirements in a PEP 735 group instead of an extra.
+        if deps and extras in meta.get("dependency-groups", {}):
+            args += nox.project.dependency_groups(meta, extras)
+    if deps and extras == "test":
+        args += _group("test")  # pytest + hypothesis even if a package forgets them
+    session.install(*CONSTRAINTS, *args, *([] if deps else ["--no-deps"]))
+
+
+def _count(report: Path) -> tuple[int, int, int]:
+    """(passed, failed, skipped) of one junit xml report."""
+    passed = failed = skipped = 0
+    for suite in ET.parse(report).getroot().iter("testsuite"):
+        total, skip = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+        bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        passed, failed, skipped = passed + total - skip - bad, failed + bad, skipped + skip
+    return passed, failed, skipped
+
+
+def _pytest(
+    session: nox.Session, target: Path, report: str, *args: str, env: dict[str, str]
+) -> None:
+    """Run pytest on one folder. Exit code 5 (nothing collected) is reported, not fatal."""
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    xml = REPORTS / f"{report}.xml"
+    xml.unlink(missing_ok=True)
+    session.run(
+        "pytest",
+        str(target.relative_to(ROOT)),
+        f"--junitxml={xml}",
+        "-n",
+        "2",  # two workers (tests set one torch thread each): the machines have two cores
+        *args,
+        *session.posargs,
+        env={**TEST_ENV, **env},
+        success_codes=[0, 5],
+    )
+    if not xml.exists() or sum(_count(xml)) == 0:
+        session.warn(f"{target.relative_to(ROOT)}: no tests were collected")
+
+
+def _run_suites(session: nox.Session, prefix: str, env: dict[str, str]) -> None:
+    for pkg in _packages():
+        if (pkg / "tests").is_dir():
+            _pytest(session, pkg / "tests", f"{prefix}-{pkg.name}", env=env)
+        else:
+            session.warn(f"{pkg.name} has no tests/ folder")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check over the whole repository."""
+    session.install(*CONSTRAINTS, *_group("lint"))
+    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", "--diff", ".")
+
+
+@nox.session(reuse_venv=True)
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict, config in the root pyproject.toml) on nngraph-core."""
+    session.install(*CONSTRAINTS, *_group("typecheck"), "-e", "packages/nngraph-core")
+    session.run("mypy", *(session.posargs or ["packages/nngraph-core/src"]))
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """Every package's tests/ folder, each in its own pytest run (CPU)."""
+    _install_packages(session)
+    _run_suites(session, "tests", env={"NNGRAPH_DEVICE": "cpu"})
+
+
+@nox.session(reuse_venv=True)
+def props(session: nox.Session) -> None:
+    """The cross-package property suite tests/properties/ under the hypothesis `ci` profile."""
+    if not (ROOT / "tests" / "properties").is_dir():
+        session.skip("tests/properties/ does not exist yet")
+    _install_packages(session)
+    _pytest(
+        session,
+        ROOT / "tests" / "properties",
+        "props",
+        "--hypothesis-profile=ci",
+        env={"NNGRAPH_DEVICE": "cpu"},
+    )
+
+
+@nox.session(default=False, reuse_venv=True)
+def tests_gpu(session: nox.Session) -> None:
+    """The package suites and the property suite with NNGRAPH_DEVICE=cuda; skipped without CUDA."""
+    session.install(*CONSTRAINTS, "torch")
+    probe = "import torch; print(torch.cuda.is_available())"
+    if session.run("python", "-c", probe, silent=True).strip() != "True":
+        session.skip(
+            "torch.cuda.is_available() is False: no CUDA device (or a CPU-only torch build) "
+            "on this machine, so the GPU suites were NOT run."
+        )
+    _install_packages(session)
+    env = {"NNGRAPH_DEVICE": "cuda"}
+    _run_suites(session, "gpu", env=env)
+    if (ROOT / "tests" / "properties").is_dir():
+        _pytest(
+            session, ROOT / "tests" / "properties", "gpu-props", "--hypothesis-profile=ci", env=env
+        )
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site strictly (``nox -s docs -- serve`` serves it instead)."""
+    session.install(*CONSTRAINTS, *_group("docs"))
+    # mkdocstrings reads the sources statically (paths in mkdocs.yml); the packages are installed
+    # without their heavy dependencies only so that their metadata is present.
+    _install_packages(session, deps=False)
+    if session.posargs and session.posargs[0] == "serve":
+        session.run("mkdocs", "serve", *session.posargs[1:], env=DOCS_ENV)
+    else:
+        session.run(
+            "mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=DOCS_ENV
+        )
+
+
+@nox.session(default=False)
+def build(session: nox.Session) -> None:
+    """sdist + wheel of every package into dist/."""
+    session.install(*CONSTRAINTS, *_group("build"))
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    for pkg in _packages():
+        session.run("python", "-m", "build", "--outdir", str(dist), str(pkg))
+    session.log("built: " + ", ".join(sorted(p.name for p in dist.iterdir())))
+
+
+@nox.session(default=False, reuse_venv=False)
+def install_alone(session: nox.Session) -> None:
+    """Install the nngraph-core wheel alone (+ torch) in a fresh venv and use it from outside.
+
+    Runs .ci/install_alone_check.py from a temporary folder (the source tree is not importable):
+    converts an MLP and a CNN, round-trips them, checks that no optional dependency came along.
+    """
+    tmp = Path(session.create_tmp()).resolve()
+    wheelhouse = tmp / "wheelhouse"
+    shutil.rmtree(wheelhouse, ignore_errors=True)
+    session.run(
+        "python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheelhouse),
+        str(ROOT / "packages" / "nngraph-core"),
+    )  # fmt: skip
+    (wheel,) = wheelhouse.glob("nngraph_core-*.whl")
+    session.install(*CONSTRAINTS, str(wheel))
+    session.run("python", "-m", "pip", "list")
+    session.chdir(tmp)
+    session.run("python", str(ROOT / ".ci" / "install_alone_check.py"), env={"PYTHONPATH": None})
+
+
+@nox.session(
+    venv_backend="none",
+    default=False,
+    requires=["lint", "typecheck", "tests", "props", "docs", "build", "install_alone"],
+)
+def ci(session: nox.Session) -> None:
+    """Everything CI runs (the required sessions run first, in this order); sums up the tests."""
+    reports = sorted(REPORTS.glob("tests-*.xml")) + sorted(REPORTS.glob("props.xml"))
+    counts = [_count(r) for r in reports]
+    passed, failed, skipped = (sum(c[i] for c in counts) for i in range(3))
+    session.log("pytest runs: " + ", ".join(r.stem for r in reports))
+    print(f"ci: {passed} passed, {failed} failed, {skipped} skipped")
