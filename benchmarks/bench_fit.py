@@ -1,0 +1,175 @@
+"""Benchmark INR fitting (nngraph-datasets): speed vs the fp32 limit, and what the recipes give.
+
+    python benchmarks/bench_fit.py            # speed: naive autograd vs hand-written (eager, compiled)
+    python benchmarks/bench_fit.py --psnr     # + median PSNR at 500/1000 steps, both recipes, 64 mnist-5k digits
+    python benchmarks/bench_fit.py --fmnist-std 256   # + per-layer std of Fashion-MNIST INRs vs step count
+
+Prints the CPU model, the fp32 GEMM rate measured in the same run, and every speed as INR-steps/s
+and as a fraction of the limit (GEMM rate / 5.3 MFLOP per INR-step). The machine is shared, so each
+variant is timed several times, interleaved, and the best repetition is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import time
+
+import torch
+
+from nngraph_datasets import BENCHMARK, SIREN_INIT, fit_inrs, layer_stats, load_images
+from nngraph_datasets.fit import _step_fn, init_batch
+from nngraph_datasets.inr import grid
+
+FLOP_PER_INR_STEP = 5.3e6
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(
+            ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")
+        )
+    except Exception:
+        return "unknown"
+
+
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def naive_autograd(targets: torch.Tensor, steps: int) -> None:
+    """The plain approach: batched module forward, autograd, torch.optim.Adam (no masking)."""
+    b = targets.shape[0]
+    p = init_batch(range(b), 0, BENCHMARK)
+    w0 = p[:, :64].reshape(b, 32, 2).clone().requires_grad_()
+    b0 = p[:, 64:96].clone().requires_grad_()
+    w1 = p[:, 96:1120].reshape(b, 32, 32).clone().requires_grad_()
+    b1 = p[:, 1120:1152].clone().requires_grad_()
+    w2 = p[:, 1152:1184].reshape(b, 32, 1).clone().requires_grad_()
+    b2 = p[:, 1184:].clone().requires_grad_()
+    opt = torch.optim.Adam([w0, b0, w1, b1, w2, b2], lr=5e-4)
+    x = grid(28)
+    for _ in range(steps):
+        h = torch.sin(30 * (torch.matmul(x, w0.transpose(1, 2)) + b0[:, None]))
+        h = torch.sin(30 * (torch.bmm(h, w1.transpose(1, 2)) + b1[:, None]))
+        y = torch.bmm(h, w2)[..., 0] + b2 + 0.5
+        loss = ((y - targets) ** 2).mean(1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def hand(targets: torch.Tensor, steps: int, compiled: bool) -> None:
+    fn, _ = _step_fn(compiled)
+    b = targets.shape[0]
+    p = init_batch(range(b), 0, BENCHMARK)
+    st = (
+        p,
+        torch.zeros_like(p),
+        torch.zeros_like(p),
+        torch.zeros(b),
+        torch.ones(b, dtype=torch.bool),
+    )
+    xt = grid(28).t().contiguous()
+    for _ in range(steps):
+        st = fn(*st, targets, xt, 5e-4, 0.9, 0.999, 1e-8, 1e-4, 30.0)[:5]
+
+
+def speed(batch_sizes: list[int], steps: int, reps: int) -> None:
+    images, _, _ = load_images("mnist-5k")
+    rows = []
+    gemm = 0.0
+    for bs in batch_sizes:
+        t = images[:bs].reshape(bs, -1)
+        variants = {
+            "naive autograd + torch.optim.Adam": lambda t=t: naive_autograd(t, steps),
+            "hand-written fwd/bwd + fused Adam, eager": lambda t=t: hand(t, steps, False),
+            "hand-written fwd/bwd + fused Adam, torch.compile": lambda t=t: hand(t, steps, True),
+        }
+        for f in variants.values():  # warm-up (compiles)
+            f()
+        best = dict.fromkeys(variants, 0.0)
+        for _ in range(reps):
+            gemm = max(gemm, gemm_gflops())
+            for name, f in variants.items():
+                t0 = time.perf_counter()
+                f()
+                best[name] = max(best[name], bs * steps / (time.perf_counter() - t0))
+        rows += [(bs, name, v) for name, v in best.items()]
+    limit = gemm * 1e9 / FLOP_PER_INR_STEP
+    print(
+        f"fp32 GEMM (1024^2, best of {reps}): {gemm:.0f} GFLOP/s -> limit {limit:,.0f} INR-steps/s"
+    )
+    print(f"{'batch':>5}  {'variant':<50} {'INR-steps/s':>12} {'% of limit':>10}")
+    for bs, name, v in rows:
+        print(f"{bs:>5}  {name:<50} {v:>12,.0f} {100 * v / limit:>9.1f}%")
+
+
+def psnr_table(n: int) -> None:
+    images, _, _ = load_images("mnist-5k")
+    idx = torch.arange(0, 5000, 5000 // n)[:n]  # spread over the classes
+    imgs = images[idx]
+    print(f"median PSNR on {n} mnist-5k digits (dB):")
+    for recipe in (BENCHMARK, SIREN_INIT):
+        out = []
+        for steps in (500, 1000):
+            r = fit_inrs(imgs, dataclasses.replace(recipe, steps=steps), batch_size=32)
+            out.append(
+                f"{steps} steps {r.psnr.median():.1f} (stopped early: {(r.steps < steps).sum().item()})"
+            )
+        print(f"  {recipe.name:<10} " + " | ".join(out))
+
+
+def fmnist_std(n: int, step_counts: list[int]) -> None:
+    images, _, _ = load_images("fashion-mnist", "train")
+    g = torch.Generator().manual_seed(0)
+    imgs = images[torch.randperm(len(images), generator=g)[:n]]
+    print(
+        f"Fashion-MNIST, {n} INRs, per-layer std (published: w0 .078 w1 .032 w2 .135 b0 .029 b1 .017)"
+    )
+    for steps in step_counts:
+        t0 = time.perf_counter()
+        r = fit_inrs(imgs, dataclasses.replace(BENCHMARK, steps=steps), batch_size=32)
+        s = layer_stats(r.params)
+        print(
+            f"  {steps:>5} steps: "
+            + " ".join(f"{k} {s[k]['std']:.3f}" for k in ("w0", "w1", "w2", "b0", "b1"))
+            + f" | median PSNR {r.psnr.median():.1f} dB | {time.perf_counter() - t0:.0f} s"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch-sizes", default="16,32,64")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--psnr", action="store_true")
+    ap.add_argument("--psnr-n", type=int, default=64)
+    ap.add_argument("--fmnist-std", type=int, default=0, metavar="N")
+    ap.add_argument("--fmnist-steps", default="1000,2000,3000,5000")
+    ap.add_argument("--no-speed", action="store_true")
+    a = ap.parse_args()
+    print(f"CPU: {cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"fp32 GEMM {gemm_gflops():.0f} GFLOP/s, bf16 GEMM {gemm_gflops(torch.bfloat16):.0f} GFLOP/s (1024^2)"
+    )
+    if not a.no_speed:
+        speed([int(b) for b in a.batch_sizes.split(",")], a.steps, a.reps)
+    if a.psnr:
+        psnr_table(a.psnr_n)
+    if a.fmnist_std:
+        fmnist_std(a.fmnist_std, [int(s) for s in a.fmnist_steps.split(",")])
+
+
+if __name__ == "__main__":
+    main()

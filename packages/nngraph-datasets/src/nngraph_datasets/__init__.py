@@ -1,0 +1,84 @@
+"""nngraph-datasets: INR model zoos — image sources, fitting, storage, published readers.
+
+Quick start::
+
+    from nngraph_datasets import load_images, fit_inrs, build_zoo, load_zoo
+    images, labels, ids = load_images("mnist-5k")
+    result = fit_inrs(images[:64])            # params [64, 1185], steps, psnr
+    build_zoo("zoos/mnist5k", "mnist-5k")      # or: nngraph-datasets fit --out zoos/mnist5k
+    splits = load_zoo("zoos/mnist5k")          # {"train": Dataset, "val": ..., "test": ...}
+"""
+
+from .errors import (
+    CorruptFileError,
+    DatasetError,
+    FileTooLargeError,
+    IntegrityError,
+    SourceNotFoundError,
+    UnsafeFileError,
+    ZooExistsError,
+    ZooFormatError,
+)
+from .fit import FitResult, fit_inrs, fit_inrs_autograd
+from .images import SOURCES, dilate, load_images, read_idx
+from .inr import (
+    BENCHMARK,
+    FASHION_MNIST_BENCHMARK,
+    RECIPES,
+    SIREN_INIT,
+    InrRecipe,
+    Siren,
+    grid,
+    init_params,
+    num_params,
+    psnr,
+    render,
+)
+from .published import Limits, convert_published, load_pth, read_published
+from .stats import PUBLISHED_STD, layer_stats
+from .zoo import Zoo, ZooSplit, build_zoo, load_zoo, make_splits, verify_zoo, write_zoo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BENCHMARK",
+    "FASHION_MNIST_BENCHMARK",
+    "PUBLISHED_STD",
+    "RECIPES",
+    "SIREN_INIT",
+    "SOURCES",
+    "CorruptFileError",
+    "DatasetError",
+    "FileTooLargeError",
+    "FitResult",
+    "InrRecipe",
+    "IntegrityError",
+    "Limits",
+    "Siren",
+    "SourceNotFoundError",
+    "UnsafeFileError",
+    "Zoo",
+    "ZooExistsError",
+    "ZooFormatError",
+    "ZooSplit",
+    "__version__",
+    "build_zoo",
+    "convert_published",
+    "dilate",
+    "fit_inrs",
+    "fit_inrs_autograd",
+    "grid",
+    "init_params",
+    "layer_stats",
+    "load_images",
+    "load_pth",
+    "load_zoo",
+    "make_splits",
+    "num_params",
+    "psnr",
+    "read_idx",
+    "read_published",
+    "render",
+    "verify_zoo",
+    "write_zoo",
+]

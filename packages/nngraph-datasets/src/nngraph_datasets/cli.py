@@ -1,0 +1,234 @@
+"""``nngraph-datasets``: fit, inspect, verify and picture INR zoos.
+
+Examples::
+
+    nngraph-datasets fit --source mnist-5k --out zoos/mnist5k
+    nngraph-datasets fit --source fashion-mnist --out zoos/fmnist --limit 1000
+    nngraph-datasets info zoos/fmnist
+    nngraph-datasets verify zoos/fmnist
+    nngraph-datasets show zoos/fmnist --out fmnist.png
+    nngraph-datasets convert mnist-inrs.zip --out zoos/mnist-published
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from .errors import DatasetError
+from .inr import RECIPES
+
+__all__ = ["main"]
+
+
+class _Progress:
+    """A one-line progress bar: INRs done, INR-steps/s, median PSNR, ETA (no dependencies)."""
+
+    def __init__(self, steps: int, stream: TextIO | None = None) -> None:
+        self.steps, self.t0 = steps, time.monotonic()
+        self.first: tuple[int, float] | None = None
+        self.stream: TextIO = stream or sys.stderr
+        self.psnr: list[float] = []
+
+    def __call__(self, done: int, total: int, batch_psnr: torch.Tensor) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (done - len(batch_psnr), now)  # resumed shards do not count for speed
+        self.psnr += batch_psnr.tolist()
+        fitted, dt = done - self.first[0], now - self.t0
+        rate = fitted / dt if dt > 0 and fitted > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        med = float(torch.tensor(self.psnr).median()) if self.psnr else float("nan")
+        width = 30
+        fill = int(width * done / max(total, 1))
+        line = (
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} INRs | "
+            f"{rate * self.steps:,.0f} INR-steps/s | median PSNR {med:.1f} dB | ETA {_fmt(eta)}"
+        )
+        print(line, end="", file=self.stream, flush=True)
+        if done >= total:
+            print(file=self.stream)
+
+
+def _fmt(sec: float) -> str:
+    if sec != sec:
+        return "?"
+    m, s = divmod(int(sec), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _cmd_fit(a: argparse.Namespace) -> int:
+    from .zoo import build_zoo
+
+    recipe = RECIPES[a.recipe]
+    changes = {
+        k: v
+        for k, v in (("steps", a.steps), ("stop_psnr", a.stop_psnr), ("lr", a.lr))
+        if v is not None
+    }
+    if changes:
+        recipe = dataclasses.replace(recipe, **changes)
+    elif a.recipe == "benchmark" and a.source == "fashion-mnist":
+        from .inr import FASHION_MNIST_BENCHMARK
+
+        recipe = FASHION_MNIST_BENCHMARK
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    choices: dict[str, Any] = {"auto": "auto", "yes": True, "no": False}
+    compile_: bool | str = choices[a.compile]
+    out = build_zoo(
+        a.out, a.source, recipe, seed=a.seed, limit=a.limit, shard_size=a.shard_size,
+        batch_size=a.batch_size, compile=compile_, root=a.root, overwrite=a.overwrite,
+        progress=None if a.quiet else _Progress(recipe.steps),
+    )  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from .stats import layer_stats
+    from .zoo import Zoo
+
+    zoo = Zoo(a.path)
+    m = zoo.manifest
+    psnr = zoo.column("psnr")
+    steps = zoo.column("steps")
+    info = {
+        "path": str(zoo.path),
+        "source": m["source"],
+        "num_inrs": m["num_inrs"],
+        "splits": {k: v[1] - v[0] for k, v in m["splits"].items()},
+        "recipe": m["recipe"],
+        "seed": m.get("seed"),
+        "psnr_db": {"median": float(psnr.nanmedian()), "p10": float(psnr.nanquantile(0.1)),
+                    "p90": float(psnr.nanquantile(0.9))} if len(psnr) else None,
+        "stopped_early": int((steps < int(m["recipe"].get("steps", 0))).sum()) if "steps" in m["recipe"] else None,
+        "layer_std": {k: round(v["std"], 4) for k, v in layer_stats(zoo.column("params")).items()},
+        "shards": len(m["shards"]),
+    }  # fmt: skip
+    if a.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from .zoo import verify_zoo
+
+    m = verify_zoo(a.path)
+    print(f"OK: {len(m['shards'])} shards, {m['num_inrs']} INRs, every sha256 matches")
+    return 0
+
+
+def _cmd_show(a: argparse.Namespace) -> int:
+    from .images import dilate
+    from .png import image_grid, write_png
+    from .zoo import Zoo
+
+    zoo = Zoo(a.path)
+    n = min(a.n, len(zoo))
+    h, w = zoo.manifest["architecture"]["image_size"]
+    from .inr import render
+
+    recon = render(
+        zoo.column("params", 0, n), h, w, w0=float(zoo.manifest["architecture"]["w0"])
+    ).clamp(0, 1)
+    rows = []
+    if "images" in zoo.shards[0]:
+        img = zoo.images(0, n)
+        rows = [img.numpy(), recon.numpy()]
+        if a.dilated:
+            rows.append(dilate(img).numpy())
+    else:
+        rows = [recon.numpy()]
+    out = Path(a.out or Path(a.path) / "preview.png")
+    write_png(out, image_grid(rows, scale=a.scale))
+    print(
+        f"wrote {out} (rows: {'originals, reconstructions' + (', dilation targets' if a.dilated else '') if len(rows) > 1 else 'reconstructions'})"
+    )
+    return 0
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from .published import convert_published
+
+    out = convert_published(
+        a.zip, a.out, a.kind, splits_json=a.splits, seed=a.seed, overwrite=a.overwrite
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nngraph-datasets", description="INR model zoos: fit, inspect, verify."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit one INR per image and write a zoo (resumable)")
+    f.add_argument(
+        "--source", default="mnist-5k", choices=["mnist-5k", "fashion-mnist", "mnist", "digits"]
+    )
+    f.add_argument("--out", required=True, help="zoo folder to create")
+    f.add_argument("--recipe", default="benchmark", choices=sorted(RECIPES))
+    f.add_argument("--steps", type=int, help="override the recipe's step count")
+    f.add_argument("--stop-psnr", type=float, help="override the early-stop PSNR (dB)")
+    f.add_argument("--lr", type=float, help="override the learning rate")
+    f.add_argument("--limit", type=int, help="fit only N INRs (splits shrunk in proportion)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--root", help="folder of the IDX files (fashion-mnist / mnist)")
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--shard-size", type=int, default=1024)
+    f.add_argument("--compile", choices=["auto", "yes", "no"], default="auto")
+    f.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    f.add_argument("--overwrite", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_fit)
+    i = sub.add_parser("info", help="summary of a zoo (splits, recipe, PSNR, per-layer std)")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_info)
+    v = sub.add_parser("verify", help="check every shard's sha256")
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_verify)
+    s = sub.add_parser(
+        "show", help="PNG grid: originals above reconstructions (and dilation targets)"
+    )
+    s.add_argument("path")
+    s.add_argument("--out", help="PNG file (default PATH/preview.png)")
+    s.add_argument("-n", type=int, default=16, help="number of INRs")
+    s.add_argument("--scale", type=int, default=4)
+    s.add_argument("--dilated", action="store_true", help="add a row of dilation targets")
+    s.set_defaults(func=_cmd_show)
+    c = sub.add_parser("convert", help="convert a published INR zip into a zoo")
+    c.add_argument("zip")
+    c.add_argument("--out", required=True)
+    c.add_argument("--kind", choices=["mnist", "fashion-mnist"])
+    c.add_argument("--splits", help="the published splits json")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

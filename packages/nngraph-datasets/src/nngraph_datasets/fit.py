@@ -1,0 +1,321 @@
+"""Fit many INRs at once.
+
+The fast path writes the forward AND backward pass of the 3-layer sine MLP by hand and fuses Adam
+on a flat ``[B, P]`` parameter buffer, so one training step of a whole batch is a handful of
+batched matmuls plus elementwise work, with no autograd graph. Activations are kept
+channel-major (``[B, hidden, pixels]``) so the elementwise work vectorises over the pixels.
+With a C++ compiler the step is ``torch.compile``-d (inductor fuses the sine/cosine and the
+elementwise backward); otherwise it runs eagerly. :func:`fit_inrs_autograd` computes the same
+thing with autograd and is the reference the tests compare against.
+
+Math, per INR with pixels ``x_n`` (coordinates) and targets ``t_n``, ``N`` pixels::
+
+    a0 = w0 (W0 x + b0),  h0 = sin a0            (hidden, N)
+    a1 = w0 (W1 h0 + b1), h1 = sin a1
+    y  = W2 h1 + b2 + 0.5,  L = mean_n (y - t)^2
+    dy = 2 (y - t) / N
+    g1 = cos(a1) * (W2^T dy)          -> dW2 = dy h1^T, db2 = sum dy
+    dW1 = w0 g1 h0^T, db1 = w0 sum_n g1
+    g0 = cos(a0) * (w0 W1^T g1)       -> dW0 = w0 g0 x^T, db0 = w0 sum_n g0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .inr import BENCHMARK, InrRecipe, grid, init_params, inr_seed, num_params, psnr
+
+__all__ = ["FitResult", "fit_inrs", "fit_inrs_autograd", "init_batch", "siren_step"]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit_inrs` returns.
+
+    Attributes:
+        params: ``[n, P]`` float32 flat parameters (state-dict order).
+        steps: ``[n]`` int32 Adam steps taken (``< recipe.steps`` if the INR stopped early).
+        psnr: ``[n]`` float32 final PSNR in dB.
+    """
+
+    params: Tensor
+    steps: Tensor
+    psnr: Tensor
+
+
+def siren_step(
+    params: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    active: Tensor,
+    target: Tensor,
+    coords_t: Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    stop_mse: float,
+    w0: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One masked Adam step of a batch of INRs, forward and backward by hand.
+
+    Args:
+        params, exp_avg, exp_avg_sq: ``[B, P]`` flat parameters and Adam moments.
+        step: ``[B]`` Adam steps taken so far (float).
+        active: ``[B]`` bool; inactive INRs are left untouched.
+        target: ``[B, N]`` pixels.
+        coords_t: ``[2, N]`` coordinates (transposed grid).
+
+    Returns:
+        ``(params, exp_avg, exp_avg_sq, step, active, mse)`` after the step, where ``mse`` is the
+        loss at the parameters BEFORE the step, and ``active`` already excludes the INRs whose
+        ``mse <= stop_mse`` (they were not updated).
+    """
+    b, p = params.shape
+    h = round((-5 + math.sqrt(25 - 4 * (1 - p))) / 2)
+    n = target.shape[1]
+    o0, o1, o2, o3, o4 = 2 * h, 3 * h, 3 * h + h * h, 4 * h + h * h, 5 * h + h * h
+    w_0 = params[:, :o0].view(b, h, 2)
+    b_0 = params[:, o0:o1]
+    w_1 = params[:, o1:o2].view(b, h, h)
+    b_1 = params[:, o2:o3]
+    w_2 = params[:, o3:o4]
+    b_2 = params[:, o4:]
+    # forward (channel-major: [B, h, N])
+    a0 = w0 * (w_0[:, :, 0:1] * coords_t[0] + w_0[:, :, 1:2] * coords_t[1] + b_0[:, :, None])
+    h0 = torch.sin(a0)
+    c0 = torch.cos(a0)
+    a1 = w0 * (torch.bmm(w_1, h0) + b_1[:, :, None])
+    h1 = torch.sin(a1)
+    c1 = torch.cos(a1)
+    y = (h1 * w_2[:, :, None]).sum(1) + b_2 + 0.5
+    r = y - target
+    mse = (r * r).mean(1)
+    act = active & (mse > stop_mse)
+    # backward
+    dy = r * (2.0 / n)
+    dw_2 = (h1 * dy[:, None, :]).sum(2)
+    db_2 = dy.sum(1, keepdim=True)
+    g1 = c1 * dy[:, None, :] * w_2[:, :, None]
+    dw_1 = w0 * torch.bmm(g1, h0.transpose(1, 2))
+    db_1 = w0 * g1.sum(2)
+    g0 = (w0 * torch.bmm(w_1.transpose(1, 2), g1)) * c0
+    dw_0 = w0 * torch.stack([(g0 * coords_t[0]).sum(2), (g0 * coords_t[1]).sum(2)], dim=-1)
+    db_0 = w0 * g0.sum(2)
+    grad = torch.cat(
+        [dw_0.reshape(b, 2 * h), db_0, dw_1.reshape(b, h * h), db_1, dw_2, db_2], dim=1
+    )
+    new_params, new_avg, new_sq, new_step = masked_adam(
+        params, grad, exp_avg, exp_avg_sq, step, act, lr, beta1, beta2, eps
+    )
+    return new_params, new_avg, new_sq, new_step, act, mse
+
+
+def masked_adam(
+    params: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    active: Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``torch.optim.Adam``'s update on flat ``[B, P]`` buffers, applied only where ``active``."""
+    a = active[:, None]
+    new_step = step + active.to(step.dtype)
+    new_avg = torch.where(a, exp_avg + (grad - exp_avg) * (1 - beta1), exp_avg)
+    new_sq = torch.where(a, exp_avg_sq * beta2 + grad * grad * (1 - beta2), exp_avg_sq)
+    bc1 = 1 - beta1**new_step
+    bc2 = 1 - beta2**new_step
+    denom = new_sq.sqrt() / bc2.sqrt()[:, None] + eps
+    new_params = torch.where(a, params - (lr / bc1)[:, None] * new_avg / denom, params)
+    return new_params, new_avg, new_sq, new_step
+
+
+_COMPILED: dict[str, Callable[..., Any]] = {}
+
+
+def _have_compiler() -> bool:
+    return sys.platform.startswith("linux") and any(
+        shutil.which(c) for c in ("g++", "c++", "clang++")
+    )
+
+
+def _step_fn(compile: bool | str) -> tuple[Callable[..., Any], bool]:
+    """The step function and whether it is compiled."""
+    if compile == "auto":
+        compile = _have_compiler()
+    if not compile:
+        return siren_step, False
+    if "step" not in _COMPILED:
+        _COMPILED["step"] = torch.compile(siren_step, dynamic=False)
+    return _COMPILED["step"], True
+
+
+def init_batch(
+    indices: Sequence[int], seed: int, recipe: InrRecipe, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Initial parameters ``[len(indices), P]``; INR ``i`` uses the generator ``inr_seed(seed, i)``."""
+    rows = [
+        init_params(
+            torch.Generator().manual_seed(inr_seed(seed, int(i))),
+            hidden=recipe.hidden,
+            w0=recipe.w0,
+            first_layer_init=recipe.first_layer_init,
+            dtype=dtype,
+        )
+        for i in indices
+    ]
+    return torch.stack(rows) if rows else torch.zeros(0, num_params(recipe.hidden), dtype=dtype)
+
+
+def _prepare(images: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    if images.dim() != 3:
+        raise ValueError(f"images must be [n, H, W], got shape {tuple(images.shape)}")
+    n, height, width = images.shape
+    return images.reshape(n, height * width).to(dtype), grid(height, width, dtype=dtype)
+
+
+def fit_inrs(
+    images: Tensor,
+    recipe: InrRecipe = BENCHMARK,
+    *,
+    seed: int = 0,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 32,
+    compile: bool | str = "auto",
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> FitResult:
+    """Fit one INR per image, ``batch_size`` INRs at a time, with the hand-written fast step.
+
+    Args:
+        images: ``[n, H, W]`` pixels in ``[0, 1]``.
+        recipe: the fitting recipe (:data:`~nngraph_datasets.BENCHMARK` by default).
+        seed: zoo seed; INR ``k`` is initialised from ``inr_seed(seed, indices[k])``.
+        indices: the INRs' indices in the zoo (default ``range(n)``); they fix the
+            initialisation, so a zoo fitted in pieces equals one fitted at once.
+        batch_size: INRs fitted together. 16-64 keeps the working set in cache.
+        compile: ``torch.compile`` the step (``"auto"``: when a C++ compiler is found). The
+            compiled and eager steps agree to float32 rounding, not bit for bit.
+        dtype: float32 (default) or float64.
+        callback: called after each batch with ``(number of INRs done, psnr of the batch)``.
+
+    Returns:
+        :class:`FitResult` with float32 parameters, steps taken and final PSNR.
+    """
+    target_all, coords = _prepare(images, dtype)
+    n = target_all.shape[0]
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    if len(indices) != n:
+        raise ValueError("indices must have one entry per image")
+    step_fn, _ = _step_fn(compile)
+    coords_t = coords.t().contiguous()
+    beta1, beta2 = recipe.betas
+    stop_mse = 10.0 ** (-recipe.stop_psnr / 10.0)
+    p = num_params(recipe.hidden)
+    out_params = torch.empty(n, p, dtype=torch.float32)
+    out_steps = torch.empty(n, dtype=torch.int32)
+    out_psnr = torch.empty(n, dtype=torch.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        m = stop - start
+        # pad the last batch to a full one (inactive rows) so a compiled step is reused
+        params = torch.zeros(batch_size, p, dtype=dtype)
+        params[:m] = init_batch(indices[start:stop], seed, recipe, dtype)
+        target = torch.zeros(batch_size, target_all.shape[1], dtype=dtype)
+        target[:m] = target_all[start:stop]
+        active = torch.zeros(batch_size, dtype=torch.bool)
+        active[:m] = True
+        exp_avg = torch.zeros_like(params)
+        exp_avg_sq = torch.zeros_like(params)
+        step = torch.zeros(batch_size, dtype=dtype)
+        for k in range(recipe.steps):
+            params, exp_avg, exp_avg_sq, step, active, _ = step_fn(
+                params, exp_avg, exp_avg_sq, step, active, target, coords_t,
+                recipe.lr, beta1, beta2, recipe.eps, stop_mse, recipe.w0,
+            )  # fmt: skip
+            if k % 50 == 49 and not bool(active.any()):
+                break
+        mse = _mse(params[:m], target[:m], coords_t, recipe.w0)
+        out_params[start:stop] = params[:m].to(torch.float32)
+        out_steps[start:stop] = step[:m].to(torch.int32)
+        out_psnr[start:stop] = psnr(mse).to(torch.float32)
+        if callback is not None:
+            callback(stop, out_psnr[start:stop])
+    return FitResult(out_params, out_steps, out_psnr)
+
+
+def _mse(params: Tensor, target: Tensor, coords_t: Tensor, w0: float) -> Tensor:
+    from .inr import param_slices
+
+    b, p = params.shape
+    h = round((-5 + math.sqrt(25 - 4 * (1 - p))) / 2)
+    s = param_slices(h)
+    w_0 = params[:, s["seq.0.weight"]].reshape(b, h, 2)
+    h0 = torch.sin(w0 * (torch.matmul(w_0, coords_t) + params[:, s["seq.0.bias"], None]))
+    w_1 = params[:, s["seq.1.weight"]].reshape(b, h, h)
+    h1 = torch.sin(w0 * (torch.bmm(w_1, h0) + params[:, s["seq.1.bias"], None]))
+    y = (h1 * params[:, s["seq.2.weight"], None]).sum(1) + params[:, s["seq.2.bias"]] + 0.5
+    return ((y - target) ** 2).mean(1)
+
+
+def fit_inrs_autograd(
+    images: Tensor,
+    recipe: InrRecipe = BENCHMARK,
+    *,
+    seed: int = 0,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float32,
+) -> FitResult:
+    """Reference implementation of :func:`fit_inrs`: autograd gradients, same masked Adam.
+
+    Slow (autograd over batched matmuls); used by the tests and as the benchmark baseline.
+    """
+    target_all, coords = _prepare(images, dtype)
+    n = target_all.shape[0]
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    coords_t = coords.t().contiguous()
+    beta1, beta2 = recipe.betas
+    stop_mse = 10.0 ** (-recipe.stop_psnr / 10.0)
+    results = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        params = init_batch(indices[start:stop], seed, recipe, dtype)
+        target = target_all[start:stop]
+        exp_avg = torch.zeros_like(params)
+        exp_avg_sq = torch.zeros_like(params)
+        step = torch.zeros(stop - start, dtype=dtype)
+        active = torch.ones(stop - start, dtype=torch.bool)
+        for _ in range(recipe.steps):
+            leaf = params.detach().requires_grad_(True)
+            mse = _mse(leaf, target, coords_t, recipe.w0)
+            (grad,) = torch.autograd.grad(mse.sum(), leaf)
+            active = active & (mse.detach() > stop_mse)
+            params, exp_avg, exp_avg_sq, step = masked_adam(
+                params, grad, exp_avg, exp_avg_sq, step, active, recipe.lr, beta1, beta2, recipe.eps
+            )
+        mse = _mse(params, target, coords_t, recipe.w0)
+        results.append((params.detach().float(), step.to(torch.int32), psnr(mse).float()))
+    if not results:
+        p = num_params(recipe.hidden)
+        return FitResult(torch.zeros(0, p), torch.zeros(0, dtype=torch.int32), torch.zeros(0))
+    return FitResult(*(torch.cat(t) for t in zip(*results)))
+
+
+def _warn_fallback(err: Exception) -> None:  # pragma: no cover - depends on the toolchain
+    warnings.warn(f"torch.compile failed ({err!r}); fitting eagerly", RuntimeWarning, stacklevel=3)
