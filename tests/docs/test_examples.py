@@ -14,7 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(
-    [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("packages/*/README.md"), *ROOT.glob("apps/*/README.md")]
+    [
+        ROOT / "README.md",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("packages/*/README.md"),
+        *ROOT.glob("apps/*/README.md"),
+    ]
 )
 BLOCK = re.compile(r"(<!-- skip-example -->\s*)?```python\n(.*?)```", re.S)
 
@@ -23,7 +28,9 @@ def _blocks(page: Path) -> list[str]:
     return [code for skip, code in BLOCK.findall(page.read_text()) if not skip]
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if _blocks(p)], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     namespace: dict[str, object] = {"__name__": "__example__"}
@@ -31,4 +38,6 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         try:
             exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - the failure message is the point
-            raise AssertionError(f"{page.relative_to(ROOT)} block {i} failed: {exc!r}\n{code}") from exc
+            raise AssertionError(
+                f"{page.relative_to(ROOT)} block {i} failed: {exc!r}\n{code}"
+            ) from exc

@@ -22,12 +22,15 @@ from nngraph_testing import (
     assert_differs,
     assert_graphs_isomorphic,
     assert_same_function,
+    device_under_test,
     hidden_permutations,
     network_recipes,
     nontrivial_hidden_permutations,
     partial_permutation_index,
     seeds,
 )
+
+DEVICE = device_under_test()
 
 KINDS = ["mlp", "cnn"]
 DTYPES = [torch.float32, torch.float64]
@@ -36,7 +39,7 @@ DTYPES = [torch.float32, torch.float64]
 def _build(data: st.DataObject, kind: str, dtype: torch.dtype, **kwargs: object):
     recipe = data.draw(network_recipes(kind, **kwargs), label="architecture")
     seed = data.draw(seeds, label="seed")
-    module = recipe.build(seed, dtype)
+    module = recipe.build(seed, dtype).to(DEVICE)
     return recipe, module, seed
 
 
@@ -50,7 +53,7 @@ def test_hidden_permutation_preserves_function(
     spec = ngc.network_spec(module, input_shape=recipe.input_shape)
     perm = data.draw(hidden_permutations(spec), label="permutation")
     permuted = ngc.permute_hidden(module, perm, spec=spec)
-    assert_same_function(module, permuted, recipe.example_input(4, seed, dtype))
+    assert_same_function(module, permuted, recipe.example_input(4, seed, dtype).to(DEVICE))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -103,7 +106,7 @@ def test_template_batch_agrees_with_from_module(
     recipe = data.draw(network_recipes(kind), label="architecture")
     seed = data.draw(seeds, label="seed")
     size = data.draw(st.integers(1, 4), label="batch size")
-    modules = [recipe.build(seed + i, dtype) for i in range(size)]
+    modules = [recipe.build(seed + i, dtype).to(DEVICE) for i in range(size)]
     template = ngc.GraphTemplate.from_module(modules[0], input_shape=recipe.input_shape)
     params = torch.stack([template.flatten(m) for m in modules])
     gb = template.batch(params)
@@ -128,7 +131,7 @@ def test_mixed_architecture_batch_roundtrip(data: st.DataObject) -> None:
         st.lists(network_recipes("any"), min_size=1, max_size=4), label="architectures"
     )
     seed = data.draw(seeds, label="seed")
-    modules = [r.build(seed + i, torch.float32) for i, r in enumerate(recipes)]
+    modules = [r.build(seed + i, torch.float32).to(DEVICE) for i, r in enumerate(recipes)]
     graphs = [
         ngc.from_module(m, input_shape=r.input_shape) for m, r in zip(modules, recipes, strict=True)
     ]
@@ -187,7 +190,7 @@ def test_uncoupled_permutation_changes_function(
     illegal = ngc.permute_hidden(module, ngc.HiddenPermutation.identity(spec), spec=spec)
     illegal.load_state_dict(template.unflatten(flat[pi]))
     legal = ngc.permute_hidden(module, perm, spec=spec)
-    x = recipe.example_input(8, seed, dtype)
+    x = recipe.example_input(8, seed, dtype).to(DEVICE)
     with torch.no_grad():
         assert_same_function(module, legal, x)
         assert_differs(
@@ -209,7 +212,7 @@ def test_permuting_outputs_changes_function(kind: str, data: st.DataObject) -> N
     pi = partial_permutation_index(template, spec.num_layers, swap, incoming=True, outgoing=False)
     other = ngc.permute_hidden(module, ngc.HiddenPermutation.identity(spec), spec=spec)
     other.load_state_dict(template.unflatten(template.flatten(module)[pi]))
-    x = recipe.example_input(8, seed, torch.float64)
+    x = recipe.example_input(8, seed, torch.float64).to(DEVICE)
     with torch.no_grad():
         assert_differs(
             other(x), module(x), "swapping two output neurons did not change the function"

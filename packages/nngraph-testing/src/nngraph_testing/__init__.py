@@ -18,7 +18,7 @@ from .asserts import (
 )
 from .base import EquivariantModelTests, GraphModelTests, InvariantModelTests
 from .permutations import partial_permutation_index
-from .profiles import PROFILES, load_profile, register_profiles
+from .profiles import PROFILES, device_under_test, load_profile, register_profiles
 from .strategies import (
     ACTIVATIONS,
     SMOOTH_ACTIVATIONS,
@@ -50,6 +50,7 @@ __all__ = [
     "assert_same_function",
     "assert_sensitive",
     "cnn_recipes",
+    "device_under_test",
     "dtypes",
     "hidden_permutations",
     "load_profile",

@@ -14,7 +14,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-__all__ = ["PROFILES", "load_profile", "register_profiles"]
+__all__ = ["PROFILES", "device_under_test", "load_profile", "register_profiles"]
 
 PROFILES = ("ci", "dev", "thorough")
 CI_EXAMPLES = 200
@@ -57,3 +57,15 @@ def load_profile(name: str | None = None) -> str:
     chosen = name or default_profile()
     settings.load_profile(chosen)
     return chosen
+
+
+def device_under_test() -> str:
+    """The device the suites run on: ``$NNGRAPH_DEVICE`` (``cpu`` by default; ``nox -s tests_gpu``
+    sets ``cuda``). Raises if CUDA is asked for but not available, so a GPU run never silently
+    tests the CPU."""
+    import torch
+
+    device = os.environ.get("NNGRAPH_DEVICE", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"NNGRAPH_DEVICE={device} but torch.cuda.is_available() is False")
+    return device
