@@ -2,7 +2,8 @@
 
     python benchmarks/bench_fit.py            # speed: naive autograd vs hand-written (eager, compiled)
     python benchmarks/bench_fit.py --psnr     # + median PSNR at 500/1000 steps, both recipes, 64 mnist-5k digits
-    python benchmarks/bench_fit.py --fmnist-std 256   # + per-layer std of Fashion-MNIST INRs vs step count
+    python benchmarks/bench_fit.py --no-speed --fmnist-std 256  # per-layer std vs published at
+        1000..5000 steps (--fmnist-steps), ONE 5,000-step fit snapshotted; --mnist-std 256 likewise
 
 Prints the CPU model, the fp32 GEMM rate measured in the same run, and every speed as INR-steps/s
 and as a fraction of the limit (GEMM rate / 5.3 MFLOP per INR-step). The machine is shared, so each
@@ -22,6 +23,7 @@ import torch
 from nngraph_datasets import BENCHMARK, SIREN_INIT, fit_inrs, layer_stats, load_images
 from nngraph_datasets.fit import _step_fn, init_batch
 from nngraph_datasets.inr import grid
+from nngraph_datasets.stats import PUBLISHED_STD
 
 FLOP_PER_INR_STEP = 5.3e6
 
@@ -129,33 +131,62 @@ def psnr_table(n: int) -> None:
         print(f"  {recipe.name:<10} " + " | ".join(out))
 
 
-def fmnist_std(n: int, step_counts: list[int]) -> None:
-    images, _, _ = load_images("fashion-mnist", "train")
+STD_KEYS = ("w0", "w1", "w2", "b0", "b1")
+
+
+def std_table(source: str, published: str, n: int, step_counts: list[int]) -> None:
+    """Fit ``n`` INRs of ``source`` ONCE for ``max(step_counts)`` steps, snapshotting the others."""
+    split = "all" if source == "mnist-5k" else "train"
+    images, _, _ = load_images(source, split)
     g = torch.Generator().manual_seed(0)
     imgs = images[torch.randperm(len(images), generator=g)[:n]]
+    ref = PUBLISHED_STD[published]
     print(
-        f"Fashion-MNIST, {n} INRs, per-layer std (published: w0 .078 w1 .032 w2 .135 b0 .029 b1 .017)"
+        f"{source}, {n} INRs (random training images, seed 0), benchmark recipe, per-layer std "
+        f"(published {published}: " + " ".join(f"{k} {ref[k]:.3f}" for k in STD_KEYS) + ")"
     )
-    for steps in step_counts:
-        t0 = time.perf_counter()
-        r = fit_inrs(imgs, dataclasses.replace(BENCHMARK, steps=steps), batch_size=32)
-        s = layer_stats(r.params)
+    t0 = time.perf_counter()
+    recipe = dataclasses.replace(BENCHMARK, steps=max(step_counts))
+    r = fit_inrs(imgs, recipe, snapshots=step_counts)
+    dt = time.perf_counter() - t0
+    print(f"  {'steps':>5}  " + "  ".join(f"{k:>5}" for k in STD_KEYS)
+          + "  median PSNR  stopped  max rel. err  mean rel. err")  # fmt: skip
+    for steps in sorted(step_counts):
+        snap = r.snapshots[steps]
+        s = layer_stats(snap.params)
+        rel = [abs(s[k]["std"] - ref[k]) / ref[k] for k in STD_KEYS]
         print(
-            f"  {steps:>5} steps: "
-            + " ".join(f"{k} {s[k]['std']:.3f}" for k in ("w0", "w1", "w2", "b0", "b1"))
-            + f" | median PSNR {r.psnr.median():.1f} dB | {time.perf_counter() - t0:.0f} s"
+            f"  {steps:>5}  "
+            + "  ".join(f"{s[k]['std']:.3f}" for k in STD_KEYS)
+            + f"  {float(snap.psnr.median()):>8.1f} dB  {int((snap.steps < steps).sum()):>7}"
+            + f"  {100 * max(rel):>11.0f}%  {100 * sum(rel) / len(rel):>12.0f}%"
         )
+    print(f"  ({n * max(step_counts):,} INR-steps, {r.kernel} kernel, {dt:.0f} s)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch-sizes", default="16,32,64")
+    ap.add_argument("--batch-sizes", default="8,16,32")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--psnr", action="store_true")
     ap.add_argument("--psnr-n", type=int, default=64)
-    ap.add_argument("--fmnist-std", type=int, default=0, metavar="N")
-    ap.add_argument("--fmnist-steps", default="1000,2000,3000,5000")
+    ap.add_argument(
+        "--mnist-std",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per-layer std of N mnist-5k INRs at --mnist-steps (one run)",
+    )
+    ap.add_argument("--mnist-steps", default="500,1000")
+    ap.add_argument(
+        "--fmnist-std",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per-layer std of N Fashion-MNIST INRs at --fmnist-steps (one run)",
+    )
+    ap.add_argument("--fmnist-steps", default="1000,2000,3000,4000,5000")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
     print(f"CPU: {cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
@@ -167,8 +198,15 @@ def main() -> None:
         speed([int(b) for b in a.batch_sizes.split(",")], a.steps, a.reps)
     if a.psnr:
         psnr_table(a.psnr_n)
+    if a.mnist_std:
+        std_table("mnist-5k", "mnist", a.mnist_std, [int(s) for s in a.mnist_steps.split(",")])
     if a.fmnist_std:
-        fmnist_std(a.fmnist_std, [int(s) for s in a.fmnist_steps.split(",")])
+        std_table(
+            "fashion-mnist",
+            "fashion-mnist",
+            a.fmnist_std,
+            [int(s) for s in a.fmnist_steps.split(",")],
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +103,51 @@ def test_reported_psnr_is_the_reconstruction_psnr() -> None:
     r = fit_inrs(imgs, dataclasses.replace(BENCHMARK, steps=3), compile=False)
     mse = ((render(r.params, 6, 5) - imgs) ** 2).mean((1, 2))
     torch.testing.assert_close(psnr(mse), r.psnr, rtol=1e-4, atol=1e-4)
+
+
+def _broken_compile(monkeypatch: pytest.MonkeyPatch, *, at_call: bool) -> None:
+    """Make ``torch.compile`` fail, either when called or when the compiled function first runs."""
+    import nngraph_datasets.fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "_COMPILED", {})
+    monkeypatch.setattr(fit_mod, "_COMPILE_ERROR", [])
+
+    def compile_(fn: object, **kw: object) -> object:
+        if not at_call:
+            raise RuntimeError("Compiler: cc not found")
+
+        def run(*args: object) -> object:
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_)
+
+
+@pytest.mark.parametrize("at_call", [False, True])
+def test_compile_failure_falls_back_to_eager(
+    monkeypatch: pytest.MonkeyPatch, at_call: bool
+) -> None:
+    _broken_compile(monkeypatch, at_call=at_call)
+    imgs = _images(3).float()
+    recipe = dataclasses.replace(BENCHMARK, steps=4)
+    with pytest.warns(RuntimeWarning, match="torch.compile .* failed .*eager"):
+        r = fit_inrs(imgs, recipe, batch_size=2, compile=True)
+    eager = fit_inrs(imgs, recipe, batch_size=2, compile=False)
+    assert r.kernel == "eager" and torch.equal(r.params, eager.params)
+    with warnings.catch_warnings():  # warned once; later fits go straight to eager
+        warnings.simplefilter("error")
+        assert fit_inrs(imgs, recipe, batch_size=2, compile="auto").kernel == "eager"
+
+
+def test_compile_failure_is_recorded_in_the_zoo(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("sklearn")
+    from nngraph_datasets import build_zoo, verify_zoo
+
+    _broken_compile(monkeypatch, at_call=True)
+    with pytest.warns(RuntimeWarning, match="eager"):
+        out = build_zoo(tmp_path / "z", "digits", dataclasses.replace(BENCHMARK, steps=2),
+                        limit=8, shard_size=8, batch_size=4, compile=True)  # fmt: skip
+    assert verify_zoo(out)["kernel"] == "eager"

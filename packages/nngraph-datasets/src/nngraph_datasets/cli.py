@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit", type=int, help="fit only N INRs (splits shrunk in proportion)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--root", help="folder of the IDX files (fashion-mnist / mnist)")
-    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--shard-size", type=int, default=1024)
     f.add_argument("--compile", choices=["auto", "yes", "no"], default="auto")
     f.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

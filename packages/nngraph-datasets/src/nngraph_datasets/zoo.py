@@ -179,7 +179,7 @@ def build_zoo(
     seed: int = 0,
     limit: int | None = None,
     shard_size: int = 1024,
-    batch_size: int = 32,
+    batch_size: int = 16,
     compile: bool | str = "auto",
     root: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -204,13 +204,18 @@ def build_zoo(
     Returns:
         The path of the finished zoo.
     """
-    from .fit import _step_fn, fit_inrs
+    from .fit import _example_args, _step_fn, fit_inrs
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise ZooExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    _, compiled = _step_fn(compile)
     images, labels, ids = load_raw(source, "all", root)
+    # compile now (falling back to eager with a warning if that fails) to record the real kernel
+    hw = (int(images.shape[1]), int(images.shape[2]))
+    example = _example_args(batch_size, hw, recipe, torch.float32)
+    _, compiled = _step_fn(compile, example)
+    if not compiled:
+        compile = False  # a fallback stays eager for the whole build
     scale = int(source_info(source)["scale"])  # type: ignore[call-overload]
     splits = _limit_splits(make_splits(source, labels, ids, seed), limit, seed)
     order = np.concatenate([splits[s] for s in _SPLIT_NAMES])
