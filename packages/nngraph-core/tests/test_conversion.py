@@ -260,6 +260,14 @@ def test_template_unflatten_batched() -> None:
     assert gb.dense_nodes().shape == (2, 7, 1) and gb.dense_edges().shape == (2, 12, 1)
     assert torch.equal(gb.batch, torch.tensor([0] * 7 + [1] * 7))
     assert repr(t).startswith("GraphTemplate(nodes=7")
+    # Parameter maps of a template batch and of the same graphs batched as a mixed batch agree.
+    mixed = ngc.batch(gb.to_graphs())
+    assert torch.equal(gb.node_param, mixed.node_param)
+    assert torch.equal(gb.edge_param, mixed.edge_param)
+    doubled = gb.with_features(2 * gb.node_features, 2 * gb.edge_features)
+    assert torch.equal(doubled.params(), 2 * params) and doubled.template is t
+    with pytest.raises(ngc.ShapeMismatchError):
+        gb.with_features(gb.node_features[:3], gb.edge_features)
 
 
 def test_to_pyg() -> None:

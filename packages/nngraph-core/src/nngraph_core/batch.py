@@ -127,6 +127,21 @@ class GraphBatch:
         return self._tiled("node_activation")
 
     @property
+    def node_param(self) -> Tensor:
+        """``[sum N]`` position of each node's bias in its network's flat parameters (-1: none)."""
+        return self._tiled("node_param")
+
+    @property
+    def edge_param(self) -> Tensor:
+        """``[sum E, d_edge]`` position of each edge-feature entry in its network's flat
+        parameters (-1: padding)."""
+        if "edge_param" not in self._structure:
+            assert self.template is not None
+            base = self.template.edge_param.to(self.edge_features.device)
+            self._structure["edge_param"] = base.repeat(self.num_graphs, 1)
+        return self._structure["edge_param"]
+
+    @property
     def num_nodes(self) -> int:
         return int(self.node_features.shape[0])
 
@@ -209,6 +224,25 @@ class GraphBatch:
         return (
             max(s.kernel_shape[0] for s in self.specs),
             max(s.kernel_shape[1] for s in self.specs),
+        )
+
+    def with_features(self, node_features: Tensor, edge_features: Tensor) -> GraphBatch:
+        """A batch of the same graphs (same structure) carrying new node and edge features,
+        e.g. the networks an equivariant model predicts."""
+        if node_features.shape[0] != self.num_nodes or edge_features.shape[0] != self.num_edges:
+            raise ShapeMismatchError(
+                f"new features {tuple(node_features.shape)} / {tuple(edge_features.shape)} do not "
+                f"fit {self.num_nodes} nodes / {self.num_edges} edges"
+            )
+        return GraphBatch(
+            node_features,
+            edge_features,
+            num_graphs=self.num_graphs,
+            node_ptr=self.node_ptr,
+            edge_ptr=self.edge_ptr,
+            template=self.template,
+            specs=self.specs,
+            structure=self._structure,
         )
 
     def to(
