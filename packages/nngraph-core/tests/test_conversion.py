@@ -268,6 +268,11 @@ def test_template_unflatten_batched() -> None:
     assert torch.equal(doubled.params(), 2 * params) and doubled.template is t
     with pytest.raises(ngc.ShapeMismatchError):
         gb.with_features(gb.node_features[:3], gb.edge_features)
+    parts = gb.split(1)
+    assert [p.num_graphs for p in parts] == [1, 1]
+    assert torch.equal(torch.cat([p.params() for p in parts]), params)
+    gb.probe_features = torch.arange(14.0).view(14, 1)
+    assert torch.equal(gb.split(1)[1].probe_features, torch.arange(7.0, 14.0).view(7, 1))
 
 
 def test_to_pyg() -> None:

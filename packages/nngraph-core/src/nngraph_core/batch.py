@@ -226,6 +226,29 @@ class GraphBatch:
             max(s.kernel_shape[1] for s in self.specs),
         )
 
+    def split(self, size: int) -> list[GraphBatch]:
+        """Consecutive sub-batches of at most ``size`` graphs (one architecture; the features
+        are views, ``probe_features`` are split along). Models run large batches chunk by chunk
+        this way to keep their working set in cache."""
+        t = self._require_template("split()")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        nodes, edges = self.dense_nodes(), self.dense_edges()
+        probes = (
+            None
+            if self.probe_features is None
+            else self.probe_features.view(self.num_graphs, t.num_nodes, -1)
+        )
+        out = []
+        for start in range(0, self.num_graphs, size):
+            part = GraphBatch.from_template(
+                t, nodes[start : start + size], edges[start : start + size]
+            )
+            if probes is not None:
+                part.probe_features = probes[start : start + size].reshape(-1, probes.shape[-1])
+            out.append(part)
+        return out
+
     def with_features(self, node_features: Tensor, edge_features: Tensor) -> GraphBatch:
         """A batch of the same graphs (same structure) carrying new node and edge features,
         e.g. the networks an equivariant model predicts."""

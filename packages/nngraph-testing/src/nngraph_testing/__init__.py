@@ -18,6 +18,11 @@ from .asserts import (
 )
 from .base import EquivariantModelTests, GraphModelTests, InvariantModelTests
 from .permutations import partial_permutation_index
+from .probes import (
+    STRUCTURAL_PROBE_DIM,
+    batch_with_structural_probes,
+    structural_probe_features,
+)
 from .profiles import PROFILES, device_under_test, load_profile, register_profiles
 from .strategies import (
     ACTIVATIONS,
@@ -37,6 +42,7 @@ __all__ = [
     "ACTIVATIONS",
     "PROFILES",
     "SMOOTH_ACTIVATIONS",
+    "STRUCTURAL_PROBE_DIM",
     "TOLERANCES",
     "EquivariantModelTests",
     "GraphModelTests",
@@ -49,6 +55,7 @@ __all__ = [
     "assert_invariant",
     "assert_same_function",
     "assert_sensitive",
+    "batch_with_structural_probes",
     "cnn_recipes",
     "device_under_test",
     "dtypes",
@@ -61,5 +68,6 @@ __all__ = [
     "partial_permutation_index",
     "register_profiles",
     "seeds",
+    "structural_probe_features",
     "tolerance",
 ]

@@ -16,10 +16,11 @@ mode the tests expect a deterministic model (dropout 0): a dropout mask is not p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -31,15 +32,26 @@ from .strategies import SMOOTH_ACTIVATIONS, network_recipes, nontrivial_hidden_p
 
 __all__ = ["EquivariantModelTests", "GraphModelTests", "InvariantModelTests"]
 
-# The inherited property methods run once per subclass, each with its own ``self``: that is the
-# point of a base class, not the mistake Hypothesis' differing_executors check looks for.
-_BASE_SETTINGS = settings(
-    suppress_health_check=[
-        HealthCheck.differing_executors,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ]
-)
+
+def _property(fn: Callable[..., None]) -> Callable[..., None]:
+    """Mark a property test of a base class. Every subclass gets its own ``@given``-wrapped copy
+    (see :meth:`GraphModelTests.__init_subclass__`), so the settings come from the profile that
+    is active when the tests run, and Hypothesis sees one test function per test class."""
+    fn._nngraph_property = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _wrap(raw: Callable[..., None], owner: type) -> Callable[..., None]:
+    def test(self: object, data: st.DataObject) -> None:
+        raw(self, data)
+
+    test.__name__ = raw.__name__
+    test.__qualname__ = f"{owner.__qualname__}.{raw.__name__}"
+    test.__doc__ = raw.__doc__
+    test.__module__ = owner.__module__
+    wrapped = given(data=st.data())(test)
+    wrapped._nngraph_raw = raw  # type: ignore[attr-defined]
+    return wrapped
 
 
 class GraphModelTests:
@@ -58,6 +70,18 @@ class GraphModelTests:
     max_layers: ClassVar[int] = 3
     #: tolerance multiplier for deep models (sums over many terms).
     scale: ClassVar[float] = 10.0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in dir(cls):
+            if not name.startswith("test_"):
+                continue
+            attr = getattr(cls, name)
+            raw = getattr(attr, "_nngraph_raw", None)
+            if raw is None and getattr(attr, "_nngraph_property", False):
+                raw = attr
+            if raw is not None:  # an inherited base-class property (not a subclass override)
+                setattr(cls, name, _wrap(raw, cls))
 
     def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
         """Build the model under test for graphs of ``template``, in ``dtype``."""
@@ -84,10 +108,15 @@ class GraphModelTests:
         return st.one_of(*options)
 
     def _draw_setup(
-        self, data: st.DataObject, min_hidden_width: int = 2
+        self, data: st.DataObject, min_hidden_width: int = 2, *, sensitivity: bool = False
     ) -> tuple[ngc.GraphTemplate, Tensor, torch.dtype, str]:
         recipe = data.draw(self._recipes(min_hidden_width), label="architecture")
-        dtype = data.draw(st.sampled_from(self.dtypes), label="dtype")
+        # Sensitivity checks ("an illegal permutation changes the output") run in float64,
+        # where the noise floor is far below any real change; a small model at random
+        # initialisation may react to an uncoupled permutation by less than float32's
+        # equivariance tolerance, which would make the check undecidable there.
+        dtypes = (torch.float64,) if sensitivity and torch.float64 in self.dtypes else self.dtypes
+        dtype = data.draw(st.sampled_from(dtypes), label="dtype")
         mode = data.draw(st.sampled_from(self.modes), label="mode")
         seed = data.draw(seeds, label="seed")
         nets = [recipe.build(seed + i, torch.float64) for i in range(self.batch_size)]
@@ -107,8 +136,7 @@ class GraphModelTests:
 class InvariantModelTests(GraphModelTests):
     """Properties of a model whose output must not change under hidden permutations."""
 
-    @_BASE_SETTINGS
-    @given(data=st.data())
+    @_property
     def test_invariant_to_hidden_permutations(self, data: st.DataObject) -> None:
         template, params, dtype, mode = self._draw_setup(data)
         perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
@@ -120,10 +148,9 @@ class InvariantModelTests(GraphModelTests):
             out_p, out, "invariant model changed under a hidden permutation", scale=self.scale
         )
 
-    @_BASE_SETTINGS
-    @given(data=st.data())
+    @_property
     def test_sensitive_to_uncoupled_permutation(self, data: st.DataObject) -> None:
-        template, params, dtype, mode = self._draw_setup(data)
+        template, params, dtype, mode = self._draw_setup(data, sensitivity=True)
         perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
         layer = next(
             i for i, p in enumerate(perm.perms, start=1) if not p.equal(torch.arange(p.numel()))
@@ -137,10 +164,9 @@ class InvariantModelTests(GraphModelTests):
                 lambda p: self.run_model(model, template, p), params, lambda p: p[..., pi]
             )
 
-    @_BASE_SETTINGS
-    @given(data=st.data())
+    @_property
     def test_output_neurons_keep_identity(self, data: st.DataObject) -> None:
-        template, params, dtype, mode = self._draw_setup(data)
+        template, params, dtype, mode = self._draw_setup(data, sensitivity=True)
         n_out = template.spec.widths[-1]
         if n_out < 2:
             return
@@ -158,8 +184,7 @@ class InvariantModelTests(GraphModelTests):
 class EquivariantModelTests(GraphModelTests):
     """Properties of a model that maps networks to networks (e.g. an editing head)."""
 
-    @_BASE_SETTINGS
-    @given(data=st.data())
+    @_property
     def test_equivariant_to_hidden_permutations(self, data: st.DataObject) -> None:
         template, params, dtype, mode = self._draw_setup(data)
         perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
@@ -175,10 +200,9 @@ class EquivariantModelTests(GraphModelTests):
             scale=self.scale,
         )
 
-    @_BASE_SETTINGS
-    @given(data=st.data())
+    @_property
     def test_sensitive_to_uncoupled_permutation(self, data: st.DataObject) -> None:
-        template, params, dtype, mode = self._draw_setup(data)
+        template, params, dtype, mode = self._draw_setup(data, sensitivity=True)
         perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
         layer = next(
             i for i, p in enumerate(perm.perms, start=1) if not p.equal(torch.arange(p.numel()))
