@@ -1,0 +1,47 @@
+"""nngraph-layers: graph-network layers and models for neural graphs.
+
+Encoders (per-layer normalisation, Fourier features, probe projection), positional
+embeddings, readout heads, the NG-GNN layer :class:`EdgePNAConv` and model :class:`NGGNN`,
+the NG-T layers :class:`RelationalAttention`, :class:`RTLayer` and model :class:`NGTransformer`,
+and the baselines :class:`FlatMLP`, :class:`DeepSets` and :class:`NFNBaseline`.
+"""
+
+from .baselines import DeepSets, FlatMLP, NFNBaseline
+from .edge_pna import AGGREGATORS, SCALERS, EdgePNAConv, avg_log_degree, pna_combine
+from .encoders import FourierFeatures, ProbeProjection, WeightNormalizer
+from .heads import EquivariantHead, InvariantHead, mlp
+from .model import GraphEncoder, GraphModel, as_template
+from .ngnn import NGGNN, dense_edges, sparse_edges
+from .ngt import NGTransformer
+from .positional import PositionalEmbedding
+from .relational_attention import BlockLayout, RelationalAttention
+from .rt_layer import EdgeUpdate, RTLayer
+
+__all__ = [
+    "AGGREGATORS",
+    "NGGNN",
+    "SCALERS",
+    "BlockLayout",
+    "DeepSets",
+    "EdgePNAConv",
+    "EdgeUpdate",
+    "EquivariantHead",
+    "FlatMLP",
+    "FourierFeatures",
+    "GraphEncoder",
+    "GraphModel",
+    "InvariantHead",
+    "NFNBaseline",
+    "NGTransformer",
+    "PositionalEmbedding",
+    "ProbeProjection",
+    "RTLayer",
+    "RelationalAttention",
+    "WeightNormalizer",
+    "as_template",
+    "avg_log_degree",
+    "dense_edges",
+    "mlp",
+    "pna_combine",
+    "sparse_edges",
+]

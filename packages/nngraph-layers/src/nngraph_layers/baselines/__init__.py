@@ -1,0 +1,15 @@
+"""Baselines for the comparison table, with the graph models' interface:
+``Model.for_graphs(template, num_outputs)`` and ``model(GraphBatch) -> [B, num_outputs]``.
+
+* :class:`FlatMLP` -- MLP on the flattened, normalised weights (not permutation invariant).
+* :class:`DeepSets` -- set encoder over all weights and biases (invariant, but to a much larger
+  group than the hidden-neuron permutations).
+* :class:`NFNBaseline` -- NFN_HNP / NFN_NP through the ``nfn`` package (extra ``nfn``).
+"""
+
+from ._normalize import ParamNormalizer
+from .deep_sets import DeepSets
+from .flat_mlp import FlatMLP
+from .nfn_baseline import NFNBaseline, to_weight_space_features
+
+__all__ = ["DeepSets", "FlatMLP", "NFNBaseline", "ParamNormalizer", "to_weight_space_features"]

@@ -1,0 +1,74 @@
+"""MLP on the flattened, normalised weights -- the weakest baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+import nngraph_core as ngc
+
+from ._common import batch_params
+from ._normalize import ParamNormalizer
+
+__all__ = ["FlatMLP"]
+
+
+class FlatMLP(nn.Module):
+    r"""An MLP on the flat parameter vector, :math:`\hat y = \mathrm{MLP}(\tilde\theta)`, with
+    :math:`\tilde\theta` standardised per layer (:class:`ParamNormalizer`).
+
+    It ignores the hidden-neuron permutation symmetry: the same function written with permuted
+    neurons gets a different prediction, so it must learn the symmetry from data and fails to on
+    the INR benchmarks (MNIST INRs: ~18% vs ~95% for graph models, DESIGN §3). It is the
+    comparison table's "MLP" row.
+
+    Args:
+        spec: the architecture.
+        num_outputs: classes / targets.
+        hidden: widths of the hidden layers.
+        dropout: dropout after each hidden activation.
+
+    Shapes:
+        - input: :class:`~nngraph_core.GraphBatch` of ``B`` networks of ``spec``
+        - output: ``[B, num_outputs]``
+    """
+
+    def __init__(
+        self,
+        spec: ngc.NetworkSpec,
+        num_outputs: int,
+        *,
+        hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.normalizer = ParamNormalizer(spec)
+        layers: list[nn.Module] = []
+        width = spec.num_params
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_outputs))
+        self.mlp = nn.Sequential(*layers)
+
+    @classmethod
+    def for_graphs(
+        cls, template: ngc.GraphTemplate | ngc.NetworkSpec, num_outputs: int = 10, **kwargs: object
+    ) -> FlatMLP:
+        """A model for graphs of ``template`` (keyword arguments as in the constructor)."""
+        spec = template.spec if isinstance(template, ngc.GraphTemplate) else template
+        return cls(spec, num_outputs, **kwargs)  # type: ignore[arg-type]
+
+    def fit_normalization(self, params: Tensor) -> FlatMLP:
+        """Per-layer statistics from training parameters ``[B, P]``."""
+        self.normalizer.fit(params)
+        return self
+
+    def forward(self, batch: ngc.GraphBatch) -> Tensor:
+        x = self.normalizer(batch_params(batch, self.spec, "FlatMLP"))
+        out: Tensor = self.mlp(x)
+        return out
