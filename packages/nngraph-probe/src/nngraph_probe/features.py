@@ -80,7 +80,8 @@ class ProbeFeatures(nn.Module):
             :math:`[\text{low}, \text{high}]^d` for ``d = 1, 2`` coordinates (e.g. 28x28 pixel centres).
         learned: make the probes an ``nn.Parameter`` trained with the model (gradients flow through
             the forward pass); otherwise a buffer.
-        low, high: the range of ``"uniform"`` and ``"grid"``.
+        low: the range of ``"uniform"`` and ``"grid"``.
+        high: the range of ``"uniform"`` and ``"grid"``.
         grid_size: ``(H, W)`` for ``init="grid"`` (default ``(28, 28)``; ``(n,)`` for 1-D inputs).
         seed: seed of the ``torch.Generator`` that draws the probes (fixed probes are reproducible).
         probes: explicit initial probes ``[K, *input_shape]`` (overrides ``init``).

@@ -1,0 +1,41 @@
+"""nngraph-apps: training and evaluation on model zoos with PyTorch Lightning.
+
+* :class:`InrClassificationTask`, :class:`InrEditingTask` -- LightningModules (torchgeo order:
+  ``configure_models / configure_losses / configure_metrics``) for every model of nngraph-layers
+  and nngraph-probe, with or without probe features; the paper's recipe.
+* :class:`InrDataModule` -- an INR zoo of nngraph-datasets, fitted on first use if missing.
+* ``nngraph-train`` -- the LightningCLI (``fit``, ``validate``, ``test``) with YAML configs in
+  ``nngraph_apps/configs`` (``nngraph-train --list-configs``).
+"""
+
+from .callbacks import SigtermCheckpoint, Timer
+from .cli import NNGraphCLI, config_path, list_configs, main
+from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
+from .errors import ConfigError
+from .models import MODELS, build_model
+from .report import write_report
+from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODELS",
+    "ConfigError",
+    "InrClassificationTask",
+    "InrDataModule",
+    "InrEditingTask",
+    "InrTask",
+    "NNGraphCLI",
+    "NonFiniteLossError",
+    "SigtermCheckpoint",
+    "TensorLoader",
+    "Timer",
+    "__version__",
+    "build_model",
+    "config_path",
+    "default_zoo_dir",
+    "inr_template",
+    "list_configs",
+    "main",
+    "write_report",
+]

@@ -1,0 +1,290 @@
+"""``nngraph-train``: the LightningCLI of nngraph (``fit``, ``validate``, ``test``).
+
+Examples::
+
+    nngraph-train fit --config mnist5k_ngnn.yaml                 # a config shipped in the app
+    nngraph-train fit --config mnist5k_ngnn.yaml --trainer.max_epochs 3 --run_dir runs/try
+    nngraph-train fit --config mnist5k_ngnn.yaml --ckpt_path last  # resume an interrupted run
+    nngraph-train test --config mnist5k_ngnn.yaml --ckpt_path runs/mnist5k_ngnn/checkpoints/last.ckpt
+    nngraph-train --list-configs
+
+Every run writes into ``--run_dir`` (default ``runs/<config name>``): ``checkpoints/`` (the best
+validation checkpoint and ``last.ckpt``), ``logs/csv`` and ``logs/tb`` (TensorBoard),
+``results.json`` and ``report.md`` with PNG plots. ``fit`` ends by testing the best validation
+checkpoint (``--test_after_fit false`` skips it).
+
+Exit codes: 0 done, 2 bad configuration or missing data, 3 non-finite loss, 143 stopped by
+SIGTERM (a resumable ``last.ckpt`` was saved).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .callbacks import SigtermCheckpoint, Timer
+from .data import InrDataModule
+from .errors import ConfigError, find_config_error
+from .report import machine_info, write_report
+from .tasks import InrTask, NonFiniteLossError
+
+__all__ = ["NNGraphCLI", "config_path", "list_configs", "main"]
+
+
+def list_configs() -> list[str]:
+    """Names of the YAML configs shipped in ``nngraph_apps/configs``."""
+    root = resources.files("nngraph_apps") / "configs"
+    return sorted(p.name for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(name: str) -> Path:
+    """Path of a shipped config (``mnist5k_ngnn`` or ``mnist5k_ngnn.yaml``)."""
+    fname = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    path = Path(str(resources.files("nngraph_apps") / "configs" / fname))
+    if not path.is_file():
+        raise ConfigError(
+            f"no config {name!r}: not a file, and not one of the shipped configs "
+            f"({', '.join(list_configs())})"
+        )
+    return path
+
+
+def _resolve_configs(args: list[str]) -> list[str]:
+    """``--config NAME`` of a shipped config -> its path (a real file always wins)."""
+    out = list(args)
+    for i, a in enumerate(out):
+        value = None
+        if a == "--config" and i + 1 < len(out):
+            value, j = out[i + 1], i + 1
+        elif a.startswith("--config="):
+            value, j = a.split("=", 1)[1], i
+        if value is None or Path(value).exists() or "/" in value or value.lstrip().startswith("{"):
+            continue
+        p = str(config_path(value))
+        out[j] = p if j != i else f"--config={p}"
+    return out
+
+
+class NNGraphCLI(LightningCLI):
+    """LightningCLI with the run folder, the standard callbacks and loggers, test-after-fit and
+    the report. Tasks: any :class:`~nngraph_apps.InrTask` (``--model InrClassificationTask`` or
+    ``InrEditingTask``); data: :class:`~nngraph_apps.InrDataModule`."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
+        self.timer = Timer()
+        self.sigterm: SigtermCheckpoint | None = None
+        self.run_dir = Path("runs/run")
+        super().__init__(
+            InrTask,
+            InrDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_dir", type=str | None, default=None,
+            help="Run folder: checkpoints, logs, results.json, report.md (default runs/<config>).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="After fit, test the best validation checkpoint and write the report.",
+        )  # fmt: skip
+        parser.add_argument(
+            "--num_threads", type=int | None, default=None,
+            help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=int, default=0,
+            help="Also refresh checkpoints/last.ckpt every n training steps (0: epoch ends only).",
+        )  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        threads = self._sub().get("num_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    # -- trainer ----------------------------------------------------------------------------------
+    def _sub(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def _choose_run_dir(self) -> Path:
+        cfg = self._sub()
+        if cfg.get("run_dir"):
+            return Path(cfg["run_dir"])
+        configs = cfg.get("config") or []
+        if configs:
+            return Path("runs") / Path(str(configs[-1])).stem
+        model = cfg["model"]["init_args"].get("model", "model")
+        return Path("runs") / f"{cfg['model']['class_path'].rsplit('.', 1)[-1]}-{model}"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self.run_dir = self._choose_run_dir()
+        cfg = self._sub()
+        trainer_cfg = cfg.get("trainer", {})
+        ckpt_dir = self.run_dir / "checkpoints"
+        task = self.model
+        extra: list[Callback] = [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best-{epoch}-{step}",
+                monitor=getattr(task, "monitor", "val/loss"),
+                mode=getattr(task, "monitor_mode", "min"),
+                save_top_k=1,
+                save_last=True,
+                auto_insert_metric_name=False,
+            ),
+            self.timer,
+        ]
+        n = int(cfg.get("checkpoint_every_n_steps") or 0)
+        if n > 0:
+            extra.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=n))
+        self.sigterm = SigtermCheckpoint(ckpt_dir)
+        extra.append(self.sigterm)
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir / "logs", name="csv"),
+                TensorBoardLogger(self.run_dir / "logs", name="tb"),
+            ]
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        config_callbacks = [
+            self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
+        ]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if trainer_config.get("strategy") == "ddp":
+            # Some models leave parameters without gradient in a step (e.g. the last layer's
+            # edge update under an invariant head); plain DDP would stop with an error.
+            trainer_config["strategy"] = "ddp_find_unused_parameters_true"
+        return self._instantiate_trainer(trainer_config, [*config_callbacks, *extra])
+
+    # -- after the subcommands --------------------------------------------------------------------
+    def after_fit(self) -> None:
+        if self.trainer.interrupted:
+            return
+        if self._sub().get("test_after_fit", True):
+            best = self.trainer.checkpoint_callback
+            path = getattr(best, "best_model_path", "") if best is not None else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path or None)
+            self._report("fit", best_checkpoint=path or None)
+
+    def after_test(self) -> None:
+        self._report("test", best_checkpoint=self._sub().get("ckpt_path"))
+
+    def after_validate(self) -> None:
+        self._report("validate", best_checkpoint=self._sub().get("ckpt_path"))
+
+    def _report(self, command: str, best_checkpoint: str | None) -> None:
+        trainer, task, dm = self.trainer, self.model, self.datamodule
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        prefix = "val/" if command == "validate" else "test/"
+        best = trainer.checkpoint_callback
+        score = getattr(best, "best_model_score", None)
+        cfg = self._sub()
+        results: dict[str, Any] = {
+            "name": self.run_dir.name,
+            "command": command,
+            "task": type(task).__name__,
+            "model": task.hparams.get("model"),
+            "use_probes": task.hparams.get("model") == "probe_mlp"
+            or (
+                bool(task.hparams.get("use_probes"))
+                and task.hparams.get("model") in ("ngnn", "ngt")
+            ),
+            "num_parameters": sum(p.numel() for p in task.parameters()),
+            "source": dm.source,
+            "zoo_dir": str(dm.zoo_dir),
+            "split_sizes": {k: len(v["params"]) for k, v in dm.splits.items()},
+            "monitor": getattr(task, "monitor", None),
+            "best_score": float(score) if score is not None else None,
+            "best_checkpoint": best_checkpoint,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "fit_seconds": round(self.timer.fit_seconds, 1),
+            "test_seconds": round(self.timer.test_seconds, 1),
+            "train_inrs_per_second": round(self.timer.train_items / self.timer.train_seconds, 1)
+            if self.timer.train_seconds > 0
+            else None,
+            "test": {k: v for k, v in metrics.items() if k.startswith(prefix)},
+            "seed": cfg.get("seed_everything"),
+            "machine": machine_info(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        report = write_report(self.run_dir, results, task=task)
+        _print_table(results, report)
+
+
+def _print_table(results: dict[str, Any], report: Path) -> None:
+    rows = [(k, f"{v:.4f}") for k, v in sorted(results["test"].items())]
+    rows += [
+        ("model", str(results["model"])),
+        ("epochs / steps", f"{results['epochs']} / {results['steps']}"),
+        ("fit time", f"{results['fit_seconds']:.0f} s"),
+    ]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"nngraph results: {results['name']}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in rows:
+            table.add_row(k, v)
+        Console().print(table)
+    except ImportError:  # pragma: no cover
+        for k, v in rows:
+            print(f"{k:>20}  {v}")
+    print(f"report: {report}")
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``nngraph-train``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--list-configs" in argv:
+        print("\n".join(list_configs()))
+        return 0
+    ConfigError.last = None
+    try:
+        argv = _resolve_configs(argv)
+        cli = NNGraphCLI(args=argv)
+    except SIGTERMException:
+        print(
+            "nngraph-train: SIGTERM: saved a resumable checkpoint (checkpoints/last.ckpt); "
+            "rerun the same command with --ckpt_path last to continue",
+            file=sys.stderr,
+        )
+        return 143
+    except SystemExit as e:  # jsonargparse's usage errors (exit 2) and --help (exit 0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except ValueError as e:
+        found = find_config_error(e)
+        if found is None:
+            raise
+        print(f"nngraph-train: error: {found}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"nngraph-train: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"nngraph-train: stopped: {e}", file=sys.stderr)
+        return 3
+    del cli
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

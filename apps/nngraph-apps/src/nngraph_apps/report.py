@@ -1,0 +1,202 @@
+"""Run reports: ``results.json``, ``report.md`` and PNG plots in the run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["machine_info", "read_metrics", "write_report"]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and torch threads (stated beside every speed figure)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def read_metrics(csv_root: Path) -> list[dict[str, float]]:
+    """Every row of every ``metrics.csv`` under ``csv_root`` (versions of resumed runs in order),
+    as floats; empty cells dropped."""
+    rows: list[dict[str, float]] = []
+    files = sorted(
+        csv_root.glob("**/metrics.csv"),
+        key=lambda p: (len(p.parent.name), p.parent.name),
+    )
+    for f in files:
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                vals = {}
+                for k, v in row.items():
+                    if v not in ("", None):
+                        with contextlib.suppress(ValueError):
+                            vals[k] = float(v)
+                rows.append(vals)
+    return rows
+
+
+def _series(
+    rows: list[dict[str, float]], key: str, x: str = "step"
+) -> tuple[list[float], list[float]]:
+    pts = sorted({(r[x], r[key]) for r in rows if key in r and x in r})
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plot_curves(rows: list[dict[str, float]], monitor: str, out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = monitor.split("/", 1)[1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    drawn = False
+    for key, label in (("train/loss_step", "train (step)"), ("train/loss_epoch", "train (epoch)"),
+                       ("val/loss", "val")):  # fmt: skip
+        xs, ys = _series(rows, key)
+        if xs:
+            axes[0].plot(xs, ys, label=label, lw=1 if "step" in key else 2)
+            drawn = True
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    for key, label in ((f"train/{metric}", "train"), (f"val/{metric}", "val")):
+        xs, ys = _series(rows, key, "epoch")
+        if xs:
+            axes[1].plot([x + 1 for x in xs], ys, marker="o", ms=3, label=label)
+            drawn = True
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel(metric + (" (x1e-2)" if metric == "mse" else ""))
+    axes[1].legend()
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _plot_confusion(cm: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    fig.colorbar(im, fraction=0.046)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_examples(ex: dict[str, np.ndarray], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["original", "input", "prediction", "target"]
+    titles = ["original image", "input INR", "edited INR", "target (dilated)"]
+    k = len(ex["original"])
+    fig, axes = plt.subplots(4, k, figsize=(1.3 * k, 5.6), squeeze=False)
+    for r, (name, title) in enumerate(zip(names, titles)):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.imshow(np.clip(ex[name][c], 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) -> Path:
+    """Write ``results.json``, the plots and ``report.md`` into ``run_dir``; returns the report."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(run_dir / "logs" / "csv")
+    plots: list[tuple[str, str]] = []
+    monitor = results.get("monitor", "val/loss")
+    if rows and _plot_curves(rows, monitor, run_dir / "learning_curves.png"):
+        plots.append(("Learning curves", "learning_curves.png"))
+    cm = getattr(task, "confusion", None)
+    if cm is not None:
+        _plot_confusion(cm, run_dir / "confusion_matrix.png")
+        plots.append(("Confusion matrix (test)", "confusion_matrix.png"))
+        results["confusion_matrix"] = cm.astype(int).tolist()
+    ex = getattr(task, "examples", None)
+    if ex is not None:
+        _plot_examples(ex, run_dir / "editing_examples.png")
+        plots.append(("Editing examples (test)", "editing_examples.png"))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+    lines = [f"# nngraph run: {results.get('name', run_dir.name)}", ""]
+    lines += [
+        f"- task: `{results.get('task')}`, model: `{results.get('model')}`, probes: "
+        f"`{results.get('use_probes')}`",
+        f"- data: `{results.get('source')}` zoo at `{results.get('zoo_dir')}` "
+        f"(train/val/test {results.get('split_sizes')})",
+        f"- stopped after {results.get('epochs')} epochs / {results.get('steps')} steps; "
+        f"fit {results.get('fit_seconds', 0):.0f} s, test {results.get('test_seconds', 0):.0f} s",
+        f"- model selection: best `{monitor}` = {_fmt(results.get('best_score'))} "
+        f"(checkpoint `{results.get('best_checkpoint')}`)",
+        f"- machine: {results.get('machine', {}).get('cpu')}, "
+        f"{results.get('machine', {}).get('torch_threads')} torch threads",
+        "",
+        "## Test metrics (best validation checkpoint)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k, v in sorted(results.get("test", {}).items()):
+        lines.append(f"| {k} | {_fmt(v)} |")
+    lines.append("")
+    for title, png in plots:
+        lines += [f"## {title}", "", f"![{title}]({png})", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -1,0 +1,91 @@
+"""The real CLI (``nngraph_apps.cli.main``, in process) with ``fast_dev_run`` on a tiny zoo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nngraph_apps import list_configs
+from nngraph_apps.cli import main
+
+EXPECTED_CONFIGS = {
+    "mnist5k_ngnn.yaml", "mnist5k_ngt.yaml", "fmnist_ngnn.yaml", "fmnist_ngt.yaml",
+    "mnist_dws_ngnn.yaml", "mnist5k_mlp.yaml", "mnist5k_deepsets.yaml", "mnist5k_probe_mlp.yaml",
+    "mnist5k_dilate_ngnn.yaml", "mnist5k_dilate_ngt.yaml",
+}  # fmt: skip
+
+
+def test_configs_are_shipped(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(list_configs()) >= EXPECTED_CONFIGS
+    assert main(["--list-configs"]) == 0
+    assert "mnist5k_ngnn.yaml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("mnist5k_ngnn", []),
+        ("mnist5k_ngnn", ["--model.use_probes", "false"]),
+        ("mnist5k_ngt", ["--model.model_kwargs", "{node_dim: 8, edge_channels: 8, attention_dim: 8, "
+                         "node_hidden_dim: 8, edge_hidden_dim: 8, num_layers: 1, heads: 2, "
+                         "out_hidden_dim: 8}"]),
+        ("mnist5k_mlp", ["--model.model_kwargs", "{hidden: [16]}"]),
+        ("mnist5k_deepsets", ["--model.model_kwargs", "{hidden: 8}"]),
+        ("mnist5k_probe_mlp", ["--model.model_kwargs", "{hidden: [16]}"]),
+    ],
+)  # fmt: skip
+def test_fit_classification(config: str, extra: list[str], tiny_args: list[str]) -> None:
+    run = Path(tiny_args[-1])
+    code = main(["fit", "--config", config, *tiny_args, *extra, "--trainer.fast_dev_run", "1"])
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"] == "InrClassificationTask"
+    assert 0.0 <= results["test"]["test/acc"] <= 1.0
+    assert (run / "report.md").is_file()
+    assert (run / "confusion_matrix.png").is_file()
+
+
+def test_fit_nfn(tiny_args: list[str]) -> None:
+    pytest.importorskip("nfn")
+    args = ["--model.model", "nfn", "--model.model_kwargs", "{hidden: 4, num_layers: 2}"]
+    assert main(["fit", "--config", "mnist5k_mlp", *tiny_args, *args,
+                 "--trainer.fast_dev_run", "1"]) == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("mnist5k_dilate_ngnn", []),
+        ("mnist5k_dilate_ngt", ["--model.model_kwargs", "{node_dim: 8, edge_channels: 8, "
+                                "attention_dim: 8, node_hidden_dim: 8, edge_hidden_dim: 8, "
+                                "num_layers: 1, heads: 2, out_hidden_dim: 8}"]),
+    ],
+)  # fmt: skip
+def test_fit_editing(config: str, extra: list[str], tiny_args: list[str]) -> None:
+    run = Path(tiny_args[-1])
+    assert main(["fit", "--config", config, *tiny_args, *extra, "--trainer.fast_dev_run", "1"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"] == "InrEditingTask"
+    assert results["test"]["test/mse"] > 0 and results["test"]["test/mse_identity"] > 0
+    assert (run / "editing_examples.png").is_file()
+
+
+def test_fit_then_test_and_validate_best_checkpoint(tiny_args: list[str]) -> None:
+    run = Path(tiny_args[-1])
+    limits = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"]
+    assert main(["fit", "--config", "mnist5k_ngnn", *tiny_args, *limits]) == 0
+    results = json.loads((run / "results.json").read_text())
+    best = results["best_checkpoint"]
+    assert best and Path(best).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert results["best_score"] is not None
+    assert list((run / "logs" / "tb").glob("**/events.out.tfevents.*"))
+    assert list((run / "logs" / "csv").glob("**/metrics.csv"))
+    assert (run / "learning_curves.png").is_file()
+    assert main(["test", "--config", "mnist5k_ngnn", *tiny_args, "--ckpt_path", best]) == 0
+    tested = json.loads((run / "results.json").read_text())
+    assert tested["command"] == "test"
+    assert tested["test"]["test/acc"] == pytest.approx(results["test"]["test/acc"])
+    assert main(["validate", "--config", "mnist5k_ngnn", *tiny_args, "--ckpt_path", best]) == 0
+    assert "val/acc" in json.loads((run / "results.json").read_text())["test"]
