@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
 import time
 
 import torch
+from _machine import cpu_model, gemm_gflops
 
 from nngraph_datasets import BENCHMARK, SIREN_INIT, fit_inrs, layer_stats, load_images
 from nngraph_datasets.fit import _step_fn, init_batch
@@ -26,26 +26,6 @@ from nngraph_datasets.inr import grid
 from nngraph_datasets.stats import PUBLISHED_STD
 
 FLOP_PER_INR_STEP = 5.3e6
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")
-        )
-    except Exception:
-        return "unknown"
-
-
-def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def naive_autograd(targets: torch.Tensor, steps: int) -> None:

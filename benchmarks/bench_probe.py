@@ -13,35 +13,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model, gemm_gflops
 from torch import nn
 
 import nngraph_core as ngc
 from nngraph_probe import ProbeFeatures, functional_forward
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")
-        )
-    except Exception:
-        return "unknown"
-
-
-def gemm_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def best_time(
@@ -159,7 +140,7 @@ def main() -> None:
         )
         k = probe.num_probes
         flop = 2 * k * (2 * 32 + 32 * 32 + 32)  # per INR, outputs only
-        gflops = gemm_gflops(torch.float32, reps=3)
+        gflops = gemm_gflops(torch.float32, seconds=0.3)
         for name, t in times.items():
             rate = b / t
             print(
