@@ -9,13 +9,13 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
-from ._common import batch_params
+from ._common import Baseline, batch_params, relu_mlp
 from ._normalize import ParamNormalizer
 
 __all__ = ["DeepSets"]
 
 
-class DeepSets(nn.Module):
+class DeepSets(Baseline):
     r"""DeepSets (Zaheer et al., 2017) over all weights and biases of a network.
 
     Every edge (a weight, or a conv kernel padded to the largest kernel) and every bias is one set
@@ -116,28 +116,9 @@ class DeepSets(nn.Module):
             # the elements stay in one linear region, and the output identities fade
             phi += [nn.SiLU(), nn.Linear(hidden, hidden)]
         self.phi = nn.Sequential(*phi)
-        rho: list[nn.Module] = []
-        width = self.num_groups * hidden
-        for h in rho_hidden:
-            rho += [nn.Linear(width, h), nn.ReLU()]
-            if dropout > 0:
-                rho.append(nn.Dropout(dropout))
-            width = h
-        rho.append(nn.Linear(width, num_outputs))
-        self.rho = nn.Sequential(*rho)
-
-    @classmethod
-    def for_graphs(
-        cls, template: ngc.GraphTemplate | ngc.NetworkSpec, num_outputs: int = 10, **kwargs: object
-    ) -> DeepSets:
-        """A model for graphs of ``template`` (keyword arguments as in the constructor)."""
-        spec = template.spec if isinstance(template, ngc.GraphTemplate) else template
-        return cls(spec, num_outputs, **kwargs)  # type: ignore[arg-type]
-
-    def fit_normalization(self, params: Tensor) -> DeepSets:
-        """Per-layer statistics from training parameters ``[B, P]``."""
-        self.normalizer.fit(params)
-        return self
+        self.rho = nn.Sequential(
+            *relu_mlp(self.num_groups * hidden, rho_hidden, num_outputs, dropout)
+        )
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
         params = self.normalizer(batch_params(batch, self.spec, "DeepSets"))

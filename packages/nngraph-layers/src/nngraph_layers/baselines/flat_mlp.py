@@ -8,13 +8,13 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
-from ._common import batch_params
+from ._common import Baseline, batch_params, relu_mlp
 from ._normalize import ParamNormalizer
 
 __all__ = ["FlatMLP"]
 
 
-class FlatMLP(nn.Module):
+class FlatMLP(Baseline):
     r"""An MLP on the flat parameter vector, :math:`\hat y = \mathrm{MLP}(\tilde\theta)`, with
     :math:`\tilde\theta` standardised per layer (:class:`ParamNormalizer`).
 
@@ -45,28 +45,7 @@ class FlatMLP(nn.Module):
         super().__init__()
         self.spec = spec
         self.normalizer = ParamNormalizer(spec)
-        layers: list[nn.Module] = []
-        width = spec.num_params
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_outputs))
-        self.mlp = nn.Sequential(*layers)
-
-    @classmethod
-    def for_graphs(
-        cls, template: ngc.GraphTemplate | ngc.NetworkSpec, num_outputs: int = 10, **kwargs: object
-    ) -> FlatMLP:
-        """A model for graphs of ``template`` (keyword arguments as in the constructor)."""
-        spec = template.spec if isinstance(template, ngc.GraphTemplate) else template
-        return cls(spec, num_outputs, **kwargs)  # type: ignore[arg-type]
-
-    def fit_normalization(self, params: Tensor) -> FlatMLP:
-        """Per-layer statistics from training parameters ``[B, P]``."""
-        self.normalizer.fit(params)
-        return self
+        self.mlp = nn.Sequential(*relu_mlp(spec.num_params, hidden, num_outputs, dropout))
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
         x = self.normalizer(batch_params(batch, self.spec, "FlatMLP"))

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
-from ._common import batch_params
+from ._common import Baseline, batch_params, relu_mlp
 from ._normalize import ParamNormalizer
 
 __all__ = ["NFNBaseline", "to_weight_space_features"]
@@ -54,7 +54,7 @@ def to_weight_space_features(spec: ngc.NetworkSpec, params: Tensor) -> Any:
     return nfn.common.WeightSpaceFeatures(weights, biases)
 
 
-class NFNBaseline(nn.Module):
+class NFNBaseline(Baseline):
     r"""Neural functional network classifier built from the ``nfn`` package's layers.
 
     ``num_layers`` equivariant linear layers (``HNPLinear`` -- hidden-neuron permutations only,
@@ -115,28 +115,10 @@ class NFNBaseline(nn.Module):
         self.equivariant = nn.Sequential(*layers)
         pool = nfn.layers.HNPPool if mode == "hnp" else nfn.layers.NPPool
         self.pool = pool(self.nfn_spec)
-        head: list[nn.Module] = [nn.Flatten(start_dim=1)]
         width = pool.get_num_outs(self.nfn_spec) * hidden
-        for h in head_hidden:
-            head += [nn.Linear(width, h), nn.ReLU()]
-            if dropout > 0:
-                head.append(nn.Dropout(dropout))
-            width = h
-        head.append(nn.Linear(width, num_outputs))
-        self.head = nn.Sequential(*head)
-
-    @classmethod
-    def for_graphs(
-        cls, template: ngc.GraphTemplate | ngc.NetworkSpec, num_outputs: int = 10, **kwargs: object
-    ) -> NFNBaseline:
-        """A model for graphs of ``template`` (keyword arguments as in the constructor)."""
-        spec = template.spec if isinstance(template, ngc.GraphTemplate) else template
-        return cls(spec, num_outputs, **kwargs)  # type: ignore[arg-type]
-
-    def fit_normalization(self, params: Tensor) -> NFNBaseline:
-        """Per-layer statistics from training parameters ``[B, P]``."""
-        self.normalizer.fit(params)
-        return self
+        self.head = nn.Sequential(
+            nn.Flatten(start_dim=1), *relu_mlp(width, head_hidden, num_outputs, dropout)
+        )
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
         params = self.normalizer(batch_params(batch, self.spec, "NFNBaseline"))
