@@ -124,6 +124,17 @@ class GraphModelTests:
         params = torch.stack([template.flatten(m) for m in nets]).to(dtype)
         return template, params, dtype, mode
 
+    def _draw_uncoupled_index(self, data: st.DataObject, template: ngc.GraphTemplate) -> Tensor:
+        """Index ``pi`` [P] of an illegal permutation: the first hidden layer that a drawn
+        non-trivial permutation moves is permuted in its incoming weights and biases only."""
+        perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
+        layer = next(
+            i for i, p in enumerate(perm.perms, start=1) if not p.equal(torch.arange(p.numel()))
+        )
+        return partial_permutation_index(
+            template, layer, perm.perms[layer - 1], incoming=True, outgoing=False
+        )
+
     def _model(
         self, template: ngc.GraphTemplate, dtype: torch.dtype, mode: str, seed: int
     ) -> nn.Module:
@@ -151,13 +162,7 @@ class InvariantModelTests(GraphModelTests):
     @_property
     def test_sensitive_to_uncoupled_permutation(self, data: st.DataObject) -> None:
         template, params, dtype, mode = self._draw_setup(data, sensitivity=True)
-        perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
-        layer = next(
-            i for i, p in enumerate(perm.perms, start=1) if not p.equal(torch.arange(p.numel()))
-        )
-        pi = partial_permutation_index(
-            template, layer, perm.perms[layer - 1], incoming=True, outgoing=False
-        )
+        pi = self._draw_uncoupled_index(data, template)
         model = self._model(template, dtype, mode, data.draw(seeds))
         with torch.no_grad():
             assert_sensitive(
@@ -203,13 +208,7 @@ class EquivariantModelTests(GraphModelTests):
     @_property
     def test_sensitive_to_uncoupled_permutation(self, data: st.DataObject) -> None:
         template, params, dtype, mode = self._draw_setup(data, sensitivity=True)
-        perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
-        layer = next(
-            i for i, p in enumerate(perm.perms, start=1) if not p.equal(torch.arange(p.numel()))
-        )
-        pi = partial_permutation_index(
-            template, layer, perm.perms[layer - 1], incoming=True, outgoing=False
-        )
+        pi = self._draw_uncoupled_index(data, template)
         model = self._model(template, dtype, mode, data.draw(seeds))
         with torch.no_grad():
             # An uncoupled permutation is not a symmetry: the output on the illegally permuted
