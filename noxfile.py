@@ -9,6 +9,7 @@ file. Every install goes through ``-c constraints.txt`` (torch is pinned there).
 from __future__ import annotations
 
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,6 +19,7 @@ nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = ["lint", "typecheck", "tests", "props"]
 
+STARTED = time.time()  # nox reads this file first: the start of every job's wall-time budget
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
@@ -227,21 +229,29 @@ def _train(session: nox.Session, command: str, config: str, *args: str) -> None:
 
 @nox.session(default=False, reuse_venv=True)
 def train_cls(session: nox.Session) -> None:
-    """The main job: NG-GNN with probe features on `mnist-5k` INRs, CPU-sized.
+    """The main job: NG-GNN with probe features on `mnist-5k` INRs, CPU-sized, in 15 minutes.
 
-    Fits the 5,000-INR zoo on first use (cached in ~/.cache/nngraph/zoos, $NNGRAPH_ZOOS), trains
-    for at most 7 minutes of wall time (model selection on validation accuracy), tests the best
-    checkpoint, prints the results table and writes runs/mnist5k_ngnn/ (report.md, plots,
-    results.json, checkpoints, CSV + TensorBoard logs).
+    The budget counts everything from the start of `nox`: creating the environment, fitting the
+    5,000-INR zoo on first use (cached in ~/.cache/nngraph/zoos, $NNGRAPH_ZOOS), training (model
+    selection on validation accuracy) and testing the best checkpoint; training gets whatever
+    is left. Prints the results table and writes runs/mnist5k_ngnn/ (report.md, plots,
+    results.json, checkpoints, CSV + TensorBoard logs). Another budget: `-- --time_budget 30`.
     """
-    _train(session, "fit", "mnist5k_ngnn", "--trainer.max_time", "00:00:07:00")
+    _train(
+        session, "fit", "mnist5k_ngnn",
+        "--time_budget", "15", "--time_budget_start", f"{STARTED:.3f}",
+    )  # fmt: skip
 
 
 @nox.session(default=False, reuse_venv=True)
 def train_edit(session: nox.Session) -> None:
-    """Editing (dilation) on `mnist-5k` INRs with NG-GNN, CPU-sized (at most 10 minutes of
-    training); report with originals / inputs / predictions / targets in runs/mnist5k_dilate_ngnn/."""
-    _train(session, "fit", "mnist5k_dilate_ngnn", "--trainer.max_time", "00:00:10:00")
+    """Editing (dilation) on `mnist-5k` INRs with NG-GNN, CPU-sized, in 15 minutes counted like
+    `train_cls`; report with originals / inputs / predictions / targets in
+    runs/mnist5k_dilate_ngnn/."""
+    _train(
+        session, "fit", "mnist5k_dilate_ngnn",
+        "--time_budget", "15", "--time_budget_start", f"{STARTED:.3f}",
+    )  # fmt: skip
 
 
 @nox.session(default=False, reuse_venv=True)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from nngraph_apps import InrClassificationTask
+from nngraph_apps.callbacks import process_start_time
 from nngraph_apps.cli import main
 
 CLI = [sys.executable, "-m", "nngraph_apps.cli"]
@@ -159,3 +160,47 @@ def test_ddp_two_cpu_processes(tiny_args: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((run / "results.json").read_text())
     assert 0.0 <= results["test"]["test/acc"] <= 1.0
+
+
+def test_time_budget_stops_training_and_still_tests(
+    tiny_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-minute budget that started 12 s ago leaves ~3 s of training (45 s are kept for the
+    test and the report): training stops early, the best checkpoint is tested, the job time is
+    reported."""
+    run = Path(tiny_args[-1])
+    start = time.time() - 12.0
+    code = main(["fit", "--config", "mnist5k_ngnn", *tiny_args, "--trainer.max_epochs", "100000",
+                 "--time_budget", "1", "--time_budget_start", str(start)])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "time budget spent: training stops" in err
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] >= 1 and results["epochs"] < 100000
+    assert results["time_budget_seconds"] == 60.0
+    assert 15.0 <= results["job_seconds"] < 60.0
+    assert results["best_checkpoint"] and 0.0 <= results["test"]["test/acc"] <= 1.0
+    assert time.time() - start < 60.0  # the whole job fitted in its budget
+
+
+def test_time_budget_spent_before_training(
+    tiny_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = Path(tiny_args[-1])
+    code = main(["fit", "--config", "mnist5k_ngnn", *tiny_args, "--time_budget", "0.5",
+                 "--time_budget_start", str(time.time() - 3600)])  # fmt: skip
+    assert code == 0
+    assert "0 s left" in capsys.readouterr().err
+    assert json.loads((run / "results.json").read_text())["steps"] == 0
+
+
+def test_time_budget_must_be_positive(
+    tiny_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fit", "--config", "mnist5k_ngnn", *tiny_args, "--time_budget", "-1"]) == 2
+    assert "time budget must be positive" in capsys.readouterr().err
+
+
+def test_process_start_time_is_in_the_past() -> None:
+    started = process_start_time()
+    assert time.time() - 24 * 3600 < started <= time.time()

@@ -33,7 +33,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .callbacks import SigtermCheckpoint, Timer
+from .callbacks import SigtermCheckpoint, TimeBudget, Timer, process_start_time
 from .data import InrDataModule
 from .errors import ConfigError, find_config_error
 from .report import machine_info, write_report
@@ -83,6 +83,8 @@ class NNGraphCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
         self.timer = Timer()
+        self.budget: TimeBudget | None = None
+        self.started = process_start_time()
         self.sigterm: SigtermCheckpoint | None = None
         self.run_dir = Path("runs/run")
         super().__init__(
@@ -110,6 +112,16 @@ class NNGraphCLI(LightningCLI):
         parser.add_argument(
             "--checkpoint_every_n_steps", type=int, default=0,
             help="Also refresh checkpoints/last.ckpt every n training steps (0: epoch ends only).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--time_budget", type=float | None, default=None,
+            help="Minutes of wall time for the whole job (INR fitting on first use included): "
+            "training stops early enough to test and report within it (fit only).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--time_budget_start", type=float | None, default=None,
+            help="Unix time at which the budget started (default: when this process started; "
+            "nox passes its own start, so creating the environment counts too).",
         )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
@@ -154,6 +166,13 @@ class NNGraphCLI(LightningCLI):
             extra.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=n))
         self.sigterm = SigtermCheckpoint(ckpt_dir)
         extra.append(self.sigterm)
+        budget = cfg.get("time_budget")
+        if budget is not None and self.subcommand == "fit":
+            try:
+                self.budget = TimeBudget(float(budget) * 60, start=cfg.get("time_budget_start"))
+            except ValueError as e:
+                raise ConfigError(f"--time_budget: {e}") from e
+            extra.append(self.budget)
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = [
                 CSVLogger(self.run_dir / "logs", name="csv"),
@@ -216,6 +235,11 @@ class NNGraphCLI(LightningCLI):
             "steps": trainer.global_step,
             "fit_seconds": round(self.timer.fit_seconds, 1),
             "test_seconds": round(self.timer.test_seconds, 1),
+            # wall time of the whole job so far (from the budget's start, else this process's)
+            "job_seconds": round(
+                time.time() - (self.budget.start if self.budget else self.started), 1
+            ),
+            "time_budget_seconds": self.budget.seconds if self.budget else None,
             "train_inrs_per_second": round(self.timer.train_items / self.timer.train_seconds, 1)
             if self.timer.train_seconds > 0
             else None,
@@ -234,6 +258,7 @@ def _print_table(results: dict[str, Any], report: Path) -> None:
         ("model", str(results["model"])),
         ("epochs / steps", f"{results['epochs']} / {results['steps']}"),
         ("fit time", f"{results['fit_seconds']:.0f} s"),
+        ("job time", f"{results['job_seconds'] / 60:.1f} min"),
     ]
     try:
         from rich.console import Console

@@ -181,7 +181,13 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
         f"- data: `{results.get('source')}` zoo at `{results.get('zoo_dir')}` "
         f"(train/val/test {results.get('split_sizes')})",
         f"- stopped after {results.get('epochs')} epochs / {results.get('steps')} steps; "
-        f"fit {results.get('fit_seconds', 0):.0f} s, test {results.get('test_seconds', 0):.0f} s",
+        f"fit {results.get('fit_seconds', 0):.0f} s, test {results.get('test_seconds', 0):.0f} s, "
+        f"whole job {results.get('job_seconds', 0) / 60:.1f} min"
+        + (
+            f" (budget {results['time_budget_seconds'] / 60:.1f} min)"
+            if results.get("time_budget_seconds")
+            else ""
+        ),
         f"- model selection: best `{monitor}` = {_fmt(results.get('best_score'))} "
         f"(checkpoint `{results.get('best_checkpoint')}`)",
         f"- machine: {results.get('machine', {}).get('cpu')}, "
