@@ -244,6 +244,30 @@ def train_cls(session: nox.Session) -> None:
 
 
 @nox.session(default=False, reuse_venv=True)
+def seeds(session: nox.Session) -> None:
+    """Seeds 0, 1, 2 of one config and their mean ± std (runs/<config>-seed<k>/, then
+    runs/<config>-seeds/aggregate.md): `nox -s seeds -- mnist5k_ngnn --trainer.max_time 00:00:06:00`.
+
+    The first argument names the config (default mnist5k_ngnn); the others go to every run.
+    Without a time limit among them, each run gets `--time_budget 15` from its own start.
+    """
+    args = list(session.posargs)
+    config = args.pop(0) if args and not args[0].startswith("-") else "mnist5k_ngnn"
+    if not any(a.startswith(("--trainer.max_time", "--time_budget")) for a in args):
+        args += ["--time_budget", "15"]
+    _install_packages(session, extras="apps")
+    runs = []
+    for seed in (0, 1, 2):
+        run = ROOT / "runs" / f"{config}-seed{seed}"
+        session.run(
+            "nngraph-train", "fit", "--config", config, "--trainer.accelerator", "cpu",
+            "--seed_everything", str(seed), "--run_dir", str(run), *args, env=TRAIN_ENV,
+        )  # fmt: skip
+        runs.append(str(run))
+    session.run("nngraph-train", "aggregate", *runs, env=TRAIN_ENV)
+
+
+@nox.session(default=False, reuse_venv=True)
 def train_edit(session: nox.Session) -> None:
     """Editing (dilation) on `mnist-5k` INRs with NG-GNN, CPU-sized, in 15 minutes counted like
     `train_cls`; report with originals / inputs / predictions / targets in

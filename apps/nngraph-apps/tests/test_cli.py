@@ -89,3 +89,38 @@ def test_fit_then_test_and_validate_best_checkpoint(tiny_args: list[str]) -> Non
     assert tested["test"]["test/acc"] == pytest.approx(results["test"]["test/acc"])
     assert main(["validate", "--config", "mnist5k_ngnn", *tiny_args, "--ckpt_path", best]) == 0
     assert "val/acc" in json.loads((run / "results.json").read_text())["test"]
+
+
+def test_aggregate_seeds(tiny_args: list[str], tmp_path: Path) -> None:
+    """Two seeds through the real CLI, then `nngraph-train aggregate`: mean ± std (ddof 1)."""
+    args = tiny_args[:-2]  # without --run_dir
+    runs = [tmp_path / f"tiny-seed{s}" for s in (0, 1)]
+    for seed, run in enumerate(runs):
+        code = main(["fit", "--config", "mnist5k_ngnn", *args, "--run_dir", str(run),
+                     "--seed_everything", str(seed), "--trainer.max_epochs", "1",
+                     "--trainer.limit_train_batches", "2"])  # fmt: skip
+        assert code == 0
+    assert main(["aggregate", *map(str, runs)]) == 0
+    agg = json.loads((tmp_path / "tiny-seeds" / "aggregate.json").read_text())
+    accs = [json.loads((r / "results.json").read_text())["test"]["test/acc"] for r in runs]
+    acc = agg["metrics"]["test/acc"]
+    assert agg["seeds"] == [0, 1]
+    assert acc["values"] == accs
+    assert acc["mean"] == pytest.approx(sum(accs) / 2)
+    assert acc["std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    assert "test/acc" in (tmp_path / "tiny-seeds" / "aggregate.md").read_text()
+
+
+def test_aggregate_rejects_unfinished_or_different_runs(
+    tiny_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["aggregate", str(tmp_path / "nothing")]) == 2
+    assert "has no results.json" in capsys.readouterr().err
+    args = tiny_args[:-2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    fast = ["--trainer.fast_dev_run", "1"]
+    assert main(["fit", "--config", "mnist5k_ngnn", *args, "--run_dir", str(a), *fast]) == 0
+    assert main(["fit", "--config", "mnist5k_probe_mlp", *args, "--run_dir", str(b),
+                 "--model.model_kwargs", "{hidden: [16]}", *fast]) == 0  # fmt: skip
+    assert main(["aggregate", str(a), str(b)]) == 2
+    assert "model='probe_mlp'" in capsys.readouterr().err

@@ -8,12 +8,12 @@
   ``nngraph_apps/configs`` (``nngraph-train --list-configs``).
 """
 
-from .callbacks import SigtermCheckpoint, Timer
+from .callbacks import SigtermCheckpoint, TimeBudget, Timer
 from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
 from .errors import ConfigError
 from .models import MODELS, build_model
-from .report import write_report
+from .report import aggregate_runs, write_aggregate, write_report
 from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
 
 __version__ = "0.1.0"
@@ -29,13 +29,16 @@ __all__ = [
     "NonFiniteLossError",
     "SigtermCheckpoint",
     "TensorLoader",
+    "TimeBudget",
     "Timer",
     "__version__",
+    "aggregate_runs",
     "build_model",
     "config_path",
     "default_zoo_dir",
     "inr_template",
     "list_configs",
     "main",
+    "write_aggregate",
     "write_report",
 ]

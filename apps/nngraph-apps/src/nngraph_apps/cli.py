@@ -19,6 +19,7 @@ SIGTERM (a resumable ``last.ckpt`` was saved).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer, process_start_time
 from .data import InrDataModule
 from .errors import ConfigError, find_config_error
-from .report import machine_info, write_report
+from .report import machine_info, write_aggregate, write_report
 from .tasks import InrTask, NonFiniteLossError
 
 __all__ = ["NNGraphCLI", "config_path", "list_configs", "main"]
@@ -276,12 +277,40 @@ def _print_table(results: dict[str, Any], report: Path) -> None:
     print(f"report: {report}")
 
 
+def _aggregate(argv: list[str]) -> int:
+    """``nngraph-train aggregate RUN_DIR... [--out DIR]``: mean ± std over runs (seeds)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="nngraph-train aggregate",
+        description="Mean ± std of the test metrics of finished runs (e.g. three seeds).",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders with results.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: the first run's folder without -seed<k>, + -seeds",
+    )
+    a = parser.parse_args(argv)
+    out = a.out or a.runs[0].with_name(re.sub(r"-seed\d+$", "", a.runs[0].name) + "-seeds")
+    try:
+        report = write_aggregate(out, a.runs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"nngraph-train aggregate: {e}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    return 0
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``nngraph-train``."""
     argv = list(sys.argv[1:] if args is None else args)
     if "--list-configs" in argv:
         print("\n".join(list_configs()))
         return 0
+    if argv[:1] == ["aggregate"]:
+        return _aggregate(argv[1:])
     ConfigError.last = None
     try:
         argv = _resolve_configs(argv)

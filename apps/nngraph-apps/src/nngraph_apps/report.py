@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["machine_info", "read_metrics", "write_report"]
+__all__ = ["aggregate_runs", "machine_info", "read_metrics", "write_aggregate", "write_report"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -172,7 +172,7 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
     if ex is not None:
         _plot_examples(ex, run_dir / "editing_examples.png")
         plots.append(("Editing examples (test)", "editing_examples.png"))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _write_text(run_dir / "results.json", json.dumps(results, indent=1, default=str) + "\n")
 
     lines = [f"# nngraph run: {results.get('name', run_dir.name)}", ""]
     lines += [
@@ -204,5 +204,85 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
     for title, png in plots:
         lines += [f"## {title}", "", f"![{title}]({png})", ""]
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
+    _write_text(report, "\n".join(lines))
+    return report
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def aggregate_runs(run_dirs: list[Path]) -> dict[str, Any]:
+    """Mean and standard deviation (over runs, ddof 1) of every test metric of finished runs.
+
+    Args:
+        run_dirs: run folders, each with the ``results.json`` of a ``fit`` or ``test`` command
+            (typically one configuration with different ``seed_everything``).
+
+    Returns:
+        ``{"runs": [...], "seeds": [...], "metrics": {name: {"mean", "std", "values"}}}``;
+        a metric missing from a run is an error (the runs are not comparable).
+
+    Raises:
+        FileNotFoundError: a folder has no ``results.json``.
+        ValueError: fewer than one run, or the runs differ in their metrics or configuration.
+    """
+    if not run_dirs:
+        raise ValueError("aggregate_runs needs at least one run folder")
+    results = []
+    for d in run_dirs:
+        f = Path(d) / "results.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{d} has no results.json (not a finished run)")
+        results.append(json.loads(f.read_text()))
+    names = set(results[0].get("test", {}))
+    for d, r in zip(run_dirs, results):
+        if set(r.get("test", {})) != names:
+            raise ValueError(
+                f"{d} has test metrics {sorted(r.get('test', {}))}, the first run "
+                f"{sorted(names)}: not comparable"
+            )
+        for key in ("task", "model", "source", "use_probes"):
+            if r.get(key) != results[0].get(key):
+                raise ValueError(
+                    f"{d} has {key}={r.get(key)!r}, the first run {results[0].get(key)!r}"
+                )
+    metrics = {}
+    for name in sorted(names):
+        values = [float(r["test"][name]) for r in results]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        metrics[name] = {"mean": float(np.mean(values)), "std": std, "values": values}
+    return {
+        "runs": [str(d) for d in run_dirs],
+        "seeds": [r.get("seed") for r in results],
+        "task": results[0].get("task"),
+        "model": results[0].get("model"),
+        "source": results[0].get("source"),
+        "epochs": [r.get("epochs") for r in results],
+        "job_seconds": [r.get("job_seconds") for r in results],
+        "metrics": metrics,
+    }
+
+
+def write_aggregate(out: Path, run_dirs: list[Path]) -> Path:
+    """:func:`aggregate_runs` -> ``out/aggregate.json`` and ``out/aggregate.md``; returns the
+    markdown file."""
+    agg = aggregate_runs(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "aggregate.json", json.dumps(agg, indent=1) + "\n")
+    lines = [
+        f"# {agg['model']} on {agg['source']}: {len(agg['runs'])} runs (seeds {agg['seeds']})",
+        "",
+        "| metric | mean ± std | runs |",
+        "|---|---|---|",
+    ]
+    for name, m in agg["metrics"].items():
+        values = ", ".join(_fmt(v) for v in m["values"])
+        lines.append(f"| {name} | {_fmt(m['mean'])} ± {_fmt(m['std'])} | {values} |")
+    lines += ["", "Runs: " + ", ".join(f"`{r}`" for r in agg["runs"]), ""]
+    report = out / "aggregate.md"
+    _write_text(report, "\n".join(lines))
     return report
