@@ -124,3 +124,21 @@ def test_aggregate_rejects_unfinished_or_different_runs(
                  "--model.model_kwargs", "{hidden: [16]}", *fast]) == 0  # fmt: skip
     assert main(["aggregate", str(a), str(b)]) == 2
     assert "model='probe_mlp'" in capsys.readouterr().err
+
+
+def test_editing_report_shows_one_example_per_class() -> None:
+    """The test split is stored class by class: the report's examples still span the classes."""
+    import torch
+
+    from nngraph_apps import InrEditingTask
+
+    task = InrEditingTask(model_kwargs={"hidden_channels": 8, "num_layers": 1}, num_probes=4)
+    task.num_examples = 3
+    for i, labels in enumerate([[0, 0, 0], [0, 1, 1], [1, 2, 3]]):
+        n = len(labels)
+        batch = {"image": torch.full((n, 4, 4), float(i)), "target": torch.zeros(n, 4, 4),
+                 "label": torch.tensor(labels)}  # fmt: skip
+        task._collect_examples(batch, torch.zeros(n, 4, 4), torch.zeros(n, 4, 4), first=i == 0)
+    assert task.examples is not None
+    assert task.examples["label"].tolist() == [0, 1, 2]
+    assert task.examples["original"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]

@@ -144,6 +144,8 @@ def _plot_examples(ex: dict[str, np.ndarray], out: Path) -> None:
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
+            if r == 0 and "label" in ex and int(ex["label"][c]) >= 0:
+                ax.set_title(f"class {int(ex['label'][c])}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

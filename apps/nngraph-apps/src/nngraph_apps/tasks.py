@@ -351,11 +351,39 @@ class InrEditingTask(InrTask):
         self.test_mse_identity(ident * 100)
         self.log("test/mse", self.test_mse, on_epoch=True, batch_size=b)
         self.log("test/mse_identity", self.test_mse_identity, on_epoch=True, batch_size=b)
-        if batch_idx == 0:
-            k = min(self.num_examples, b)
-            self.examples = {
-                "original": batch["image"][:k].cpu().numpy(),
-                "input": inputs[:k].detach().cpu().numpy(),
-                "prediction": pred[:k].detach().cpu().numpy(),
-                "target": batch["target"][:k].cpu().numpy(),
-            }
+        self._collect_examples(batch, inputs, pred, first=batch_idx == 0)
+
+    def _collect_examples(
+        self, batch: dict[str, Tensor], inputs: Tensor, pred: Tensor, first: bool
+    ) -> None:
+        """Keep ``num_examples`` test examples for the report: one per class first (the test
+        split is stored class by class), in the order they come."""
+        if first:
+            self.examples = None
+        ex = self.examples
+        have = 0 if ex is None else len(ex["original"])
+        if have >= self.num_examples:
+            return
+        labels = batch.get("label")
+        seen = set() if ex is None else set(ex["label"].tolist())
+        rows = []
+        for i in range(len(inputs)):
+            lab = int(labels[i]) if labels is not None else -1
+            if labels is None or lab not in seen:
+                rows.append(i)
+                seen.add(lab)
+            if have + len(rows) >= self.num_examples:
+                break
+        if not rows:
+            return
+        idx = torch.tensor(rows, device=inputs.device)
+        new = {
+            "original": batch["image"][idx].cpu().numpy(),
+            "input": inputs[idx].detach().cpu().numpy(),
+            "prediction": pred[idx].detach().cpu().numpy(),
+            "target": batch["target"][idx].cpu().numpy(),
+            "label": (labels[idx] if labels is not None else torch.full((len(rows),), -1))
+            .cpu()
+            .numpy(),
+        }
+        self.examples = new if ex is None else {k: np.concatenate([ex[k], new[k]]) for k in new}
