@@ -1,7 +1,9 @@
 """Benchmark INR fitting (nngraph-datasets): speed vs the fp32 limit, and what the recipes give.
 
-    python benchmarks/bench_fit.py            # speed: naive autograd vs hand-written (eager, compiled)
+    python benchmarks/bench_fit.py            # speed: naive autograd vs hand-written (eager, compiled, fused C)
+    python benchmarks/bench_fit.py --threads 1 --batch-sizes 16,32,64   # single thread
     python benchmarks/bench_fit.py --psnr     # + median PSNR at 500/1000 steps, both recipes, 64 mnist-5k digits
+    python benchmarks/bench_fit.py --no-speed --psnr --kernels fused,compiled  # PSNR per kernel
     python benchmarks/bench_fit.py --no-speed --fmnist-std 256  # per-layer std vs published at
         1000..5000 steps (--fmnist-steps), ONE 5,000-step fit snapshotted; --mnist-std 256 likewise
 
@@ -20,7 +22,7 @@ import time
 import torch
 from _machine import cpu_model, gemm_gflops
 
-from nngraph_datasets import BENCHMARK, SIREN_INIT, fit_inrs, layer_stats, load_images
+from nngraph_datasets import BENCHMARK, SIREN_INIT, _fused, fit_inrs, layer_stats, load_images
 from nngraph_datasets.fit import _step_fn, init_batch
 from nngraph_datasets.inr import grid
 from nngraph_datasets.stats import PUBLISHED_STD
@@ -66,16 +68,29 @@ def hand(targets: torch.Tensor, steps: int, compiled: bool) -> None:
         st = fn(*st, targets, xt, 5e-4, 0.9, 0.999, 1e-8, 1e-4, 30.0)[:5]
 
 
+def fused(targets: torch.Tensor, steps: int) -> None:
+    """The fused C kernel: all ``steps`` of the batch in one call."""
+    b = targets.shape[0]
+    p = init_batch(range(b), 0, BENCHMARK)
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    n_steps, active = torch.zeros(b, dtype=torch.int32), torch.ones(b, dtype=torch.bool)
+    xt = grid(28).t().contiguous()
+    _fused.fit_steps(
+        p, m, v, n_steps, active, targets, xt, steps, 5e-4, 0.9, 0.999, 1e-8, 1e-4, 30.0
+    )
+
+
 def speed(batch_sizes: list[int], steps: int, reps: int) -> None:
     images, _, _ = load_images("mnist-5k")
     rows = []
     gemm = 0.0
     for bs in batch_sizes:
-        t = images[:bs].reshape(bs, -1)
+        t = images[:bs].reshape(bs, -1).float().contiguous()
         variants = {
             "naive autograd + torch.optim.Adam": lambda t=t: naive_autograd(t, steps),
             "hand-written fwd/bwd + fused Adam, eager": lambda t=t: hand(t, steps, False),
             "hand-written fwd/bwd + fused Adam, torch.compile": lambda t=t: hand(t, steps, True),
+            "fused C kernel (fwd/bwd/Adam, all steps in 1 call)": lambda t=t: fused(t, steps),
         }
         for f in variants.values():  # warm-up (compiles)
             f()
@@ -91,24 +106,27 @@ def speed(batch_sizes: list[int], steps: int, reps: int) -> None:
     print(
         f"fp32 GEMM (1024^2, best of {reps}): {gemm:.0f} GFLOP/s -> limit {limit:,.0f} INR-steps/s"
     )
-    print(f"{'batch':>5}  {'variant':<50} {'INR-steps/s':>12} {'% of limit':>10}")
+    print(f"{'batch':>5}  {'variant':<52} {'INR-steps/s':>12} {'% of limit':>10}")
     for bs, name, v in rows:
-        print(f"{bs:>5}  {name:<50} {v:>12,.0f} {100 * v / limit:>9.1f}%")
+        print(f"{bs:>5}  {name:<52} {v:>12,.0f} {100 * v / limit:>9.1f}%")
 
 
-def psnr_table(n: int) -> None:
+def psnr_table(n: int, kernels: list[str]) -> None:
     images, _, _ = load_images("mnist-5k")
     idx = torch.arange(0, 5000, 5000 // n)[:n]  # spread over the classes
     imgs = images[idx]
-    print(f"median PSNR on {n} mnist-5k digits (dB):")
-    for recipe in (BENCHMARK, SIREN_INIT):
-        out = []
-        for steps in (500, 1000):
-            r = fit_inrs(imgs, dataclasses.replace(recipe, steps=steps), batch_size=32)
-            out.append(
-                f"{steps} steps {r.psnr.median():.1f} (stopped early: {(r.steps < steps).sum().item()})"
-            )
-        print(f"  {recipe.name:<10} " + " | ".join(out))
+    print(f"median PSNR on {n} mnist-5k digits (dB; 500 steps = snapshot of the 1,000-step fit):")
+    for kernel in kernels:
+        for recipe in (BENCHMARK, SIREN_INIT):
+            t0 = time.perf_counter()
+            r = fit_inrs(imgs, dataclasses.replace(recipe, steps=1000), batch_size=32,
+                         kernel=kernel, snapshots=[500])  # type: ignore[arg-type]  # fmt: skip
+            dt = time.perf_counter() - t0
+            out = [
+                f"{steps} steps {s.psnr.median():.2f} (stopped early: {(s.steps < steps).sum().item()})"
+                for steps, s in ((500, r.snapshots[500]), (1000, r))
+            ]
+            print(f"  {r.kernel:<8} {recipe.name:<10} " + " | ".join(out) + f" | {dt:.0f} s")
 
 
 STD_KEYS = ("w0", "w1", "w2", "b0", "b1")
@@ -152,6 +170,10 @@ def main() -> None:
     ap.add_argument("--psnr", action="store_true")
     ap.add_argument("--psnr-n", type=int, default=64)
     ap.add_argument(
+        "--kernels", default="auto", help="kernels of the PSNR table (auto,fused,compiled,eager)"
+    )
+    ap.add_argument("--threads", type=int, help="torch (and fused kernel) threads")
+    ap.add_argument(
         "--mnist-std",
         type=int,
         default=0,
@@ -169,6 +191,8 @@ def main() -> None:
     ap.add_argument("--fmnist-steps", default="1000,2000,3000,4000,5000")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(f"CPU: {cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(
@@ -177,7 +201,7 @@ def main() -> None:
     if not a.no_speed:
         speed([int(b) for b in a.batch_sizes.split(",")], a.steps, a.reps)
     if a.psnr:
-        psnr_table(a.psnr_n)
+        psnr_table(a.psnr_n, a.kernels.split(","))
     if a.mnist_std:
         std_table("mnist-5k", "mnist", a.mnist_std, [int(s) for s in a.mnist_steps.split(",")])
     if a.fmnist_std:

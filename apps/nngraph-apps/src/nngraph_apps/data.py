@@ -213,8 +213,11 @@ class InrDataModule(pl.LightningDataModule):
         fit_steps: fitting steps per INR when the zoo is built (default: the benchmark recipe;
             few steps make tiny test zoos).
         build: fit a missing zoo (``False``: a missing zoo is an error).
-        fit_compile: ``torch.compile`` the fitting step (``"auto"``: when a C++ compiler is
-            found; ``false`` saves the compile time for tiny zoos).
+        fit_kernel: the fitting step's kernel (``"auto"``: the fused C kernel when a C compiler
+            is found, else ``torch.compile``, else eager; see
+            :func:`nngraph_datasets.fit_inrs`).
+        fit_compile: the older switch: ``true`` / ``false`` mean ``fit_kernel`` ``"compiled"`` /
+            ``"eager"`` (``false`` saves the compile time for tiny zoos).
         targets: ``None`` (classification) or ``"dilated"`` (editing targets; also loads images).
         batch_size: INRs per batch (paper: 128).
         eval_batch_size: batch size of validation and test (default ``batch_size``).
@@ -229,6 +232,7 @@ class InrDataModule(pl.LightningDataModule):
         limit: int | None = None,
         fit_steps: int | None = None,
         build: bool = True,
+        fit_kernel: Literal["auto", "fused", "compiled", "eager"] = "auto",
         fit_compile: bool | Literal["auto"] = "auto",
         targets: Literal["dilated", "image"] | None = None,
         batch_size: int = 128,
@@ -252,6 +256,7 @@ class InrDataModule(pl.LightningDataModule):
         self.source, self.root, self.limit, self.fit_steps = source, root, limit, fit_steps
         self.zoo_dir = Path(zoo_dir) if zoo_dir else default_zoo_dir(source, limit, fit_steps)
         self.build, self.targets, self.fit_compile = build, targets, fit_compile
+        self.fit_kernel = fit_kernel
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
@@ -302,6 +307,7 @@ class InrDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 limit=self.limit,
                 root=self.root,
+                kernel=self.fit_kernel,
                 compile=self.fit_compile,
                 progress=_Bar(self.source, recipe.steps),
             )

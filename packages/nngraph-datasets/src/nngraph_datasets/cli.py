@@ -85,10 +85,13 @@ def _cmd_fit(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     choices: dict[str, Any] = {"auto": "auto", "yes": True, "no": False}
     compile_: bool | str = choices[a.compile]
+    if a.kernel != "auto" and compile_ != "auto":
+        print("error: pass --kernel or --compile, not both", file=sys.stderr)
+        return 2
     out = build_zoo(
         a.out, a.source, recipe, seed=a.seed, limit=a.limit, shard_size=a.shard_size,
-        batch_size=a.batch_size, compile=compile_, root=a.root, overwrite=a.overwrite,
-        progress=None if a.quiet else _Progress(recipe.steps),
+        batch_size=a.batch_size, compile=compile_, kernel=a.kernel, root=a.root,
+        overwrite=a.overwrite, progress=None if a.quiet else _Progress(recipe.steps),
     )  # fmt: skip
     print(f"wrote {out}")
     return 0
@@ -189,8 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", help="folder of the IDX files (fashion-mnist / mnist)")
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--shard-size", type=int, default=1024)
-    f.add_argument("--compile", choices=["auto", "yes", "no"], default="auto")
-    f.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    f.add_argument(
+        "--kernel",
+        choices=["auto", "fused", "compiled", "eager"],
+        default="auto",
+        help="fitting step: fused C kernel (built on first use), torch.compile-d, eager "
+        "(default auto: the first that works)",
+    )
+    f.add_argument(
+        "--compile",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="older switch: yes = --kernel compiled, no = --kernel eager",
+    )
+    f.add_argument(
+        "--threads", type=int, help="torch and fused-kernel threads (default: torch's choice)"
+    )
     f.add_argument("--overwrite", action="store_true")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fit)

@@ -2,11 +2,18 @@
 
 The fast path writes the forward AND backward pass of the 3-layer sine MLP by hand and fuses Adam
 on a flat ``[B, P]`` parameter buffer, so one training step of a whole batch is a handful of
-batched matmuls plus elementwise work, with no autograd graph. Activations are kept
-channel-major (``[B, hidden, pixels]``) so the elementwise work vectorises over the pixels.
-With a C++ compiler the step is ``torch.compile``-d (inductor fuses the sine/cosine and the
-elementwise backward); otherwise it runs eagerly. :func:`fit_inrs_autograd` computes the same
-thing with autograd and is the reference the tests compare against.
+batched matmuls plus elementwise work, with no autograd graph. Three kernels run that step:
+
+- ``"fused"`` (preferred; float32, width 32): a C kernel (``_siren_kernel.c``, compiled on first
+  use with the system C compiler, see :mod:`nngraph_datasets._fused`) that runs many steps per
+  call, each INR on one thread with its activations in pixel tiles that stay in L1;
+- ``"compiled"``: :func:`siren_step` ``torch.compile``-d (needs a C++ compiler; inductor fuses
+  the sine/cosine and the elementwise backward). Activations are channel-major
+  (``[B, hidden, pixels]``) so the elementwise work vectorises over the pixels;
+- ``"eager"``: :func:`siren_step` as it is.
+
+:func:`fit_inrs_autograd` computes the same thing with autograd and is the reference the tests
+compare against.
 
 Math, per INR with pixels ``x_n`` (coordinates) and targets ``t_n``, ``N`` pixels::
 
@@ -27,14 +34,27 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from . import _fused
 from .inr import BENCHMARK, InrRecipe, grid, init_params, inr_seed, num_params, psnr
 
-__all__ = ["FitResult", "fit_inrs", "fit_inrs_autograd", "init_batch", "siren_step"]
+__all__ = [
+    "KERNELS",
+    "FitResult",
+    "Kernel",
+    "fit_inrs",
+    "fit_inrs_autograd",
+    "init_batch",
+    "siren_step",
+]
+
+Kernel = Literal["auto", "fused", "compiled", "eager"]
+#: the step kernels :func:`fit_inrs` can run (``"auto"`` picks the first that works)
+KERNELS: tuple[str, ...] = ("auto", "fused", "compiled", "eager")
 
 
 @dataclasses.dataclass
@@ -47,7 +67,7 @@ class FitResult:
         psnr: ``[n]`` float32 final PSNR in dB.
         snapshots: for each step count ``k`` asked for with ``fit_inrs(..., snapshots=[k])``, the
             :class:`FitResult` after ``k`` steps (identical to fitting with ``steps=k``).
-        kernel: ``"compiled"`` or ``"eager"``: the step kernel that ran.
+        kernel: ``"fused"``, ``"compiled"`` or ``"eager"``: the step kernel that ran.
     """
 
     params: Tensor
@@ -235,6 +255,78 @@ def _example_args(
     )  # fmt: skip
 
 
+#: the error that made the fused C kernel unusable in this process (then fits use the others)
+_FUSED_ERROR: list[Exception] = []
+
+
+def _warn_fused_fallback(err: Exception) -> None:
+    """Remember that the fused kernel failed and say so once; later fits skip it silently."""
+    first = not _FUSED_ERROR
+    _FUSED_ERROR.append(err)
+    if first:
+        msg = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+        warnings.warn(
+            f"the fused C kernel of the INR fitting step could not be built or loaded ({msg}); "
+            "fitting with the torch.compile-d step instead, or the eager one without a C++ "
+            "compiler (same math, 2-5x slower; results differ from fused ones in float32 "
+            "rounding and the zoo manifest records the kernel that ran). Install a C compiler "
+            "(gcc or clang, with OpenMP for several threads; $CC picks one), or pass "
+            "kernel='compiled' / --kernel compiled to skip it.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _fused_supported(dtype: torch.dtype, hidden: int) -> bool:
+    return dtype == torch.float32 and hidden == _fused.HIDDEN
+
+
+def _resolve_kernel(
+    kernel: str,
+    compile: bool | str,
+    dtype: torch.dtype,
+    hidden: int,
+    example: Callable[[], tuple[Any, ...]] | None = None,
+) -> tuple[Kernel, Callable[..., Any] | None]:
+    """The kernel a fit runs (``"fused"``, ``"compiled"`` or ``"eager"``) and, unless fused, its
+    step function.
+
+    ``compile`` is the older switch: ``True`` / ``False`` mean ``kernel="compiled"`` /
+    ``"eager"``. The fused kernel is built (or the compiled step compiled on ``example()``) here,
+    before any INR is fitted, so a failure falls back with one warning and a fit never mixes
+    kernels.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if compile not in ("auto", True, False):
+        raise ValueError(f"compile must be 'auto', True or False, got {compile!r}")
+    if compile != "auto":
+        if kernel not in ("auto", "compiled" if compile else "eager"):
+            raise ValueError(
+                f"kernel={kernel!r} contradicts compile={compile!r}; pass only kernel="
+            )
+        kernel = "compiled" if compile else "eager"
+    if kernel in ("auto", "fused"):
+        if not _fused_supported(dtype, hidden):
+            if kernel == "fused":
+                raise ValueError(
+                    f"the fused kernel fits float32 INRs of width 32, not {dtype} / width "
+                    f"{hidden}; use kernel='auto' (it picks the compiled or eager step)"
+                )
+        elif not _FUSED_ERROR and (kernel == "fused" or _fused.compiler() is not None):
+            try:
+                _fused.load()
+                return "fused", None
+            except Exception as err:  # compiler / loader errors have no common base class
+                _warn_fused_fallback(err)
+        compile = "auto"
+    else:
+        compile = kernel == "compiled"
+    fn, compiled = _step_fn(compile, None if example is None else example())
+    ran: Kernel = "compiled" if compiled else "eager"
+    return ran, fn
+
+
 def init_batch(
     indices: Sequence[int], seed: int, recipe: InrRecipe, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -270,6 +362,7 @@ def fit_inrs(
     dtype: torch.dtype = torch.float32,
     callback: Callable[[int, Tensor], None] | None = None,
     snapshots: Sequence[int] = (),
+    kernel: Kernel = "auto",
 ) -> FitResult:
     """Fit one INR per image, ``batch_size`` INRs at a time, with the hand-written fast step.
 
@@ -279,16 +372,23 @@ def fit_inrs(
         seed: zoo seed; INR ``k`` is initialised from ``inr_seed(seed, indices[k])``.
         indices: the INRs' indices in the zoo (default ``range(n)``); they fix the
             initialisation, so a zoo fitted in pieces equals one fitted at once.
-        batch_size: INRs fitted together (16: fastest measured with 2 threads; 8-32 are within
-            a few percent). Does not change the results beyond float32 rounding.
-        compile: ``torch.compile`` the step (``"auto"``: when a C++ compiler is found). The
-            compiled and eager steps agree to float32 rounding, not bit for bit. If compiling
-            fails (no usable C++ compiler, an inductor error), the fit runs eagerly with a
-            ``RuntimeWarning``; ``result.kernel`` says which ran.
-        dtype: float32 (default) or float64.
+        batch_size: INRs fitted together (16: fastest measured for the compiled step with 2
+            threads; 8-32 are within a few percent; the fused kernel runs at the same speed
+            from 8 to 128 on one thread). Does not change the results beyond float32 rounding (the fused
+            kernel's results do not depend on it at all).
+        compile: the older switch: ``True`` / ``False`` mean ``kernel="compiled"`` /
+            ``"eager"``; leave it ``"auto"`` when passing ``kernel``.
+        dtype: float32 (default) or float64 (fused: float32 only).
         callback: called after each batch with ``(number of INRs done, psnr of the batch)``.
         snapshots: step counts ``<= recipe.steps`` at which to also record parameters, steps
             and PSNR (``result.snapshots[k]``), e.g. to compare step counts in one run.
+        kernel: the step kernel: ``"fused"`` (a C kernel compiled on first use with the
+            system C compiler; float32, width 32), ``"compiled"`` (``torch.compile``, needs a
+            C++ compiler), ``"eager"``, or ``"auto"``: the first of these that works for the
+            dtype and width (fused with a C compiler, else compiled with a C++ compiler, else
+            eager). The kernels agree to float32 rounding, not bit for bit. If building the
+            fused kernel or compiling the step fails, the fit falls back to the next kernel with
+            a ``RuntimeWarning``; ``result.kernel`` says which ran.
 
     Returns:
         :class:`FitResult` with float32 parameters, steps taken and final PSNR.
@@ -299,8 +399,10 @@ def fit_inrs(
     if len(indices) != n:
         raise ValueError("indices must have one entry per image")
     grid_hw = (int(images.shape[1]), int(images.shape[2]))
-    example = _example_args(batch_size, grid_hw, recipe, dtype) if n else None
-    step_fn, compiled = _step_fn(compile, example)
+    ran, step_fn = _resolve_kernel(
+        kernel, compile, dtype, recipe.hidden,
+        (lambda: _example_args(batch_size, grid_hw, recipe, dtype)) if n else None,
+    )  # fmt: skip
     coords_t = coords.t().contiguous()
     beta1, beta2 = recipe.betas
     stop_mse = 10.0 ** (-recipe.stop_psnr / 10.0)
@@ -314,9 +416,7 @@ def fit_inrs(
     snap_out = {
         k: FitResult(out_params.clone(), out_steps.clone(), out_psnr.clone()) for k in snaps
     }
-    result = FitResult(
-        out_params, out_steps, out_psnr, snap_out, "compiled" if compiled else "eager"
-    )
+    result = FitResult(out_params, out_steps, out_psnr, snap_out, ran)
 
     def record(res: FitResult, start: int, params: Tensor, step: Tensor, target: Tensor) -> None:
         m = min(len(params), n - start)
@@ -337,6 +437,22 @@ def fit_inrs(
         active[:m] = True
         exp_avg = torch.zeros_like(params)
         exp_avg_sq = torch.zeros_like(params)
+        if step_fn is None:  # fused: many steps per call, up to each snapshot
+            step = torch.zeros(batch_size, dtype=torch.int32)
+            done = 0
+            for k in [*snaps, recipe.steps]:
+                if k > done:
+                    _fused.fit_steps(
+                        params, exp_avg, exp_avg_sq, step, active, target, coords_t, k - done,
+                        recipe.lr, beta1, beta2, recipe.eps, stop_mse, recipe.w0,
+                    )  # fmt: skip
+                    done = k
+                if k in snap_out:
+                    record(snap_out[k], start, params, step, target)
+            record(result, start, params, step, target)
+            if callback is not None:
+                callback(stop, out_psnr[start:stop])
+            continue
         step = torch.zeros(batch_size, dtype=dtype)
         pending = list(snaps)
         for k in range(recipe.steps):

@@ -146,7 +146,7 @@ def _mmap_shard(path: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- build
 def _plan(
     source: str, recipe: InrRecipe, seed: int, limit: int | None, shard_size: int,
-    batch_size: int, compiled: bool, root: str | None,
+    batch_size: int, kernel: str, root: str | None,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "source": source,
@@ -155,7 +155,7 @@ def _plan(
         "limit": limit,
         "shard_size": shard_size,
         "batch_size": batch_size,
-        "kernel": "compiled" if compiled else "eager",
+        "kernel": kernel,
     }
 
 
@@ -184,6 +184,7 @@ def build_zoo(
     root: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int, Tensor], None] | None = None,
+    kernel: str = "auto",
 ) -> Path:
     """Fit an INR per image of ``source`` and write the zoo to ``out`` (atomically, resumably).
 
@@ -196,6 +197,8 @@ def build_zoo(
         shard_size: INRs per shard (the unit of resumption).
         batch_size: INRs fitted at once.
         compile: see :func:`~nngraph_datasets.fit_inrs`.
+        kernel: the step kernel (``"auto"``, ``"fused"``, ``"compiled"``, ``"eager"``; see
+            :func:`~nngraph_datasets.fit_inrs`); the one that runs is recorded in the manifest.
         root: folder of the IDX files, for ``fashion-mnist`` / ``mnist``.
         overwrite: replace an existing zoo at ``out``.
         progress: called as ``progress(done, total, psnr_of_the_batch)`` after each batch
@@ -204,18 +207,19 @@ def build_zoo(
     Returns:
         The path of the finished zoo.
     """
-    from .fit import _example_args, _step_fn, fit_inrs
+    from .fit import _example_args, _resolve_kernel, fit_inrs
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise ZooExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     images, labels, ids = load_raw(source, "all", root)
-    # compile now (falling back to eager with a warning if that fails) to record the real kernel
+    # build / compile the kernel now (falling back with a warning if that fails) to record the
+    # kernel that really runs; the whole build then uses that one
     hw = (int(images.shape[1]), int(images.shape[2]))
-    example = _example_args(batch_size, hw, recipe, torch.float32)
-    _, compiled = _step_fn(compile, example)
-    if not compiled:
-        compile = False  # a fallback stays eager for the whole build
+    ran, _ = _resolve_kernel(
+        kernel, compile, torch.float32, recipe.hidden,
+        lambda: _example_args(batch_size, hw, recipe, torch.float32),
+    )  # fmt: skip
     scale = int(source_info(source)["scale"])  # type: ignore[call-overload]
     splits = _limit_splits(make_splits(source, labels, ids, seed), limit, seed)
     order = np.concatenate([splits[s] for s in _SPLIT_NAMES])
@@ -224,7 +228,7 @@ def build_zoo(
         bounds[s] = [start, start + len(splits[s])]
         start += len(splits[s])
     total = len(order)
-    plan = _plan(source, recipe, seed, limit, shard_size, batch_size, compiled, None)
+    plan = _plan(source, recipe, seed, limit, shard_size, batch_size, ran, None)
     partial = out.with_name(f".{out.name}.partial")
     partial.mkdir(parents=True, exist_ok=True)
     plan_file = partial / "build.json"
@@ -261,7 +265,7 @@ def build_zoo(
                 progress(base + n_done, total, batch_psnr)
 
         res = fit_inrs(imgs, recipe, seed=seed, indices=range(lo, hi), batch_size=batch_size,
-                       compile=compile, callback=cb)  # fmt: skip
+                       kernel=ran, callback=cb)  # fmt: skip
         _write_shard(path, {
             "params": res.params,
             "labels": torch.from_numpy(labels[rows].astype(np.int64)),
