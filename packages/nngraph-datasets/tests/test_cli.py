@@ -44,3 +44,48 @@ def test_fit_info_verify_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_verify_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(tmp_path)]) == 2
     assert "not a zoo" in capsys.readouterr().err
+
+
+def test_killed_fit_resumes_to_the_same_zoo(tmp_path: Path) -> None:
+    """`nngraph-datasets fit` killed with SIGKILL after its first shard, then rerun, finishes
+    with a zoo byte-identical to an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "nngraph_datasets.cli", "fit", "--source", "digits",
+                "--out", str(out), "--limit", "48", "--shard-size", "16", "--batch-size", "16",
+                "--steps", "1500", "--kernel", "eager", "--threads", "1", "--quiet"]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run(cmd(ref), check=True, env=env, timeout=300)
+    out = tmp_path / "zoo"
+    partial = tmp_path / ".zoo.partial"
+    proc = subprocess.Popen(cmd(out), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (partial / "shard-00000.safetensors").exists():
+            assert proc.poll() is None, "the fit ended before its first shard was written"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    # killed midway: no zoo, the finished shard kept, the last one not yet written
+    assert not out.exists() and (partial / "shard-00000.safetensors").exists()
+    assert not (partial / "shard-00002.safetensors").exists()
+    subprocess.run(cmd(out), check=True, env=env, timeout=300)
+    assert not partial.exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    ref_manifest = json.loads((ref / "manifest.json").read_text())
+    assert [s["sha256"] for s in manifest["shards"]] == [
+        s["sha256"] for s in ref_manifest["shards"]
+    ]
+    assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
