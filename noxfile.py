@@ -219,6 +219,11 @@ def ci(session: nox.Session) -> None:
 TRAIN_ENV = {"MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
 
 
+def _budget(minutes: float) -> tuple[str, ...]:
+    """CLI arguments of a wall-time budget for the whole job, counted from the start of nox."""
+    return ("--time_budget", str(minutes), "--time_budget_start", f"{STARTED:.3f}")
+
+
 def _train(session: nox.Session, command: str, config: str, *args: str) -> None:
     _install_packages(session, extras="apps")  # every package, editable, with its dependencies
     session.run(
@@ -237,10 +242,7 @@ def train_cls(session: nox.Session) -> None:
     is left. Prints the results table and writes runs/mnist5k_ngnn/ (report.md, plots,
     results.json, checkpoints, CSV + TensorBoard logs). Another budget: `-- --time_budget 30`.
     """
-    _train(
-        session, "fit", "mnist5k_ngnn",
-        "--time_budget", "15", "--time_budget_start", f"{STARTED:.3f}",
-    )  # fmt: skip
+    _train(session, "fit", "mnist5k_ngnn", *_budget(15))
 
 
 @nox.session(default=False, reuse_venv=True)
@@ -272,10 +274,7 @@ def train_edit(session: nox.Session) -> None:
     """Editing (dilation) on `mnist-5k` INRs with NG-GNN, CPU-sized, in 15 minutes counted like
     `train_cls`; report with originals / inputs / predictions / targets in
     runs/mnist5k_dilate_ngnn/."""
-    _train(
-        session, "fit", "mnist5k_dilate_ngnn",
-        "--time_budget", "15", "--time_budget_start", f"{STARTED:.3f}",
-    )  # fmt: skip
+    _train(session, "fit", "mnist5k_dilate_ngnn", *_budget(15))
 
 
 @nox.session(default=False, reuse_venv=True)

@@ -182,20 +182,26 @@ def _have_compiler() -> bool:
     )
 
 
-def _warn_fallback(err: Exception) -> None:
-    """Remember that compiling failed and say so once; later fits go straight to eager."""
-    first = not _COMPILE_ERROR
-    _COMPILE_ERROR.append(err)
+def _warn_once(errors: list[Exception], err: Exception, message: str) -> None:
+    """Remember ``err`` in ``errors`` (a kernel's failure record); warn with ``message`` (which
+    may use ``{msg}``, the error's first line) only the first time."""
+    first = not errors
+    errors.append(err)
     if first:
         msg = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
-        warnings.warn(
-            f"torch.compile of the INR fitting step failed ({msg}); fitting with the eager step "
-            "instead (same math, about 3x slower; results differ from compiled ones in float32 "
-            "rounding and the zoo manifest records kernel 'eager'). Install a C++ compiler "
-            "(g++) for the compiled step, or pass compile=False / --compile no to skip it.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        warnings.warn(message.format(msg=msg), RuntimeWarning, stacklevel=5)
+
+
+def _warn_fallback(err: Exception) -> None:
+    """Remember that compiling failed and say so once; later fits go straight to eager."""
+    _warn_once(
+        _COMPILE_ERROR,
+        err,
+        "torch.compile of the INR fitting step failed ({msg}); fitting with the eager step "
+        "instead (same math, about 3x slower; results differ from compiled ones in float32 "
+        "rounding and the zoo manifest records kernel 'eager'). Install a C++ compiler "
+        "(g++) for the compiled step, or pass compile=False / --compile no to skip it.",
+    )
 
 
 def _guarded(compiled: Callable[..., Any]) -> Callable[..., Any]:
@@ -261,20 +267,16 @@ _FUSED_ERROR: list[Exception] = []
 
 def _warn_fused_fallback(err: Exception) -> None:
     """Remember that the fused kernel failed and say so once; later fits skip it silently."""
-    first = not _FUSED_ERROR
-    _FUSED_ERROR.append(err)
-    if first:
-        msg = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
-        warnings.warn(
-            f"the fused C kernel of the INR fitting step could not be built or loaded ({msg}); "
-            "fitting with the torch.compile-d step instead, or the eager one without a C++ "
-            "compiler (same math, 2-5x slower; results differ from fused ones in float32 "
-            "rounding and the zoo manifest records the kernel that ran). Install a C compiler "
-            "(gcc or clang, with OpenMP for several threads; $CC picks one), or pass "
-            "kernel='compiled' / --kernel compiled to skip it.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    _warn_once(
+        _FUSED_ERROR,
+        err,
+        "the fused C kernel of the INR fitting step could not be built or loaded ({msg}); "
+        "fitting with the torch.compile-d step instead, or the eager one without a C++ "
+        "compiler (same math, 2-5x slower; results differ from fused ones in float32 "
+        "rounding and the zoo manifest records the kernel that ran). Install a C compiler "
+        "(gcc or clang, with OpenMP for several threads; $CC picks one), or pass "
+        "kernel='compiled' / --kernel compiled to skip it.",
+    )
 
 
 def _fused_supported(dtype: torch.dtype, hidden: int) -> bool:
