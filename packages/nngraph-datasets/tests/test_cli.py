@@ -41,6 +41,16 @@ def test_fit_info_verify_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "exists" in capsys.readouterr().err
 
 
+def test_kernel_and_compile_together_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "zoo"
+    args = ["fit", "--source", "digits", "--out", str(out), "--limit", "4", "--steps", "1"]
+    assert main([*args, "--kernel", "eager", "--compile", "no"]) == 2
+    assert "pass --kernel or --compile, not both" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_verify_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(tmp_path)]) == 2
     assert "not a zoo" in capsys.readouterr().err
