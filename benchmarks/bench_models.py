@@ -69,6 +69,8 @@ _NGT_CKPT = {"checkpoint_layers": True, "chunk_size": 16}
 #: name -> (builder, options). Other models add their own entries here.
 MODELS: dict[str, tuple[Builder, dict[str, Any]]] = {
     "ngnn": (_ngnn(fast=True), {}),
+    "ngnn-torch": (_ngnn(fast=True, kernel="torch"), {}),
+    "ngnn-torch-chunk16": (_ngnn(fast=True, kernel="torch", chunk_size=16), {}),
     "ngnn-unchunked": (_ngnn(fast=True, chunk_size=None), {}),
     "ngnn-sparse": (_ngnn(fast=False), {}),
     "ngnn-bf16": (_ngnn(fast=True), {"bf16": True}),

@@ -3,11 +3,8 @@
 ``_siren_kernel.c`` (shipped next to this file) runs many masked-Adam steps of a batch of
 2-32-32-1 SIRENs in one call, the forward, backward and Adam update of each INR fused over pixel
 tiles that stay in L1 (see the comment at its top). It is compiled once per machine with the
-system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) and cached as
-``$NNGRAPH_CACHE/kernels/siren-<hash>.so`` (``$NNGRAPH_CACHE`` defaults to ``~/.cache/nngraph``);
-the hash covers the source, the flags, the compiler's version and the CPU, so a changed source,
-compiler or machine gets its own library. The library is written atomically (temporary file +
-``os.replace``), so concurrent processes never load a half-written file.
+system C compiler and cached as ``$NNGRAPH_CACHE/kernels/siren-<hash>.so`` by
+:mod:`nngraph_core._native` (atomic writes; one library per source, flags, compiler and CPU).
 
 Everything here raises :class:`FusedKernelError` on failure; :mod:`nngraph_datasets.fit` turns that
 into a one-time ``RuntimeWarning`` and a fallback to the ``torch.compile``-d or eager step.
@@ -16,18 +13,13 @@ into a one-time ``RuntimeWarning`` and a fallback to the ``torch.compile``-d or 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from nngraph_core._native import NativeBuildError, build, compiler
 
 __all__ = ["HIDDEN", "FusedKernelError", "compiler", "fit_steps", "load"]
 
@@ -35,18 +27,7 @@ __all__ = ["HIDDEN", "FusedKernelError", "compiler", "fit_steps", "load"]
 HIDDEN = 32
 _VERSION = 1  # KERNEL_VERSION in the C source
 _SOURCE = Path(__file__).with_name("_siren_kernel.c")
-_COMMON = ["-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared"]
-# tried in order: the first that compiles is used (no -march=native on compilers without it,
-# no OpenMP where the compiler has none: then the kernel runs on one thread)
-_VARIANTS: tuple[list[str], ...] = (
-    ["-march=native", "-fopenmp"],
-    ["-fopenmp"],
-    ["-march=native"],
-    [],
-)
 _LOCK = threading.Lock()
-#: where the library goes when the cache folder is not writable
-_TMP_CACHE = Path(tempfile.gettempdir()) / f"nngraph-kernels-{getattr(os, 'getuid', lambda: 0)()}"
 #: steps per kernel call at most (Ctrl-C is seen between calls; the result does not change)
 MAX_STEPS_PER_CALL = 500
 _LIB: list[ctypes.CDLL] = []
@@ -56,79 +37,12 @@ class FusedKernelError(RuntimeError):
     """The fused kernel could not be compiled, loaded or verified."""
 
 
-def compiler() -> list[str] | None:
-    """The C compiler command (``$CC`` or the first of cc, gcc, clang on ``PATH``), or None."""
-    env = os.environ.get("CC", "").strip()
-    if env:
-        cmd = shlex.split(env)
-        return cmd if shutil.which(cmd[0]) else None
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    return None
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NNGRAPH_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "nngraph"
-    return base / "kernels"
-
-
-def _cpu_id() -> str:
-    """What -march=native depends on: the CPU model and feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine() + platform.processor()
-    keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
-    return platform.machine() + "\n" + "\n".join(sorted(set(keep)))
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-
-
 def _build(cc: list[str]) -> Path:
     """Compile (or find in the cache) the shared library; returns its path."""
     try:
-        version = _run([*cc, "--version"]).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        raise FusedKernelError(f"cannot run the C compiler {cc[0]}: {e}") from e
-    source = _SOURCE.read_bytes()
-    cpu = _cpu_id()
-    errors = []
-    for extra in _VARIANTS:
-        flags = [*_COMMON, *extra]
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join([*cc, *flags]).encode(), version.encode(), cpu.encode()])
-        ).hexdigest()[:20]
-        for folder in (_cache_dir(), _TMP_CACHE):
-            lib = folder / f"siren-{key}.so"
-            if lib.is_file():
-                return lib
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".siren-{key}-", suffix=".so", dir=folder)
-            except OSError as e:
-                errors.append(f"cannot write to {folder}: {e}")
-                continue  # not writable: try the next folder
-            os.close(fd)
-            try:
-                res = _run([*cc, *flags, "-o", tmp, str(_SOURCE), "-lm"])
-                if res.returncode == 0:
-                    os.replace(tmp, lib)
-                    return lib
-                errors.append(f"{' '.join(flags)}: {(res.stderr or res.stdout).strip()[-400:]}")
-            except (OSError, subprocess.SubprocessError) as e:
-                errors.append(f"{' '.join(flags)}: {e}")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            break  # the compiler failed: try the next flags, not the next folder
-    raise FusedKernelError(
-        f"{cc[0]} could not compile {_SOURCE.name}: " + " | ".join(errors[-2:])[-600:]
-    )
+        return build(_SOURCE, "siren", cc)
+    except NativeBuildError as e:
+        raise FusedKernelError(str(e)) from e
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-__all__ = ["AGGREGATORS", "SCALERS", "EdgePNAConv", "avg_log_degree", "pna_combine"]
+from . import _native
+
+__all__ = ["AGGREGATORS", "SCALERS", "EdgePNAConv", "Kernel", "avg_log_degree", "pna_combine"]
+
+#: how :meth:`EdgePNAConv.forward_dense` runs: ``"auto"`` (the C kernel for float32 CPU tensors
+#: when it builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
+Kernel = Literal["auto", "native", "torch"]
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification", "attenuation")
@@ -118,6 +125,14 @@ class EdgePNAConv(MessagePassing):
     :meth:`forward_dense` computes the same function for a batch of one architecture whose
     layers are complete bipartite graphs, with no edge index (DESIGN.md §4 "Fast path").
 
+    On float32 CPU tensors :meth:`forward_dense` runs its two elementwise-heavy parts (the
+    FiLM messages with their four statistics, and the edge update's activation) through a C
+    kernel compiled on first use (:mod:`nngraph_layers._native`): one pass over the per-edge
+    tensors forward and one backward instead of ~25 torch operations. ``kernel="torch"`` keeps
+    the torch code; without a C compiler ``"auto"`` falls back to it with a one-time warning.
+    The only difference is the gradient of a min / max among exactly tied messages (the kernel
+    gives it to the first, torch splits it).
+
     Args:
         in_channels (int): node width :math:`d`.
         edge_channels (int): edge width :math:`d_e`.
@@ -128,6 +143,8 @@ class EdgePNAConv(MessagePassing):
             from the template).
         dropout (float, optional): dropout on the node update (default: ``0.0``).
         edge_update (bool, optional): update the edge features (default: ``True``).
+        kernel (str, optional): ``"auto"`` (default), ``"native"`` or ``"torch"``: how
+            :meth:`forward_dense` runs (see above).
 
     Shapes:
         - **input:** node features ``[N, d]``, edge index ``[2, E]`` (row 0 source, row 1
@@ -144,8 +161,12 @@ class EdgePNAConv(MessagePassing):
         avg_log_deg: float = 1.0,
         dropout: float = 0.0,
         edge_update: bool = True,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__(aggr=None, node_dim=0)
+        if kernel not in ("auto", "native", "torch"):
+            raise ValueError(f"kernel must be 'auto', 'native' or 'torch', got {kernel!r}")
+        self.kernel = kernel
         for a in aggregators:
             if a not in AGGREGATORS:
                 raise ValueError(f"unknown aggregator {a!r}; choose from {AGGREGATORS}")
@@ -241,6 +262,7 @@ class EdgePNAConv(MessagePassing):
         offsets = [0]
         for w in widths:
             offsets.append(offsets[-1] + w)
+        native = self._use_native(x)
         a = self.lin_dst(x)
         b = self.lin_src(x)
         n_layers = len(widths)
@@ -249,10 +271,16 @@ class EdgePNAConv(MessagePassing):
             lo, mid, hi = offsets[k], offsets[k + 1], offsets[k + 2]
             a_s, a_t, b_s, b_t = a[:, lo:mid], a[:, mid:hi], b[:, lo:mid], b[:, mid:hi]
             # Target terms vary along the o axis (fwd) / i axis (bwd); source terms the other.
-            t_o = torch.stack([a_t, b_t], dim=1).unsqueeze(3)  # [B, 2, n_o, 1, d]
-            t_i = torch.stack([b_s, a_s], dim=1).unsqueeze(2)  # [B, 2, 1, n_i, d]
+            t_o = torch.stack([a_t, b_t], dim=1)  # [B, 2, n_o, d]
+            t_i = torch.stack([b_s, a_s], dim=1)  # [B, 2, n_i, d]
+            if native and e.dtype == torch.float32:
+                g = nn.functional.linear(e, self.film.weight)  # the kernel adds the bias
+                s_o, s_i = _native.message_stats(g, self.film.bias, t_o, t_i)
+                stats[k + 1].append(_split4(s_o))  # to layer k+1, over sources i
+                stats[k].append(_split4(s_i))  # to layer k, over targets o
+                continue
             gamma, beta = self.film(e).chunk(2, dim=-1)
-            m = torch.addcmul(beta, gamma, t_o + t_i)  # [B, 2, n_o, n_i, d]
+            m = torch.addcmul(beta, gamma, t_o.unsqueeze(3) + t_i.unsqueeze(2))  # [B,2,n_o,n_i,d]
             fwd, bwd = m[:, 0], m[:, 1]
             stats[k + 1].append(_reduce(fwd, 2))  # to layer k+1, over sources i
             stats[k].append(_reduce(bwd, 1))  # to layer k, over targets o
@@ -281,11 +309,37 @@ class EdgePNAConv(MessagePassing):
             lo, mid, hi = offsets[k], offsets[k + 1], offsets[k + 2]
             u_s, u_t, v_s, v_t = u[:, lo:mid], u[:, mid:hi], v[:, lo:mid], v[:, mid:hi]
             # fwd edge i -> o: source term on i, target on o; bwd edge o -> i: the reverse.
-            t_o = torch.stack([v_t, u_t], dim=1).unsqueeze(3)
-            t_i = torch.stack([u_s, v_s], dim=1).unsqueeze(2)
-            h = self.edge_lin(e) + (t_o + t_i)
-            new_edges.append(e + self.edge_out(nn.functional.silu(h)))
+            t_o = torch.stack([v_t, u_t], dim=1)
+            t_i = torch.stack([u_s, v_s], dim=1)
+            if native and e.dtype == torch.float32:
+                # the bias joins the per-node term (no pass over the edges to add it)
+                h = nn.functional.linear(e, self.edge_lin.weight)
+                act = _native.edge_activation(h, t_o + self.edge_lin.bias, t_i)
+            else:
+                h = self.edge_lin(e)
+                act = nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
+            new_edges.append(e + self.edge_out(act))
         return x_new, new_edges
+
+    def _use_native(self, x: Tensor) -> bool:
+        """Whether :meth:`forward_dense` uses the C kernel for ``x``."""
+        if self.kernel == "torch":
+            return False
+        if (
+            x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or torch.is_autocast_enabled(x.device.type)
+        ):
+            if self.kernel == "native":
+                raise ValueError(
+                    "kernel='native' runs on float32 CPU tensors without autocast, got "
+                    f"{x.dtype} on {x.device}"
+                )
+            return False
+        if self.kernel == "native":
+            _native.load()  # raises NativeKernelError with the reason
+            return True
+        return _native.available_or_warn()
 
     def __repr__(self) -> str:
         return (
@@ -297,6 +351,11 @@ class EdgePNAConv(MessagePassing):
 def _reduce(m: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sum, sum of squares, min and max of messages ``m`` over axis ``dim``."""
     return m.sum(dim), (m * m).sum(dim), m.amin(dim), m.amax(dim)
+
+
+def _split4(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``[B, n, 4, d]`` statistics of the native kernel -> sum, sum of squares, min, max."""
+    return s[:, :, 0], s[:, :, 1], s[:, :, 2], s[:, :, 3]
 
 
 def _count(layer: int, widths: Sequence[int]) -> int:

@@ -1,0 +1,290 @@
+r"""The native (C) kernels of the dense NG-GNN layer: build on first use, verify, autograd.
+
+``_ngnn_kernel.c`` (shipped next to this file) fuses the two elementwise-heavy parts of
+:meth:`~nngraph_layers.EdgePNAConv.forward_dense` into one pass over the per-edge tensors each
+way (forward and backward):
+
+- :func:`message_stats`: FiLM messages :math:`m = \beta + \gamma \odot (t_o + t_i)` of both
+  edge directions of one weight matrix and their sum, sum of squares, min and max per receiving
+  node (the backward routes the min / max gradient through the saved argmin / argmax); it adds
+  the FiLM bias itself, so the FiLM matmul runs without one (torch's Linear spends a full pass
+  broadcasting its bias into the output);
+- :func:`edge_activation`: :math:`\mathrm{SiLU}(h + t_o + t_i)` of the edge update.
+
+Both are ``torch.autograd.Function`` s that recompute :math:`m` and :math:`h` in the backward
+instead of storing them. The library is compiled with the system C compiler and cached by
+:mod:`nngraph_core._native`; :func:`load` checks it against the torch formulas
+(:func:`reference_message_stats`, :func:`reference_edge_activation`) before first use and raises
+:class:`NativeKernelError` on any failure. float32 CPU tensors only; the layer falls back to
+its torch code for everything else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nngraph_core._native import NativeBuildError, build, compiler
+
+__all__ = [
+    "NativeKernelError",
+    "available",
+    "available_or_warn",
+    "edge_activation",
+    "load",
+    "message_stats",
+    "reference_edge_activation",
+    "reference_message_stats",
+]
+
+_VERSION = 2  # KERNEL_VERSION in the C source
+_SOURCE = Path(__file__).with_name("_ngnn_kernel.c")
+_LOCK = threading.Lock()
+_LIB: list[ctypes.CDLL] = []
+_ERROR: list[str] = []  # why the kernel is unavailable, once known
+_WARNED: list[bool] = []
+
+
+class NativeKernelError(RuntimeError):
+    """The native NG-GNN kernel could not be compiled, loaded or verified."""
+
+
+def reference_message_stats(
+    g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The torch formula of :func:`message_stats` (what the kernel is checked against).
+
+    Args:
+        g: ``[B, 2, n_o, n_i, 2d]`` FiLM matmul without its bias, :math:`\gamma` then
+            :math:`\beta`; bias: ``[2d]`` the FiLM bias.
+        t_o: ``[B, 2, n_o, d]`` per-target terms; t_i: ``[B, 2, n_i, d]`` per-source terms.
+
+    Returns:
+        ``(stats_o [B, n_o, 4, d], stats_i [B, n_i, 4, d])``: sum, sum of squares, min and max of
+        direction 0 over the sources and of direction 1 over the targets.
+    """
+    gamma, beta = (g + bias).chunk(2, dim=-1)
+    m = torch.addcmul(beta, gamma, t_o.unsqueeze(3) + t_i.unsqueeze(2))
+    fwd, bwd = m[:, 0], m[:, 1]
+
+    def stats(v: Tensor, dim: int) -> Tensor:
+        return torch.stack([v.sum(dim), (v * v).sum(dim), v.amin(dim), v.amax(dim)], dim=-2)
+
+    return stats(fwd, 2), stats(bwd, 1)
+
+
+def reference_edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
+    """The torch formula of :func:`edge_activation`: ``silu(h + (t_o + t_i))`` broadcast."""
+    return torch.nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    sizes = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
+    lib.ngnn_msg_fwd.argtypes = [*sizes, *[p] * 8]
+    lib.ngnn_msg_bwd.argtypes = [*sizes, *[p] * 12]
+    lib.ngnn_edge_fwd.argtypes = [*sizes, *[p] * 4]
+    lib.ngnn_edge_bwd.argtypes = [*sizes, *[p] * 7]
+    for name in ("ngnn_msg_fwd", "ngnn_msg_bwd", "ngnn_edge_fwd", "ngnn_edge_bwd"):
+        getattr(lib, name).restype = None
+    for name in ("ngnn_kernel_version", "ngnn_kernel_openmp"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = []
+
+
+def _self_check() -> None:
+    """Both functions against their torch formulas on a small random block, values and
+    gradients (guards the build: compiler, flags and CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    b, no, ni, d = 2, 3, 5, 7
+
+    def rnd(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_()
+
+    g, bias, t_o, t_i = rnd(b, 2, no, ni, 2 * d), rnd(2 * d), rnd(b, 2, no, d), rnd(b, 2, ni, d)
+    w_o, w_i = torch.randn(b, no, 4, d, generator=gen), torch.randn(b, ni, 4, d, generator=gen)
+    h = rnd(b, 2, no, ni, d)
+    w_h = torch.randn(b, 2, no, ni, d, generator=gen)
+    checks = []
+    for fn, ref, args, weights in (
+        (message_stats, reference_message_stats, (g, bias, t_o, t_i), (w_o, w_i)),
+        (edge_activation, reference_edge_activation, (h, t_o, t_i), (w_h,)),
+    ):
+        outs = [fn(*args), ref(*args)]
+        grads = []
+        for out in outs:
+            parts = out if isinstance(out, tuple) else (out,)
+            loss = sum((o * w).sum() for o, w in zip(parts, weights, strict=True))
+            grads.append(torch.autograd.grad(loss, args))
+        for a, r in zip([*grads[0], *_flat(outs[0])], [*grads[1], *_flat(outs[1])], strict=True):
+            checks.append(torch.allclose(a, r, rtol=1e-4, atol=1e-5))
+    if not all(checks):
+        raise NativeKernelError("the compiled NG-GNN kernel disagrees with the torch formulas")
+
+
+def _flat(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def load() -> ctypes.CDLL:
+    """The kernel library, compiled and verified on first use (raises
+    :class:`NativeKernelError`; a failure is remembered for the process)."""
+    with _LOCK:
+        if _LIB:
+            return _LIB[0]
+        if _ERROR:
+            raise NativeKernelError(_ERROR[0])
+        try:
+            cc = compiler()
+            if cc is None:
+                raise NativeKernelError("no C compiler found (looked for $CC, cc, gcc, clang)")
+            try:
+                path = build(_SOURCE, "ngnn", cc)
+            except NativeBuildError as e:
+                raise NativeKernelError(str(e)) from e
+            try:
+                lib = ctypes.CDLL(str(path))
+                _declare(lib)
+            except (OSError, AttributeError) as e:
+                raise NativeKernelError(f"cannot load {path}: {e}") from e
+            if lib.ngnn_kernel_version() != _VERSION:
+                raise NativeKernelError(f"{path} is a different kernel version")
+            _LIB.append(lib)
+            try:
+                # first use may come inside no_grad / inference_mode: the check needs autograd
+                with torch.inference_mode(False), torch.enable_grad():
+                    _self_check()
+            except BaseException:
+                _LIB.clear()
+                raise
+        except NativeKernelError as e:
+            _ERROR.append(str(e))
+            raise
+        return lib
+
+
+def available() -> bool:
+    """Whether the kernel can be used (compiles it on the first call)."""
+    try:
+        load()
+    except NativeKernelError:
+        return False
+    return True
+
+
+def available_or_warn() -> bool:
+    """:func:`available`, with a one-time ``RuntimeWarning`` that names the reason when not."""
+    if available():
+        return True
+    if not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(
+            f"the native NG-GNN kernel is unavailable ({_ERROR[0]}); using the torch code, "
+            "which is several times slower on CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def _lib() -> ctypes.CDLL:
+    return _LIB[0] if _LIB else load()
+
+
+def _check(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu" or tuple(t.shape) != shape:
+        raise ValueError(
+            f"{name}: expected a float32 CPU tensor of shape {shape}, got {t.dtype} "
+            f"{tuple(t.shape)} on {t.device}"
+        )
+
+
+class _MessageStats(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        b, _, no, ni, d2 = g.shape
+        d = d2 // 2
+        _check("g", g, (b, 2, no, ni, 2 * d))
+        _check("bias", bias, (2 * d,))
+        _check("t_o", t_o, (b, 2, no, d))
+        _check("t_i", t_i, (b, 2, ni, d))
+        g, bias, t_o, t_i = g.contiguous(), bias.contiguous(), t_o.contiguous(), t_i.contiguous()
+        s_o = g.new_empty(b, no, 4, d)
+        s_i = g.new_empty(b, ni, 4, d)
+        i_o = torch.empty(b, no, 2, d, dtype=torch.int32)
+        i_i = torch.empty(b, ni, 2, d, dtype=torch.int32)
+        _lib().ngnn_msg_fwd(
+            torch.get_num_threads(), b, no, ni, d, g.data_ptr(), bias.data_ptr(), t_o.data_ptr(),
+            t_i.data_ptr(), s_o.data_ptr(), i_o.data_ptr(), s_i.data_ptr(), i_i.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(g, bias, t_o, t_i, i_o, i_i)
+        return s_o, s_i
+
+    @staticmethod
+    def backward(ctx: Any, ds_o: Tensor, ds_i: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        g, bias, t_o, t_i, i_o, i_i = ctx.saved_tensors
+        b, _, no, ni, d2 = g.shape
+        d = d2 // 2
+        ds_o, ds_i = ds_o.contiguous(), ds_i.contiguous()
+        dg = torch.empty_like(g)
+        dbias = g.new_empty(b, 2 * d)  # per graph, summed below
+        dt_o = torch.empty_like(t_o)
+        dt_i = torch.empty_like(t_i)
+        _lib().ngnn_msg_bwd(
+            torch.get_num_threads(), b, no, ni, d, g.data_ptr(), bias.data_ptr(), t_o.data_ptr(),
+            t_i.data_ptr(), i_o.data_ptr(), i_i.data_ptr(), ds_o.data_ptr(), ds_i.data_ptr(),
+            dg.data_ptr(), dbias.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+        )  # fmt: skip
+        return dg, dbias.sum(0), dt_o, dt_i
+
+
+class _EdgeActivation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
+        b, _, no, ni, d = h.shape
+        _check("h", h, (b, 2, no, ni, d))
+        _check("t_o", t_o, (b, 2, no, d))
+        _check("t_i", t_i, (b, 2, ni, d))
+        h, t_o, t_i = h.contiguous(), t_o.contiguous(), t_i.contiguous()
+        out = torch.empty_like(h)
+        _lib().ngnn_edge_fwd(
+            torch.get_num_threads(), b, no, ni, d, h.data_ptr(), t_o.data_ptr(), t_i.data_ptr(),
+            out.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(h, t_o, t_i)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h, t_o, t_i = ctx.saved_tensors
+        b, _, no, ni, d = h.shape
+        dout = dout.contiguous()
+        dh = torch.empty_like(h)
+        dt_o = torch.empty_like(t_o)
+        dt_i = torch.empty_like(t_i)
+        _lib().ngnn_edge_bwd(
+            torch.get_num_threads(), b, no, ni, d, h.data_ptr(), t_o.data_ptr(), t_i.data_ptr(),
+            dout.data_ptr(), dh.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+        )  # fmt: skip
+        return dh, dt_o, dt_i
+
+
+def message_stats(g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`reference_message_stats` by the C kernel (float32 CPU tensors; differentiable in
+    all four inputs). The gradient of a min / max goes to its first occurrence."""
+    out: tuple[Tensor, Tensor] = _MessageStats.apply(g, bias, t_o, t_i)
+    return out
+
+
+def edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
+    """:func:`reference_edge_activation` by the C kernel (float32 CPU tensors)."""
+    out: Tensor = _EdgeActivation.apply(h, t_o, t_i)
+    return out

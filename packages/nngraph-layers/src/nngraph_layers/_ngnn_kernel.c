@@ -1,0 +1,324 @@
+/* Fused CPU kernels of the dense NG-GNN layer (nngraph_layers.edge_pna, "native" kernel).
+ *
+ * Plain C (optional OpenMP), compiled on first use by nngraph_layers._native and called through
+ * ctypes from two autograd functions. float32, contiguous inputs. The math is that of
+ * EdgePNAConv.forward_dense; what differs is the number of passes over the per-edge tensors
+ * (2 * n_{l+1} * n_l rows of d floats per graph and weight matrix): the torch code makes ~25
+ * such passes per layer (broadcast adds, FiLM, four reductions, and in the backward the masks of
+ * min / max), these kernels make one pass forward and one backward for each of the two parts:
+ *
+ *   message statistics (ngnn_msg_fwd / ngnn_msg_bwd), per graph b, direction r in {0, 1},
+ *   target o, source i, channel c, with G the FiLM matmul (gamma | beta) and C its bias (added
+ *   here, which saves torch's pass that broadcasts a Linear's bias into its output):
+ *       s = To[b,r,o,c] + Ti[b,r,i,c]
+ *       m = (beta[b,r,o,i,c] + C[d+c]) + (gamma[b,r,o,i,c] + C[c]) * s
+ *     direction 0 (forward edges i -> o) is reduced over i into So[b,o,:,c], direction 1
+ *     (reverse edges o -> i) over o into Si[b,i,:,c]; the four statistics are the sum, the sum of
+ *     squares, the min and the max, with the index of the min / max kept for the backward (the
+ *     gradient of a min / max goes to its first occurrence; torch splits it among exact ties);
+ *
+ *   edge activation (ngnn_edge_fwd / ngnn_edge_bwd):
+ *       out[b,r,o,i,c] = silu(Hm[b,r,o,i,c] + To[b,r,o,c] + Ti[b,r,i,c])
+ *     with the exponential of the sigmoid computed by a polynomial (relative error ~2e-7)
+ *     so that the loop vectorises.
+ *
+ * The backward recomputes m and h from the saved inputs instead of storing them. Graphs are
+ * independent and run in parallel (OpenMP over b); each graph is computed by one thread in a
+ * fixed order, so results do not depend on the thread count.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KERNEL_VERSION 2
+#define RESTRICT __restrict__
+#define NOINLINE __attribute__((noinline))
+/* the channel loops write only through restrict pointers; this tells compilers that give up on
+ * proving it themselves (GCC 12 on msg_bwd_one: too many data streams) */
+#if defined(__clang__)
+#define IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define IVDEP _Pragma("GCC ivdep")
+#else
+#define IVDEP
+#endif
+
+int ngnn_kernel_version(void) { return KERNEL_VERSION; }
+
+int ngnn_kernel_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- message statistics ------------------------------------------------------------------ */
+
+/* One graph b of ngnn_msg_fwd. (Each kernel is split into a per-graph function and an OpenMP
+ * driver so that the compiler sees every size as a plain argument: inside the OpenMP region it
+ * does not vectorise the loops.) */
+static NOINLINE void msg_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
+                                 const float *RESTRICT G, const float *RESTRICT C,
+                                 const float *RESTRICT To, const float *RESTRICT Ti,
+                                 float *RESTRICT So, int32_t *RESTRICT Io, float *RESTRICT Si,
+                                 int32_t *RESTRICT Ii) {
+    const int64_t ldg = 2 * d;
+    const float *to0 = To + (b * 2 + 0) * no * d, *to1 = To + (b * 2 + 1) * no * d;
+    const float *ti0 = Ti + (b * 2 + 0) * ni * d, *ti1 = Ti + (b * 2 + 1) * ni * d;
+    const float *g0 = G + (b * 2 + 0) * no * ni * ldg, *g1 = G + (b * 2 + 1) * no * ni * ldg;
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    /* direction 1 accumulates into every source node while o advances */
+    float *si = Si + b * ni * 4 * d;
+    int32_t *ii = Ii + b * ni * 2 * d;
+    for (int64_t i = 0; i < ni; i++) {
+        float *st = si + i * 4 * d;
+        int32_t *ix = ii + i * 2 * d;
+        for (int64_t c = 0; c < d; c++) {
+            st[c] = 0.0f;
+            st[d + c] = 0.0f;
+            st[2 * d + c] = INFINITY;
+            st[3 * d + c] = -INFINITY;
+            ix[c] = 0;
+            ix[d + c] = 0;
+        }
+    }
+    for (int64_t o = 0; o < no; o++) {
+        float *st = So + (b * no + o) * 4 * d;
+        int32_t *ix = Io + (b * no + o) * 2 * d;
+        float *RESTRICT sum = st, *RESTRICT sq = st + d, *RESTRICT mn = st + 2 * d,
+                      *RESTRICT mx = st + 3 * d;
+        int32_t *RESTRICT imn = ix, *RESTRICT imx = ix + d;
+        for (int64_t c = 0; c < d; c++) {
+            sum[c] = 0.0f;
+            sq[c] = 0.0f;
+            mn[c] = INFINITY;
+            mx[c] = -INFINITY;
+            imn[c] = 0;
+            imx[c] = 0;
+        }
+        const float *RESTRICT t0 = to0 + o * d;
+        const float *RESTRICT t1 = to1 + o * d;
+        for (int64_t i = 0; i < ni; i++) {
+            /* direction 0: edge i -> o, reduced over i into node o */
+            const float *RESTRICT g = g0 + (o * ni + i) * ldg;
+            const float *RESTRICT u = ti0 + i * d;
+            int32_t ic = (int32_t)i;
+            for (int64_t c = 0; c < d; c++) {
+                float m = (g[d + c] + cb[c]) + (g[c] + cg[c]) * (t0[c] + u[c]);
+                sum[c] += m;
+                sq[c] += m * m;
+                int lo = m < mn[c], hi = m > mx[c];
+                mn[c] = lo ? m : mn[c];
+                imn[c] = lo ? ic : imn[c];
+                mx[c] = hi ? m : mx[c];
+                imx[c] = hi ? ic : imx[c];
+            }
+            /* direction 1: edge o -> i, reduced over o into node i */
+            const float *RESTRICT h = g1 + (o * ni + i) * ldg;
+            const float *RESTRICT v = ti1 + i * d;
+            float *RESTRICT s2 = si + i * 4 * d;
+            int32_t *RESTRICT x2 = ii + i * 2 * d;
+            int32_t oc = (int32_t)o;
+            for (int64_t c = 0; c < d; c++) {
+                float m = (h[d + c] + cb[c]) + (h[c] + cg[c]) * (t1[c] + v[c]);
+                s2[c] += m;
+                s2[d + c] += m * m;
+                int lo = m < s2[2 * d + c], hi = m > s2[3 * d + c];
+                s2[2 * d + c] = lo ? m : s2[2 * d + c];
+                x2[c] = lo ? oc : x2[c];
+                s2[3 * d + c] = hi ? m : s2[3 * d + c];
+                x2[d + c] = hi ? oc : x2[d + c];
+            }
+        }
+    }
+}
+
+/* G [B,2,no,ni,2d] (FiLM without its bias: gamma at 0..d-1, beta at d..2d-1), C [2d] (the
+ * bias), To [B,2,no,d], Ti [B,2,ni,d] -> So [B,no,4,d], Io [B,no,2,d] (argmin, argmax over i),
+ * Si [B,ni,4,d], Ii [B,ni,2,d]. */
+void ngnn_msg_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
+                  const float *RESTRICT G, const float *RESTRICT C, const float *RESTRICT To,
+                  const float *RESTRICT Ti, float *RESTRICT So, int32_t *RESTRICT Io,
+                  float *RESTRICT Si, int32_t *RESTRICT Ii) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++) msg_fwd_one(b, no, ni, d, G, C, To, Ti, So, Io, Si, Ii);
+}
+
+static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
+                                 const float *RESTRICT G, const float *RESTRICT C,
+                                 const float *RESTRICT To, const float *RESTRICT Ti,
+                                 const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
+                                 const float *RESTRICT dSo, const float *RESTRICT dSi,
+                                 float *RESTRICT dG, float *RESTRICT dcg, float *RESTRICT dcb,
+                                 float *RESTRICT dTo, float *RESTRICT dTi) {
+    /* (dcg, dcb: this graph's bias gradient, separate arguments so that the compiler knows they
+     * do not overlap; as two pointers into one array they keep the loops scalar) */
+    const int64_t ldg = 2 * d;
+    const float *to0 = To + (b * 2 + 0) * no * d, *to1 = To + (b * 2 + 1) * no * d;
+    const float *ti0 = Ti + (b * 2 + 0) * ni * d, *ti1 = Ti + (b * 2 + 1) * ni * d;
+    float *dto0 = dTo + (b * 2 + 0) * no * d, *dto1 = dTo + (b * 2 + 1) * no * d;
+    float *dti0 = dTi + (b * 2 + 0) * ni * d, *dti1 = dTi + (b * 2 + 1) * ni * d;
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    memset(dto0, 0, sizeof(float) * 2 * no * d);  /* both directions: [2, no, d] */
+    memset(dti0, 0, sizeof(float) * 2 * ni * d);
+    memset(dcg, 0, sizeof(float) * d);
+    memset(dcb, 0, sizeof(float) * d);
+    const float *dsi = dSi + b * ni * 4 * d;
+    const int32_t *ii = Ii + b * ni * 2 * d;
+    for (int64_t o = 0; o < no; o++) {
+        const float *RESTRICT ds = dSo + (b * no + o) * 4 * d;
+        const int32_t *RESTRICT ix = Io + (b * no + o) * 2 * d;
+        const float *RESTRICT t0 = to0 + o * d;
+        const float *RESTRICT t1 = to1 + o * d;
+        float *RESTRICT a0 = dto0 + o * d;
+        float *RESTRICT a1 = dto1 + o * d;
+        for (int64_t i = 0; i < ni; i++) {
+            int32_t ic = (int32_t)i, oc = (int32_t)o;
+            const float *RESTRICT g = G + (((b * 2 + 0) * no + o) * ni + i) * ldg;
+            float *RESTRICT dg = dG + (((b * 2 + 0) * no + o) * ni + i) * ldg;
+            const float *RESTRICT u = ti0 + i * d;
+            float *RESTRICT du = dti0 + i * d;
+            IVDEP
+            for (int64_t c = 0; c < d; c++) {
+                float s = t0[c] + u[c], gam = g[c] + cg[c];
+                float m = (g[d + c] + cb[c]) + gam * s;
+                /* sum, sum of squares, and the min / max where this message is their argument */
+                float dm = ds[c] + 2.0f * ds[d + c] * m + (ix[c] == ic ? ds[2 * d + c] : 0.0f) +
+                           (ix[d + c] == ic ? ds[3 * d + c] : 0.0f);
+                dg[c] = dm * s;
+                dg[d + c] = dm;
+                dcg[c] += dm * s;
+                dcb[c] += dm;
+                float dt = dm * gam;
+                a0[c] += dt;
+                du[c] += dt;
+            }
+            const float *RESTRICT h = G + (((b * 2 + 1) * no + o) * ni + i) * ldg;
+            float *RESTRICT dh = dG + (((b * 2 + 1) * no + o) * ni + i) * ldg;
+            const float *RESTRICT v = ti1 + i * d;
+            float *RESTRICT dv = dti1 + i * d;
+            const float *RESTRICT ds2 = dsi + i * 4 * d;
+            const int32_t *RESTRICT x2 = ii + i * 2 * d;
+            IVDEP
+            for (int64_t c = 0; c < d; c++) {
+                float s = t1[c] + v[c], gam = h[c] + cg[c];
+                float m = (h[d + c] + cb[c]) + gam * s;
+                float dm = ds2[c] + 2.0f * ds2[d + c] * m +
+                           (x2[c] == oc ? ds2[2 * d + c] : 0.0f) +
+                           (x2[d + c] == oc ? ds2[3 * d + c] : 0.0f);
+                dh[c] = dm * s;
+                dh[d + c] = dm;
+                dcg[c] += dm * s;
+                dcb[c] += dm;
+                float dt = dm * gam;
+                a1[c] += dt;
+                dv[c] += dt;
+            }
+        }
+    }
+}
+
+/* Gradient of ngnn_msg_fwd: dSo [B,no,4,d], dSi [B,ni,4,d] -> dG [B,2,no,ni,2d], dC [B,2d] (the
+ * bias gradient of each graph), dTo [B,2,no,d], dTi [B,2,ni,d] (all overwritten). */
+void ngnn_msg_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
+                  const float *RESTRICT G, const float *RESTRICT C, const float *RESTRICT To,
+                  const float *RESTRICT Ti, const int32_t *RESTRICT Io,
+                  const int32_t *RESTRICT Ii, const float *RESTRICT dSo,
+                  const float *RESTRICT dSi, float *RESTRICT dG, float *RESTRICT dC,
+                  float *RESTRICT dTo, float *RESTRICT dTi) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++)
+        msg_bwd_one(b, no, ni, d, G, C, To, Ti, Io, Ii, dSo, dSi, dG, dC + b * 2 * d,
+                    dC + b * 2 * d + d, dTo, dTi);
+}
+
+/* ---- edge activation --------------------------------------------------------------------- */
+
+/* exp(x) for x in [-87, 88] (clamped), relative error ~2e-7: x = k ln2 + r, |r| <= ln2 / 2 (+1 ulp),
+ * exp(r) by a degree-6 Taylor polynomial, 2^k assembled in the exponent bits. NaN stays NaN. */
+static inline float exp_poly(float x) {
+    float xc = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+    xc = x != x ? x : xc;
+    /* k = round(x / ln2) by the 1.5 * 2^23 trick (floorf would keep the loop scalar) */
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - k * 0.693359375f;  /* ln2 split in two for an exact k * ln2_hi */
+    r = r + k * 2.12194440e-4f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)k + 127) << 23};
+    return p * scale.f;
+}
+
+static NOINLINE void edge_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
+                                  const float *RESTRICT Hm, const float *RESTRICT To,
+                                  const float *RESTRICT Ti, float *RESTRICT out) {
+    for (int64_t r = 0; r < 2; r++) {
+        for (int64_t o = 0; o < no; o++) {
+            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * d;
+            for (int64_t i = 0; i < ni; i++) {
+                int64_t row = ((b * 2 + r) * no + o) * ni + i;
+                const float *RESTRICT hm = Hm + row * d;
+                const float *RESTRICT u = Ti + ((b * 2 + r) * ni + i) * d;
+                float *RESTRICT y = out + row * d;
+                for (int64_t c = 0; c < d; c++) {
+                    float h = hm[c] + (t[c] + u[c]);
+                    y[c] = h / (1.0f + exp_poly(-h));
+                }
+            }
+        }
+    }
+}
+
+/* Hm [B,2,no,ni,d], To [B,2,no,d], Ti [B,2,ni,d] -> out [B,2,no,ni,d]. */
+void ngnn_edge_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
+                   const float *RESTRICT Hm, const float *RESTRICT To, const float *RESTRICT Ti,
+                   float *RESTRICT out) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++) edge_fwd_one(b, no, ni, d, Hm, To, Ti, out);
+}
+
+static NOINLINE void edge_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
+                                  const float *RESTRICT Hm, const float *RESTRICT To,
+                                  const float *RESTRICT Ti, const float *RESTRICT dout,
+                                  float *RESTRICT dH, float *RESTRICT dTo, float *RESTRICT dTi) {
+    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);
+    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
+    for (int64_t r = 0; r < 2; r++) {
+        for (int64_t o = 0; o < no; o++) {
+            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * d;
+            float *RESTRICT dt = dTo + ((b * 2 + r) * no + o) * d;
+            for (int64_t i = 0; i < ni; i++) {
+                int64_t row = ((b * 2 + r) * no + o) * ni + i;
+                const float *RESTRICT hm = Hm + row * d;
+                const float *RESTRICT u = Ti + ((b * 2 + r) * ni + i) * d;
+                const float *RESTRICT gy = dout + row * d;
+                float *RESTRICT gh = dH + row * d;
+                float *RESTRICT du = dTi + ((b * 2 + r) * ni + i) * d;
+                for (int64_t c = 0; c < d; c++) {
+                    float h = hm[c] + (t[c] + u[c]);
+                    float sig = 1.0f / (1.0f + exp_poly(-h));
+                    float g = gy[c] * (sig * (1.0f + h * (1.0f - sig)));
+                    gh[c] = g;
+                    dt[c] += g;
+                    du[c] += g;
+                }
+            }
+        }
+    }
+}
+
+/* Gradient of ngnn_edge_fwd: dout [B,2,no,ni,d] -> dH [B,2,no,ni,d], dTo [B,2,no,d],
+ * dTi [B,2,ni,d] (all overwritten). */
+void ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
+                   const float *RESTRICT Hm, const float *RESTRICT To, const float *RESTRICT Ti,
+                   const float *RESTRICT dout, float *RESTRICT dH, float *RESTRICT dTo,
+                   float *RESTRICT dTi) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++) edge_bwd_one(b, no, ni, d, Hm, To, Ti, dout, dH, dTo, dTi);
+}

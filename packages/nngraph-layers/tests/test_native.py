@@ -1,0 +1,227 @@
+"""The native (C) kernel of the dense NG-GNN layer against the torch code it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+import nngraph_core as ngc
+from nngraph_layers import NGGNN, EdgePNAConv, _native, dense_edges
+
+WIDTHS = (2, 5, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def native() -> None:
+    from nngraph_core._native import compiler
+
+    if compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    _native.load()  # a machine with a compiler must build it: failing here is a real failure
+
+
+def _grads(out: tuple[Tensor, ...], weights: tuple[Tensor, ...], inputs: tuple[Tensor, ...]):  # type: ignore[no-untyped-def]
+    loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+    return torch.autograd.grad(loss, inputs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    no=st.integers(1, 6),
+    ni=st.integers(1, 6),
+    d=st.integers(1, 37),
+    seed=st.integers(0, 2**16),
+)
+def test_message_stats_equals_torch(
+    native: None, b: int, no: int, ni: int, d: int, seed: int
+) -> None:
+    """Values and gradients of all four inputs, any sizes (d not a multiple of the vector width,
+    single nodes)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((b, 2, no, ni, 2 * d), (2 * d,), (b, 2, no, d), (b, 2, ni, d))
+    )
+    weights = (torch.randn(b, no, 4, d, generator=g), torch.randn(b, ni, 4, d, generator=g))
+    out = _native.message_stats(*inputs)
+    ref = _native.reference_message_stats(*inputs)
+    for a, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    for a, r in zip(_grads(out, weights, inputs), _grads(ref, weights, inputs), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    no=st.integers(1, 6),
+    ni=st.integers(1, 6),
+    d=st.integers(1, 37),
+    scale=st.sampled_from([1.0, 10.0, 60.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_edge_activation_equals_torch(
+    native: None, b: int, no: int, ni: int, d: int, scale: float, seed: int
+) -> None:
+    """SiLU through the polynomial exponential, values and gradients, also far in the tails."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(
+        (scale * torch.randn(*s, generator=g)).requires_grad_()
+        for s in ((b, 2, no, ni, d), (b, 2, no, d), (b, 2, ni, d))
+    )
+    weights = (torch.randn(b, 2, no, ni, d, generator=g),)
+    out = _native.edge_activation(*inputs)
+    ref = _native.reference_edge_activation(*inputs)
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-6)
+    for a, r in zip(_grads((out,), weights, inputs), _grads((ref,), weights, inputs), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_silu_on_a_dense_grid_of_inputs(native: None) -> None:
+    """The exponential's polynomial over the whole float range that matters (and beyond)."""
+    h = torch.linspace(-120.0, 120.0, 240_002).view(1, 2, 1, -1, 1)
+    zero_o, zero_i = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, h.shape[3], 1)
+    got = _native.edge_activation(h, zero_o, zero_i).double()
+    want = torch.nn.functional.silu(h.double())
+    err = (got - want).abs() / want.abs().clamp(min=1e-30)
+    assert float(err[want.abs() > 1e-30].max()) < 1e-6
+
+
+def test_min_max_gradient_goes_to_the_argument(native: None) -> None:
+    """The min / max gradient reaches exactly the message that is the min / max."""
+    g = torch.zeros(1, 2, 1, 3, 2, requires_grad=True)  # gamma 0: m = beta
+    with torch.no_grad():
+        g[0, 0, 0, :, 1] = torch.tensor([0.5, -2.0, 3.0])  # direction 0, three sources
+    bias = torch.zeros(2)
+    t_o, t_i = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 3, 1)
+    s_o, _ = _native.message_stats(g, bias, t_o, t_i)
+    assert s_o[0, 0, :, 0].tolist() == [1.5, 0.25 + 4.0 + 9.0, -2.0, 3.0]
+    (s_o[0, 0, 2, 0] + 10 * s_o[0, 0, 3, 0]).backward()  # min + 10 max
+    assert g.grad[0, 0, 0, :, 1].tolist() == [0.0, 1.0, 10.0]
+
+
+def _layer_inputs(seed: int, b: int = 3, d: int = 6, de: int = 5):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, sum(WIDTHS), d, generator=g).requires_grad_()
+    edges = [
+        torch.randn(b, 2, WIDTHS[k + 1], WIDTHS[k], de, generator=g).requires_grad_()
+        for k in range(len(WIDTHS) - 1)
+    ]
+    return x, edges
+
+
+@pytest.mark.parametrize("scalers", [("identity", "amplification"), ("attenuation",)])
+def test_dense_layer_native_equals_torch(native: None, scalers: tuple[str, ...]) -> None:
+    """The whole layer: outputs, input gradients and every parameter gradient."""
+    torch.manual_seed(0)
+    conv = EdgePNAConv(6, 5, scalers=scalers, avg_log_deg=1.3)
+    x, edges = _layer_inputs(1)
+    results = []
+    for kernel in ("native", "torch"):
+        conv.kernel = kernel
+        conv.zero_grad()
+        xo, eo = conv.forward_dense(x, edges, WIDTHS)
+        g = torch.Generator().manual_seed(2)
+        loss = (xo * torch.randn(xo.shape, generator=g)).sum() + sum(
+            (e * torch.randn(e.shape, generator=g)).sum() for e in eo
+        )
+        grads = torch.autograd.grad(loss, [x, *edges, *conv.parameters()])
+        results.append([xo, *eo, *grads])
+    for a, r in zip(*results, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_native_is_independent_of_the_thread_count(native: None) -> None:
+    torch.manual_seed(0)
+    conv = EdgePNAConv(6, 5, kernel="native")
+    x, edges = _layer_inputs(3, b=5)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xo, eo = conv.forward_dense(x, edges, WIDTHS)
+            outs.append([xo, *eo, *torch.autograd.grad(xo.sum() + eo[1].sum(), [x, *edges])])
+    finally:
+        torch.set_num_threads(before)
+    for a, r in zip(*outs, strict=True):
+        assert torch.equal(a, r)
+
+
+def test_model_uses_the_kernel_only_where_it_applies(native: None) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    template = ngc.GraphTemplate.from_module(net)
+    params = torch.randn(4, template.num_params)
+    torch.manual_seed(0)
+    model = NGGNN.for_graphs(template, num_outputs=3, hidden_channels=8, num_layers=2).eval()
+    conv = model.convs[0]
+    assert conv.kernel == "auto"
+    x = torch.zeros(1, 1, 8)
+    assert conv._use_native(x)
+    assert not conv._use_native(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv._use_native(x)
+    with torch.no_grad():
+        auto = model(template.batch(params))
+        for c in model.convs:
+            c.kernel = "torch"
+        plain = model(template.batch(params))
+    torch.testing.assert_close(auto, plain, rtol=1e-5, atol=1e-5)
+    conv.kernel = "native"
+    with pytest.raises(ValueError, match="float32 CPU"):
+        conv._use_native(x.double())
+    with pytest.raises(ValueError, match="kernel must be"):
+        EdgePNAConv(4, 4, kernel="cuda")  # type: ignore[arg-type]
+
+
+def test_without_a_compiler_auto_warns_once_and_uses_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_native, "_LIB", [])
+    monkeypatch.setattr(_native, "_ERROR", [])
+    monkeypatch.setattr(_native, "_WARNED", [])
+    monkeypatch.setattr(_native, "compiler", lambda: None)
+    conv = EdgePNAConv(6, 5)
+    x, edges = _layer_inputs(4)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        xo, _ = conv.forward_dense(x, edges, WIDTHS)
+    with torch.no_grad():  # warned once: later calls are silent
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            conv.forward_dense(x, edges, WIDTHS)
+    conv.kernel = "torch"
+    torch.testing.assert_close(xo, conv.forward_dense(x, edges, WIDTHS)[0])
+    conv.kernel = "native"
+    with pytest.raises(_native.NativeKernelError, match="no C compiler"):
+        conv.forward_dense(x, edges, WIDTHS)
+
+
+def test_kernel_source_ships_inside_the_package() -> None:
+    assert _native._SOURCE.is_file()
+    assert _native._SOURCE.parent.name == "nngraph_layers"
+
+
+def test_dense_edges_feed_the_kernel(native: None) -> None:
+    """The layout dense_edges produces is what the kernel reads (contiguous float32)."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    template = ngc.GraphTemplate.from_module(net)
+    e = torch.randn(2, template.num_edges, 4)
+    for block in dense_edges(e, e, template):
+        assert block.is_contiguous() and block.dtype == torch.float32
+
+
+def test_first_use_inside_inference_mode(native: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build check needs autograd; a first call under inference_mode must still work."""
+    monkeypatch.setattr(_native, "_LIB", [])
+    monkeypatch.setattr(_native, "_ERROR", [])
+    conv = EdgePNAConv(6, 5, kernel="native")
+    x, edges = _layer_inputs(5)
+    with torch.inference_mode():
+        xo, _ = conv.forward_dense(x, edges, WIDTHS)
+    assert _native._LIB and torch.isfinite(xo).all()
