@@ -34,7 +34,7 @@
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
- * proving it themselves (GCC 12 on msg_bwd_one: too many data streams) */
+ * proving it themselves (GCC 12 on msg_row_bwd: too many data streams) */
 #if defined(__clang__)
 #define IVDEP _Pragma("clang loop vectorize(assume_safety)")
 #elif defined(__GNUC__)
@@ -55,6 +55,39 @@ int ngnn_kernel_openmp(void) {
 
 /* ---- message statistics ------------------------------------------------------------------ */
 
+/* Statistics [4, d] (sum, sum of squares, min, max) and their arguments [2, d] (argmin, argmax)
+ * of one receiving node before its first message. */
+static inline void stats_init(int64_t d, float *RESTRICT st, int32_t *RESTRICT ix) {
+    for (int64_t c = 0; c < d; c++) {
+        st[c] = 0.0f;
+        st[d + c] = 0.0f;
+        st[2 * d + c] = INFINITY;
+        st[3 * d + c] = -INFINITY;
+        ix[c] = 0;
+        ix[d + c] = 0;
+    }
+}
+
+/* One message m = (beta + cb) + (gamma + cg) * (t + u), from the FiLM row g and the node terms
+ * t, u, added into the statistics of its receiving node; `me` is the sending node's index. The
+ * same code serves both directions (and graphs): only the pointers differ. */
+static inline __attribute__((always_inline)) void msg_row_fwd(
+    int64_t d, const float *RESTRICT g, const float *RESTRICT cg, const float *RESTRICT cb,
+    const float *RESTRICT t, const float *RESTRICT u, float *RESTRICT st, int32_t *RESTRICT ix,
+    int32_t me) {
+    IVDEP
+    for (int64_t c = 0; c < d; c++) {
+        float m = (g[d + c] + cb[c]) + (g[c] + cg[c]) * (t[c] + u[c]);
+        st[c] += m;
+        st[d + c] += m * m;
+        int lo = m < st[2 * d + c], hi = m > st[3 * d + c];
+        st[2 * d + c] = lo ? m : st[2 * d + c];
+        ix[c] = lo ? me : ix[c];
+        st[3 * d + c] = hi ? m : st[3 * d + c];
+        ix[d + c] = hi ? me : ix[d + c];
+    }
+}
+
 /* One graph b of ngnn_msg_fwd. (Each kernel is split into a per-graph function and an OpenMP
  * driver so that the compiler sees every size as a plain argument: inside the OpenMP region it
  * does not vectorise the loops.) */
@@ -63,73 +96,24 @@ static NOINLINE void msg_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
                                  const float *RESTRICT To, const float *RESTRICT Ti,
                                  float *RESTRICT So, int32_t *RESTRICT Io, float *RESTRICT Si,
                                  int32_t *RESTRICT Ii) {
-    const int64_t ldg = 2 * d;
-    const float *to0 = To + (b * 2 + 0) * no * d, *to1 = To + (b * 2 + 1) * no * d;
-    const float *ti0 = Ti + (b * 2 + 0) * ni * d, *ti1 = Ti + (b * 2 + 1) * ni * d;
-    const float *g0 = G + (b * 2 + 0) * no * ni * ldg, *g1 = G + (b * 2 + 1) * no * ni * ldg;
     const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    /* direction 1 accumulates into every source node while o advances */
     float *si = Si + b * ni * 4 * d;
     int32_t *ii = Ii + b * ni * 2 * d;
-    for (int64_t i = 0; i < ni; i++) {
-        float *st = si + i * 4 * d;
-        int32_t *ix = ii + i * 2 * d;
-        for (int64_t c = 0; c < d; c++) {
-            st[c] = 0.0f;
-            st[d + c] = 0.0f;
-            st[2 * d + c] = INFINITY;
-            st[3 * d + c] = -INFINITY;
-            ix[c] = 0;
-            ix[d + c] = 0;
-        }
-    }
+    /* direction 1 accumulates into every source node while o advances */
+    for (int64_t i = 0; i < ni; i++) stats_init(d, si + i * 4 * d, ii + i * 2 * d);
     for (int64_t o = 0; o < no; o++) {
-        float *st = So + (b * no + o) * 4 * d;
-        int32_t *ix = Io + (b * no + o) * 2 * d;
-        float *RESTRICT sum = st, *RESTRICT sq = st + d, *RESTRICT mn = st + 2 * d,
-                      *RESTRICT mx = st + 3 * d;
-        int32_t *RESTRICT imn = ix, *RESTRICT imx = ix + d;
-        for (int64_t c = 0; c < d; c++) {
-            sum[c] = 0.0f;
-            sq[c] = 0.0f;
-            mn[c] = INFINITY;
-            mx[c] = -INFINITY;
-            imn[c] = 0;
-            imx[c] = 0;
-        }
-        const float *RESTRICT t0 = to0 + o * d;
-        const float *RESTRICT t1 = to1 + o * d;
+        float *so = So + (b * no + o) * 4 * d;
+        int32_t *io = Io + (b * no + o) * 2 * d;
+        stats_init(d, so, io);
         for (int64_t i = 0; i < ni; i++) {
             /* direction 0: edge i -> o, reduced over i into node o */
-            const float *RESTRICT g = g0 + (o * ni + i) * ldg;
-            const float *RESTRICT u = ti0 + i * d;
-            int32_t ic = (int32_t)i;
-            for (int64_t c = 0; c < d; c++) {
-                float m = (g[d + c] + cb[c]) + (g[c] + cg[c]) * (t0[c] + u[c]);
-                sum[c] += m;
-                sq[c] += m * m;
-                int lo = m < mn[c], hi = m > mx[c];
-                mn[c] = lo ? m : mn[c];
-                imn[c] = lo ? ic : imn[c];
-                mx[c] = hi ? m : mx[c];
-                imx[c] = hi ? ic : imx[c];
-            }
+            msg_row_fwd(d, G + (((b * 2 + 0) * no + o) * ni + i) * 2 * d, cg, cb,
+                        To + ((b * 2 + 0) * no + o) * d, Ti + ((b * 2 + 0) * ni + i) * d, so, io,
+                        (int32_t)i);
             /* direction 1: edge o -> i, reduced over o into node i */
-            const float *RESTRICT h = g1 + (o * ni + i) * ldg;
-            const float *RESTRICT v = ti1 + i * d;
-            float *RESTRICT s2 = si + i * 4 * d;
-            int32_t *RESTRICT x2 = ii + i * 2 * d;
-            int32_t oc = (int32_t)o;
-            for (int64_t c = 0; c < d; c++) {
-                float m = (h[d + c] + cb[c]) + (h[c] + cg[c]) * (t1[c] + v[c]);
-                s2[c] += m;
-                s2[d + c] += m * m;
-                int lo = m < s2[2 * d + c], hi = m > s2[3 * d + c];
-                s2[2 * d + c] = lo ? m : s2[2 * d + c];
-                x2[c] = lo ? oc : x2[c];
-                s2[3 * d + c] = hi ? m : s2[3 * d + c];
-                x2[d + c] = hi ? oc : x2[d + c];
-            }
+            msg_row_fwd(d, G + (((b * 2 + 1) * no + o) * ni + i) * 2 * d, cg, cb,
+                        To + ((b * 2 + 1) * no + o) * d, Ti + ((b * 2 + 1) * ni + i) * d,
+                        si + i * 4 * d, ii + i * 2 * d, (int32_t)o);
         }
     }
 }
@@ -145,6 +129,30 @@ void ngnn_msg_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
     for (int64_t b = 0; b < B; b++) msg_fwd_one(b, no, ni, d, G, C, To, Ti, So, Io, Si, Ii);
 }
 
+/* The backward of msg_row_fwd: the gradient dm of the message (sum, sum of squares, and the
+ * min / max where `me` is their argument) -> its FiLM row's gradient dg, the bias gradient
+ * (dcg, dcb) and the node-term gradients (dt, du), the last four accumulated. */
+static inline __attribute__((always_inline)) void msg_row_bwd(
+    int64_t d, const float *RESTRICT g, const float *RESTRICT cg, const float *RESTRICT cb,
+    const float *RESTRICT t, const float *RESTRICT u, const float *RESTRICT ds,
+    const int32_t *RESTRICT ix, int32_t me, float *RESTRICT dg, float *RESTRICT dcg,
+    float *RESTRICT dcb, float *RESTRICT dt, float *RESTRICT du) {
+    IVDEP
+    for (int64_t c = 0; c < d; c++) {
+        float s = t[c] + u[c], gam = g[c] + cg[c];
+        float m = (g[d + c] + cb[c]) + gam * s;
+        float dm = ds[c] + 2.0f * ds[d + c] * m + (ix[c] == me ? ds[2 * d + c] : 0.0f) +
+                   (ix[d + c] == me ? ds[3 * d + c] : 0.0f);
+        dg[c] = dm * s;
+        dg[d + c] = dm;
+        dcg[c] += dm * s;
+        dcb[c] += dm;
+        float dx = dm * gam;
+        dt[c] += dx;
+        du[c] += dx;
+    }
+}
+
 static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
                                  const float *RESTRICT G, const float *RESTRICT C,
                                  const float *RESTRICT To, const float *RESTRICT Ti,
@@ -154,66 +162,23 @@ static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
                                  float *RESTRICT dTo, float *RESTRICT dTi) {
     /* (dcg, dcb: this graph's bias gradient, separate arguments so that the compiler knows they
      * do not overlap; as two pointers into one array they keep the loops scalar) */
-    const int64_t ldg = 2 * d;
-    const float *to0 = To + (b * 2 + 0) * no * d, *to1 = To + (b * 2 + 1) * no * d;
-    const float *ti0 = Ti + (b * 2 + 0) * ni * d, *ti1 = Ti + (b * 2 + 1) * ni * d;
-    float *dto0 = dTo + (b * 2 + 0) * no * d, *dto1 = dTo + (b * 2 + 1) * no * d;
-    float *dti0 = dTi + (b * 2 + 0) * ni * d, *dti1 = dTi + (b * 2 + 1) * ni * d;
     const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    memset(dto0, 0, sizeof(float) * 2 * no * d);  /* both directions: [2, no, d] */
-    memset(dti0, 0, sizeof(float) * 2 * ni * d);
+    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);  /* both directions */
+    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
     memset(dcg, 0, sizeof(float) * d);
     memset(dcb, 0, sizeof(float) * d);
-    const float *dsi = dSi + b * ni * 4 * d;
-    const int32_t *ii = Ii + b * ni * 2 * d;
     for (int64_t o = 0; o < no; o++) {
-        const float *RESTRICT ds = dSo + (b * no + o) * 4 * d;
-        const int32_t *RESTRICT ix = Io + (b * no + o) * 2 * d;
-        const float *RESTRICT t0 = to0 + o * d;
-        const float *RESTRICT t1 = to1 + o * d;
-        float *RESTRICT a0 = dto0 + o * d;
-        float *RESTRICT a1 = dto1 + o * d;
         for (int64_t i = 0; i < ni; i++) {
-            int32_t ic = (int32_t)i, oc = (int32_t)o;
-            const float *RESTRICT g = G + (((b * 2 + 0) * no + o) * ni + i) * ldg;
-            float *RESTRICT dg = dG + (((b * 2 + 0) * no + o) * ni + i) * ldg;
-            const float *RESTRICT u = ti0 + i * d;
-            float *RESTRICT du = dti0 + i * d;
-            IVDEP
-            for (int64_t c = 0; c < d; c++) {
-                float s = t0[c] + u[c], gam = g[c] + cg[c];
-                float m = (g[d + c] + cb[c]) + gam * s;
-                /* sum, sum of squares, and the min / max where this message is their argument */
-                float dm = ds[c] + 2.0f * ds[d + c] * m + (ix[c] == ic ? ds[2 * d + c] : 0.0f) +
-                           (ix[d + c] == ic ? ds[3 * d + c] : 0.0f);
-                dg[c] = dm * s;
-                dg[d + c] = dm;
-                dcg[c] += dm * s;
-                dcb[c] += dm;
-                float dt = dm * gam;
-                a0[c] += dt;
-                du[c] += dt;
-            }
-            const float *RESTRICT h = G + (((b * 2 + 1) * no + o) * ni + i) * ldg;
-            float *RESTRICT dh = dG + (((b * 2 + 1) * no + o) * ni + i) * ldg;
-            const float *RESTRICT v = ti1 + i * d;
-            float *RESTRICT dv = dti1 + i * d;
-            const float *RESTRICT ds2 = dsi + i * 4 * d;
-            const int32_t *RESTRICT x2 = ii + i * 2 * d;
-            IVDEP
-            for (int64_t c = 0; c < d; c++) {
-                float s = t1[c] + v[c], gam = h[c] + cg[c];
-                float m = (h[d + c] + cb[c]) + gam * s;
-                float dm = ds2[c] + 2.0f * ds2[d + c] * m +
-                           (x2[c] == oc ? ds2[2 * d + c] : 0.0f) +
-                           (x2[d + c] == oc ? ds2[3 * d + c] : 0.0f);
-                dh[c] = dm * s;
-                dh[d + c] = dm;
-                dcg[c] += dm * s;
-                dcb[c] += dm;
-                float dt = dm * gam;
-                a1[c] += dt;
-                dv[c] += dt;
+            for (int64_t r = 0; r < 2; r++) {
+                /* direction 0 was reduced into node o over i, direction 1 into node i over o */
+                int64_t row = ((b * 2 + r) * no + o) * ni + i;
+                int64_t node = r == 0 ? b * no + o : b * ni + i;
+                const float *ds = (r == 0 ? dSo : dSi) + node * 4 * d;
+                const int32_t *ix = (r == 0 ? Io : Ii) + node * 2 * d;
+                msg_row_bwd(d, G + row * 2 * d, cg, cb, To + ((b * 2 + r) * no + o) * d,
+                            Ti + ((b * 2 + r) * ni + i) * d, ds, ix, (int32_t)(r == 0 ? i : o),
+                            dG + row * 2 * d, dcg, dcb, dTo + ((b * 2 + r) * no + o) * d,
+                            dTi + ((b * 2 + r) * ni + i) * d);
             }
         }
     }
