@@ -321,17 +321,19 @@ def test_fused_build_failure_falls_back_with_one_warning(monkeypatch: pytest.Mon
 def test_fused_kernel_is_cached_atomically(
     fused: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from nngraph_core._native import build
     from nngraph_datasets import _fused
 
     assert _fused._SOURCE.parent == Path(_fused.__file__).parent  # ships inside the package
     monkeypatch.setenv("NNGRAPH_CACHE", str(tmp_path))
     cc = _fused.compiler()
     assert cc is not None
-    lib = _fused._build(cc)
+    lib = build(_fused._SOURCE, "siren", cc)
     assert lib.parent == tmp_path / "kernels" and lib.name.startswith("siren-")
     assert [p.name for p in lib.parent.iterdir()] == [lib.name]  # no temporary files left
     mtime = lib.stat().st_mtime_ns
-    assert _fused._build(cc) == lib and lib.stat().st_mtime_ns == mtime  # cached, not rebuilt
+    assert build(_fused._SOURCE, "siren", cc) == lib  # cached, not rebuilt
+    assert lib.stat().st_mtime_ns == mtime
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert _fused.compiler() is None
 

@@ -14,6 +14,7 @@ Private: only stdlib; no torch.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -23,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["NativeBuildError", "build", "cache_dir", "compiler"]
+__all__ = ["NativeBuildError", "build", "cache_dir", "compiler", "open_library"]
 
 COMMON_FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
 #: tried in order: the first that compiles is used (no -march=native on compilers without it,
@@ -39,7 +40,8 @@ TMP_CACHE = Path(tempfile.gettempdir()) / f"nngraph-kernels-{getattr(os, 'getuid
 
 
 class NativeBuildError(RuntimeError):
-    """A C kernel could not be compiled (no compiler, compiler errors, no writable folder)."""
+    """A C kernel could not be compiled or loaded (no compiler, compiler errors, no writable
+    folder, a library the loader refuses)."""
 
 
 def compiler() -> list[str] | None:
@@ -121,3 +123,18 @@ def build(source: Path, prefix: str, cc: list[str]) -> Path:
     raise NativeBuildError(
         f"{cc[0]} could not compile {source.name}: " + " | ".join(errors[-2:])[-600:]
     )
+
+
+def open_library(source: Path, prefix: str, cc: list[str] | None) -> ctypes.CDLL:
+    """:func:`build` ``source`` with ``cc`` (the caller's :func:`compiler`) and load it.
+
+    Raises:
+        NativeBuildError: ``cc`` is None, the build fails, or the library cannot be loaded.
+    """
+    if cc is None:
+        raise NativeBuildError("no C compiler found (looked for $CC, cc, gcc, clang)")
+    path = build(source, prefix, cc)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        raise NativeBuildError(f"cannot load {path}: {e}") from e

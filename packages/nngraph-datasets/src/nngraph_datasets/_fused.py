@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from nngraph_core._native import NativeBuildError, build, compiler
+from nngraph_core._native import NativeBuildError, compiler, open_library
 
 __all__ = ["HIDDEN", "FusedKernelError", "compiler", "fit_steps", "load"]
 
@@ -35,14 +35,6 @@ _LIB: list[ctypes.CDLL] = []
 
 class FusedKernelError(RuntimeError):
     """The fused kernel could not be compiled, loaded or verified."""
-
-
-def _build(cc: list[str]) -> Path:
-    """Compile (or find in the cache) the shared library; returns its path."""
-    try:
-        return build(_SOURCE, "siren", cc)
-    except NativeBuildError as e:
-        raise FusedKernelError(str(e)) from e
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -88,17 +80,15 @@ def load() -> ctypes.CDLL:
     with _LOCK:
         if _LIB:
             return _LIB[0]
-        cc = compiler()
-        if cc is None:
-            raise FusedKernelError("no C compiler found (looked for $CC, cc, gcc, clang)")
-        path = _build(cc)
         try:
-            lib = ctypes.CDLL(str(path))
+            lib = open_library(_SOURCE, "siren", compiler())
             _declare(lib)
-        except (OSError, AttributeError) as e:
-            raise FusedKernelError(f"cannot load {path}: {e}") from e
+        except NativeBuildError as e:
+            raise FusedKernelError(str(e)) from e
+        except AttributeError as e:
+            raise FusedKernelError(f"cannot load the library of {_SOURCE.name}: {e}") from e
         if lib.siren_kernel_version() != _VERSION or lib.siren_kernel_hidden() != HIDDEN:
-            raise FusedKernelError(f"{path} is a different kernel version")
+            raise FusedKernelError(f"the library of {_SOURCE.name} is a different kernel version")
         _self_check(lib)
         _LIB.append(lib)
         return lib

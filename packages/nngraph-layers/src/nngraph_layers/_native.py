@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nngraph_core._native import NativeBuildError, build, compiler
+from nngraph_core._native import NativeBuildError, compiler, open_library
 
 __all__ = [
     "NativeKernelError",
@@ -141,20 +141,17 @@ def load() -> ctypes.CDLL:
         if _ERROR:
             raise NativeKernelError(_ERROR[0])
         try:
-            cc = compiler()
-            if cc is None:
-                raise NativeKernelError("no C compiler found (looked for $CC, cc, gcc, clang)")
             try:
-                path = build(_SOURCE, "ngnn", cc)
+                lib = open_library(_SOURCE, "ngnn", compiler())
+                _declare(lib)
             except NativeBuildError as e:
                 raise NativeKernelError(str(e)) from e
-            try:
-                lib = ctypes.CDLL(str(path))
-                _declare(lib)
-            except (OSError, AttributeError) as e:
-                raise NativeKernelError(f"cannot load {path}: {e}") from e
+            except AttributeError as e:
+                raise NativeKernelError(f"cannot load the library of {_SOURCE.name}: {e}") from e
             if lib.ngnn_kernel_version() != _VERSION:
-                raise NativeKernelError(f"{path} is a different kernel version")
+                raise NativeKernelError(
+                    f"the library of {_SOURCE.name} is a different kernel version"
+                )
             _LIB.append(lib)
             try:
                 # first use may come inside no_grad / inference_mode: the check needs autograd
