@@ -28,14 +28,18 @@ def _grads(out: tuple[Tensor, ...], weights: tuple[Tensor, ...], inputs: tuple[T
     return torch.autograd.grad(loss, inputs)
 
 
+#: block sizes: graphs, targets, sources, channels (not a multiple of the vector width), seed
+SIZES = {
+    "b": st.integers(1, 3),
+    "no": st.integers(1, 6),
+    "ni": st.integers(1, 6),
+    "d": st.integers(1, 37),
+    "seed": st.integers(0, 2**16),
+}
+
+
 @settings(max_examples=25, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    no=st.integers(1, 6),
-    ni=st.integers(1, 6),
-    d=st.integers(1, 37),
-    seed=st.integers(0, 2**16),
-)
+@given(**SIZES)
 def test_message_stats_equals_torch(
     native: None, b: int, no: int, ni: int, d: int, seed: int
 ) -> None:
@@ -56,14 +60,7 @@ def test_message_stats_equals_torch(
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    no=st.integers(1, 6),
-    ni=st.integers(1, 6),
-    d=st.integers(1, 37),
-    scale=st.sampled_from([1.0, 10.0, 60.0]),
-    seed=st.integers(0, 2**16),
-)
+@given(**SIZES, scale=st.sampled_from([1.0, 10.0, 60.0]))
 def test_edge_activation_equals_torch(
     native: None, b: int, no: int, ni: int, d: int, scale: float, seed: int
 ) -> None:

@@ -262,7 +262,7 @@ class EdgePNAConv(MessagePassing):
         offsets = [0]
         for w in widths:
             offsets.append(offsets[-1] + w)
-        native = self._use_native(x)
+        native = self._use_native(x, edges)
         a = self.lin_dst(x)
         b = self.lin_src(x)
         n_layers = len(widths)
@@ -273,7 +273,7 @@ class EdgePNAConv(MessagePassing):
             # Target terms vary along the o axis (fwd) / i axis (bwd); source terms the other.
             t_o = torch.stack([a_t, b_t], dim=1)  # [B, 2, n_o, d]
             t_i = torch.stack([b_s, a_s], dim=1)  # [B, 2, n_i, d]
-            if native and e.dtype == torch.float32:
+            if native:
                 g = nn.functional.linear(e, self.film.weight)  # the kernel adds the bias
                 s_o, s_i = _native.message_stats(g, self.film.bias, t_o, t_i)
                 stats[k + 1].append(_split4(s_o))  # to layer k+1, over sources i
@@ -311,7 +311,7 @@ class EdgePNAConv(MessagePassing):
             # fwd edge i -> o: source term on i, target on o; bwd edge o -> i: the reverse.
             t_o = torch.stack([v_t, u_t], dim=1)
             t_i = torch.stack([u_s, v_s], dim=1)
-            if native and e.dtype == torch.float32:
+            if native:
                 # the bias joins the per-node term (no pass over the edges to add it)
                 h = nn.functional.linear(e, self.edge_lin.weight)
                 act = _native.edge_activation(h, t_o + self.edge_lin.bias, t_i)
@@ -321,19 +321,17 @@ class EdgePNAConv(MessagePassing):
             new_edges.append(e + self.edge_out(act))
         return x_new, new_edges
 
-    def _use_native(self, x: Tensor) -> bool:
-        """Whether :meth:`forward_dense` uses the C kernel for ``x``."""
+    def _use_native(self, x: Tensor, edges: Sequence[Tensor] = ()) -> bool:
+        """Whether :meth:`forward_dense` uses the C kernel for nodes ``x`` and ``edges``."""
         if self.kernel == "torch":
             return False
-        if (
-            x.dtype != torch.float32
-            or x.device.type != "cpu"
-            or torch.is_autocast_enabled(x.device.type)
-        ):
+        bad = [t for t in (x, *edges) if t.dtype != torch.float32 or t.device.type != "cpu"]
+        if bad or torch.is_autocast_enabled(x.device.type):
             if self.kernel == "native":
+                t = bad[0] if bad else x
                 raise ValueError(
                     "kernel='native' runs on float32 CPU tensors without autocast, got "
-                    f"{x.dtype} on {x.device}"
+                    f"{t.dtype} on {t.device}"
                 )
             return False
         if self.kernel == "native":
