@@ -7,6 +7,7 @@ and the baselines :class:`FlatMLP`, :class:`DeepSets` and :class:`NFNBaseline`.
 """
 
 from .baselines import DeepSets, FlatMLP, NFNBaseline
+from .dropout import Dropout
 from .edge_pna import AGGREGATORS, SCALERS, EdgePNAConv, avg_log_degree, pna_combine
 from .encoders import FourierFeatures, ProbeProjection, WeightNormalizer
 from .heads import EquivariantHead, InvariantHead, mlp
@@ -23,6 +24,7 @@ __all__ = [
     "SCALERS",
     "BlockLayout",
     "DeepSets",
+    "Dropout",
     "EdgePNAConv",
     "EdgeUpdate",
     "EquivariantHead",

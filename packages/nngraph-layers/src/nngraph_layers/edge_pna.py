@@ -12,6 +12,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from . import _native
+from .dropout import Dropout
 
 __all__ = ["AGGREGATORS", "SCALERS", "EdgePNAConv", "Kernel", "avg_log_degree", "pna_combine"]
 
@@ -186,7 +187,7 @@ class EdgePNAConv(MessagePassing):
         n_agg = len(self.aggregators) * len(self.scalers)
         self.lin_update = nn.Linear(d + n_agg * d, d)
         self.norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.edge_update = edge_update
         if edge_update:
             self.edge_lin = nn.Linear(edge_channels, edge_channels)

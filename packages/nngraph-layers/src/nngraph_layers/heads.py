@@ -10,6 +10,7 @@ from torch import Tensor, nn
 import nngraph_core as ngc
 
 from ._graph import edge_layer, edge_valid_mask, hidden_layer_slot
+from .dropout import Dropout
 
 __all__ = ["EquivariantHead", "InvariantHead", "mlp"]
 
@@ -23,7 +24,7 @@ def mlp(
     return nn.Sequential(
         nn.Linear(in_channels, hidden_channels),
         nn.SiLU(),
-        nn.Dropout(dropout),
+        Dropout(dropout),
         nn.Linear(hidden_channels, out_channels),
     )
 

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .relational_attention import BlockLayout, RelationalAttention
 
 __all__ = ["EdgeUpdate", "RTLayer"]
@@ -65,11 +66,11 @@ class EdgeUpdate(nn.Module):
             nn.Linear(edge_dim, hidden_dim, bias=False),
             nn.GELU(),
             nn.Linear(hidden_dim, edge_dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
         self.norm1 = nn.LayerNorm(edge_dim)
         self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,13 +147,13 @@ class RTLayer(nn.Module):
         self.attention = RelationalAttention(
             node_dim, edge_dim, attention_dim, heads, scale=scale, modulate_values=modulate_values
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm0 = nn.LayerNorm(node_dim)
         self.node_mlp = nn.Sequential(
             nn.Linear(node_dim, node_hidden_dim, bias=False),
             nn.GELU(),
             nn.Linear(node_hidden_dim, node_dim),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
         self.norm1 = nn.LayerNorm(node_dim)
         self.update_edges = update_edges

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
+from ..dropout import Dropout
+
 if TYPE_CHECKING:
     from ._normalize import ParamNormalizer
 
@@ -25,7 +27,7 @@ def relu_mlp(
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         width = h
     layers.append(nn.Linear(width, num_outputs))
     return layers
