@@ -1,4 +1,5 @@
-"""The native (C) kernel of the dense NG-GNN layer against the torch code it replaces."""
+"""The native (C) kernels (dense NG-GNN layer, NG-T block attention) against the torch code they
+replace."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import nngraph_core as ngc
-from nngraph_layers import NGGNN, EdgePNAConv, _native, dense_edges
+from nngraph_layers import (
+    NGGNN,
+    EdgePNAConv,
+    NGTransformer,
+    RelationalAttention,
+    _native,
+    dense_edges,
+)
 
 WIDTHS = (2, 5, 3, 1)
 
@@ -222,3 +230,115 @@ def test_first_use_inside_inference_mode(native: None, monkeypatch: pytest.Monke
     with torch.inference_mode():
         xo, _ = conv.forward_dense(x, edges, WIDTHS)
     assert _native._LIB and torch.isfinite(xo).all()
+
+
+# -- NG-T: relational attention over one block ------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    b=SIZES["b"],
+    no=SIZES["no"],
+    ni=SIZES["ni"],
+    heads=st.integers(1, 4),
+    head_dim=st.integers(1, 19),
+    de=st.integers(1, 37),
+    spare=st.integers(0, 3),
+    scale=st.sampled_from([0.05, 1.0, 4.0]),
+    seed=SIZES["seed"],
+)
+def test_attention_block_equals_torch(
+    native: None,
+    b: int,
+    no: int,
+    ni: int,
+    heads: int,
+    head_dim: int,
+    de: int,
+    spare: int,
+    scale: float,
+    seed: int,
+) -> None:
+    """Values and gradients of the pair terms, pair features and node terms, any sizes (widths
+    not a multiple of the vector width, single nodes, other nodes around the block, large
+    scores)."""
+    g = torch.Generator().manual_seed(seed)
+    a, n = heads * head_dim, ni + no + spare
+    src_off = spare // 2
+    inputs = tuple(
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((b, 2, no, ni, 3 * a), (b, 2, no, ni, de), (b, n, 3 * a))
+    )
+    args = (src_off, src_off + ni, heads, scale)
+    out = _native.attention_block(*inputs, *args)
+    ref = _native.reference_attention_block(*inputs, *args)
+    weights = tuple(torch.randn(o.shape, generator=g) for o in ref)
+    for x, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-5)
+    for x, r in zip(_grads(out, weights, inputs), _grads(ref, weights, inputs), strict=True):
+        torch.testing.assert_close(x, r, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_block_rejects_bad_inputs(native: None) -> None:
+    pair, e, qkv = torch.zeros(1, 2, 2, 3, 24), torch.zeros(1, 2, 2, 3, 4), torch.zeros(1, 5, 24)
+    with pytest.raises(ValueError, match="float32"):
+        _native.attention_block(pair.double(), e, qkv, 0, 3, 2, 1.0)
+    with pytest.raises(ValueError, match="offsets"):
+        _native.attention_block(pair, e, qkv, 0, 4, 2, 1.0)
+    with pytest.raises(ValueError, match="widths"):
+        _native.attention_block(pair, e, qkv, 0, 3, 3, 1.0)
+
+
+def _ngt_model(template: ngc.GraphTemplate, **kwargs: object) -> NGTransformer:
+    torch.manual_seed(0)
+    small = {"node_dim": 12, "edge_channels": 6, "attention_dim": 12, "heads": 3}
+    small |= {"node_hidden_dim": 8, "edge_hidden_dim": 8, "out_hidden_dim": 8, "dropout": 0.0}
+    return NGTransformer.for_graphs(template, num_outputs=3, **(small | kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("head", ["invariant", "equivariant"])
+def test_ngt_native_equals_torch(native: None, head: str) -> None:
+    """The whole model in training mode: outputs and every parameter gradient."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    template = ngc.GraphTemplate.from_module(net)
+    params = torch.randn(3, template.num_params, generator=torch.Generator().manual_seed(1))
+    results = []
+    for kernel in ("native", "torch"):
+        model = _ngt_model(template, head=head, kernel=kernel)
+        out = model(template.batch(params))
+        assert isinstance(out, Tensor)
+        out.square().sum().backward()
+        grads = [p.grad for p in model.parameters()]
+        results.append([out, *[g for g in grads if g is not None]])
+    assert len(results[0]) == len(results[1])
+    for a, r in zip(*results, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_ngt_chunks_compute_the_same_function(native: None) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    template = ngc.GraphTemplate.from_module(net)
+    params = torch.randn(5, template.num_params, generator=torch.Generator().manual_seed(2))
+    results = []
+    for chunk in (2, None):
+        model = _ngt_model(template, chunk_size=chunk)
+        out = model(template.batch(params))
+        out.square().sum().backward()
+        results.append([out, *[p.grad for p in model.parameters() if p.grad is not None]])
+    for a, r in zip(*results, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+
+
+def test_ngt_uses_the_kernel_only_where_it_applies(native: None) -> None:
+    att = RelationalAttention(8, 4, 8, 2)
+    assert att.kernel == "auto"
+    x, blocks = torch.zeros(1, 3, 8), [torch.zeros(1, 2, 1, 2, 4)]
+    assert att._use_native(x, blocks)
+    assert not att._use_native(x.double(), [b.double() for b in blocks])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not att._use_native(x, blocks)
+    additive = RelationalAttention(8, 4, 8, 2, modulate_values=False)
+    assert not additive._use_native(x, blocks)
+    with pytest.raises(ValueError, match="modulate_values"):
+        RelationalAttention(8, 4, 8, 2, modulate_values=False, kernel="native")
+    with pytest.raises(ValueError, match="kernel must be"):
+        RelationalAttention(8, 4, kernel="gpu")  # type: ignore[arg-type]
+    assert "kernel='auto'" in repr(att)

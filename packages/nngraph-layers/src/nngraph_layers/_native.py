@@ -1,6 +1,7 @@
-r"""The native (C) kernels of the dense NG-GNN layer: build on first use, verify, autograd.
+r"""The native (C) kernels of the dense NG-GNN layer and of NG-T's block attention: build on
+first use, verify, autograd.
 
-``_ngnn_kernel.c`` (shipped next to this file) fuses the two elementwise-heavy parts of
+``_kernels.c`` (shipped next to this file) fuses the two elementwise-heavy parts of
 :meth:`~nngraph_layers.EdgePNAConv.forward_dense` into one pass over the per-edge tensors each
 way (forward and backward):
 
@@ -9,9 +10,13 @@ way (forward and backward):
   node (the backward routes the min / max gradient through the saved argmin / argmax); it adds
   the FiLM bias itself, so the FiLM matmul runs without one (torch's Linear spends a full pass
   broadcasting its bias into the output);
-- :func:`edge_activation`: :math:`\mathrm{SiLU}(h + t_o + t_i)` of the edge update.
+- :func:`edge_activation`: :math:`\mathrm{SiLU}(h + t_o + t_i)` of the edge update;
+- :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
+  both directions (scores, softmax numerators and denominators, the attention-weighted values
+  and pair features per receiver) from the pair terms of one GEMM, without materialising any
+  per-pair tensor of the attention width except that GEMM's output (and its gradient).
 
-Both are ``torch.autograd.Function`` s that recompute :math:`m` and :math:`h` in the backward
+All are ``torch.autograd.Function`` s that recompute :math:`m` and :math:`h` in the backward
 instead of storing them. The library is compiled with the system C compiler and cached by
 :mod:`nngraph_core._native`; :func:`load` checks it against the torch formulas
 (:func:`reference_message_stats`, :func:`reference_edge_activation`) before first use and raises
@@ -24,8 +29,9 @@ from __future__ import annotations
 import ctypes
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -33,18 +39,26 @@ from torch import Tensor
 from nngraph_core._native import NativeBuildError, compiler, open_library
 
 __all__ = [
+    "Kernel",
     "NativeKernelError",
+    "attention_block",
     "available",
     "available_or_warn",
     "edge_activation",
     "load",
     "message_stats",
+    "reference_attention_block",
     "reference_edge_activation",
     "reference_message_stats",
+    "use_native",
 ]
 
-_VERSION = 2  # KERNEL_VERSION in the C source
-_SOURCE = Path(__file__).with_name("_ngnn_kernel.c")
+#: how a layer with a native path runs: ``"auto"`` (the C kernel for float32 CPU tensors when it
+#: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
+Kernel = Literal["auto", "native", "torch"]
+
+_VERSION = 3  # KERNEL_VERSION in the C source
+_SOURCE = Path(__file__).with_name("_kernels.c")
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
 _ERROR: list[str] = []  # why the kernel is unavailable, once known
@@ -52,7 +66,7 @@ _WARNED: list[bool] = []
 
 
 class NativeKernelError(RuntimeError):
-    """The native NG-GNN kernel could not be compiled, loaded or verified."""
+    """The native kernel could not be compiled, loaded or verified."""
 
 
 def reference_message_stats(
@@ -84,6 +98,46 @@ def reference_edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
     return torch.nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
 
 
+def reference_attention_block(
+    pair: Tensor, e: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
+) -> tuple[Tensor, ...]:
+    r"""The torch formula of :func:`attention_block` (what the kernel is checked against).
+
+    Args:
+        pair: ``[B, 2, n_o, n_i, 3A]`` the pair terms :math:`(q_e \Vert k_e \Vert m_e)` of one
+            block (direction 0: source ``i`` -> target ``o``; 1: the reverse).
+        e: ``[B, 2, n_o, n_i, d_e]`` the pair features.
+        qkv: ``[B, N, 3A]`` the node terms :math:`(q \Vert k \Vert v)`; the block's sources are
+            nodes ``src_off:src_off + n_i``, its targets ``dst_off:dst_off + n_o``.
+        heads: ``H``; scale: the factor of the scores.
+
+    Returns:
+        ``(mx, den, num, es)`` of the targets (over their sources), then of the sources (over
+        their targets): per receiver and head the maximum score ``[B, n, H]`` and, with
+        :math:`p = \exp(\mathrm{score} - \mathrm{mx})`, :math:`\sum p` ``[B, n, H]``,
+        :math:`\sum p\, (v \odot m_e)` ``[B, n, A]`` and :math:`\sum p\, e` ``[B, n, H, d_e]``.
+    """
+    no, ni, a3 = pair.shape[2:]
+    dh = a3 // 3 // heads
+    q, k, v = qkv.unflatten(-1, (3, heads, dh)).unbind(-3)
+    qe, ke, me = pair.unflatten(-1, (3, heads, dh)).unbind(-3)
+    src, dst = slice(src_off, src_off + ni), slice(dst_off, dst_off + no)
+    out: list[Tensor] = []
+    for r, (q_r, k_s, v_s, dim) in enumerate(
+        (
+            (q[:, dst, None], k[:, None, src], v[:, None, src], 2),
+            (q[:, None, src], k[:, dst, None], v[:, dst, None], 1),
+        )
+    ):
+        s = ((q_r + qe[:, r]) * (k_s + ke[:, r])).sum(-1) * scale  # [B, no, ni, H]
+        mx = s.detach().amax(dim)
+        p = torch.exp(s - mx.unsqueeze(dim))
+        num = (p.unsqueeze(-1) * (v_s * me[:, r])).sum(dim).flatten(-2)
+        spec = "boih,boic->bohc" if dim == 2 else "boih,boic->bihc"
+        out += [mx, p.sum(dim), num, torch.einsum(spec, p, e[:, r])]
+    return tuple(out)
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sizes = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
@@ -93,39 +147,51 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ngnn_edge_bwd.argtypes = [*sizes, *[p] * 7]
     for name in ("ngnn_msg_fwd", "ngnn_msg_bwd", "ngnn_edge_fwd", "ngnn_edge_bwd"):
         getattr(lib, name).restype = None
+    # threads, B, N, n_o, n_i, src_off, dst_off, A, H, d_e, scale
+    attn = [i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.ngt_attn_fwd.argtypes = [*attn, *[p] * 11]
+    lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 14]
+    lib.ngt_attn_fwd.restype = lib.ngt_attn_bwd.restype = ctypes.c_int
     for name in ("ngnn_kernel_version", "ngnn_kernel_openmp"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
 
 
 def _self_check() -> None:
-    """Both functions against their torch formulas on a small random block, values and
-    gradients (guards the build: compiler, flags and CPU)."""
+    """Every function against its torch formula on small random inputs, values and gradients
+    (guards the build: compiler, flags and CPU)."""
     gen = torch.Generator().manual_seed(0)
     b, no, ni, d = 2, 3, 5, 7
 
-    def rnd(*shape: int) -> Tensor:
-        return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_()
+    def rnd(*shape: int, grad: bool = True) -> Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_(grad)
 
     g, bias, t_o, t_i = rnd(b, 2, no, ni, 2 * d), rnd(2 * d), rnd(b, 2, no, d), rnd(b, 2, ni, d)
-    w_o, w_i = torch.randn(b, no, 4, d, generator=gen), torch.randn(b, ni, 4, d, generator=gen)
     h = rnd(b, 2, no, ni, d)
-    w_h = torch.randn(b, 2, no, ni, d, generator=gen)
+    # attention: A = 8 over 2 heads, d_e = 3, sources at nodes 1..5, targets at 6..8 of 10
+    heads, a, de, n = 2, 8, 3, 10
+    pair, e, qkv = rnd(b, 2, no, ni, 3 * a), rnd(b, 2, no, ni, de), rnd(b, n, 3 * a)
+    attn_w = [rnd(*s, grad=False) for s in ((b, no, heads), (b, no, a), (b, no, heads, de))]
+    attn_w += [rnd(*s, grad=False) for s in ((b, ni, heads), (b, ni, a), (b, ni, heads, de))]
+    cases: list[tuple[Any, Any, tuple[Tensor, ...], tuple[Any, ...], tuple[Tensor, ...]]] = [
+        (message_stats, reference_message_stats, (g, bias, t_o, t_i), (),
+         (rnd(b, no, 4, d, grad=False), rnd(b, ni, 4, d, grad=False))),
+        (edge_activation, reference_edge_activation, (h, t_o, t_i), (),
+         (rnd(b, 2, no, ni, d, grad=False),)),
+        (attention_block, reference_attention_block, (pair, e, qkv), (1, 6, heads, 0.3),
+         (attn_w[0], *attn_w[:3], attn_w[3], *attn_w[3:])),
+    ]  # fmt: skip
     checks = []
-    for fn, ref, args, weights in (
-        (message_stats, reference_message_stats, (g, bias, t_o, t_i), (w_o, w_i)),
-        (edge_activation, reference_edge_activation, (h, t_o, t_i), (w_h,)),
-    ):
-        outs = [fn(*args), ref(*args)]
+    for fn, ref, args, consts, weights in cases:
+        outs = [_flat(fn(*args, *consts)), _flat(ref(*args, *consts))]
         grads = []
         for out in outs:
-            parts = out if isinstance(out, tuple) else (out,)
-            loss = sum((o * w).sum() for o, w in zip(parts, weights, strict=True))
+            loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
             grads.append(torch.autograd.grad(loss, args))
-        for a, r in zip([*grads[0], *_flat(outs[0])], [*grads[1], *_flat(outs[1])], strict=True):
-            checks.append(torch.allclose(a, r, rtol=1e-4, atol=1e-5))
+        for x, y in zip([*grads[0], *outs[0]], [*grads[1], *outs[1]], strict=True):
+            checks.append(torch.allclose(x, y, rtol=1e-4, atol=1e-5))
     if not all(checks):
-        raise NativeKernelError("the compiled NG-GNN kernel disagrees with the torch formulas")
+        raise NativeKernelError("the compiled kernel disagrees with the torch formulas")
 
 
 def _flat(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -182,7 +248,7 @@ def available_or_warn() -> bool:
     if not _WARNED:
         _WARNED.append(True)
         warnings.warn(
-            f"the native NG-GNN kernel is unavailable ({_ERROR[0]}); using the torch code, "
+            f"the native kernel is unavailable ({_ERROR[0]}); using the torch code, "
             "which is several times slower on CPU",
             RuntimeWarning,
             stacklevel=3,
@@ -285,3 +351,94 @@ def edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
     """:func:`reference_edge_activation` by the C kernel (float32 CPU tensors)."""
     out: Tensor = _EdgeActivation.apply(h, t_o, t_i)
     return out
+
+
+class _AttentionBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        pair: Tensor,
+        e: Tensor,
+        qkv: Tensor,
+        src_off: int,
+        dst_off: int,
+        heads: int,
+        scale: float,
+    ) -> tuple[Tensor, ...]:
+        b, _, no, ni, a3 = pair.shape
+        a, n, de = a3 // 3, qkv.shape[1], e.shape[-1]
+        if a3 % 3 or a % heads or heads > 64:
+            raise ValueError(f"attention_block: bad widths (3A = {a3}, heads = {heads})")
+        if not (0 <= src_off <= n - ni and 0 <= dst_off <= n - no):
+            raise ValueError(
+                f"attention_block: node offsets {src_off}, {dst_off} outside {n} nodes"
+            )
+        _check("pair", pair, (b, 2, no, ni, 3 * a))
+        _check("e", e, (b, 2, no, ni, de))
+        _check("qkv", qkv, (b, n, 3 * a))
+        pair, e, qkv = pair.contiguous(), e.contiguous(), qkv.contiguous()
+        outs = []
+        for m in (no, ni):
+            outs += [pair.new_empty(b, m, heads), pair.new_empty(b, m, heads)]
+            outs += [pair.new_empty(b, m, a), pair.new_empty(b, m, heads, de)]
+        rc = _lib().ngt_attn_fwd(
+            torch.get_num_threads(), b, n, no, ni, src_off, dst_off, a, heads, de, scale,
+            pair.data_ptr(), e.data_ptr(), qkv.data_ptr(), *[t.data_ptr() for t in outs],
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("attention_block: the kernel could not allocate its scratch memory")
+        ctx.save_for_backward(pair, e, qkv, outs[0], outs[4])
+        ctx.meta = (src_off, dst_off, heads, scale)
+        ctx.mark_non_differentiable(outs[0], outs[4])
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        pair, e, qkv, mx_o, mx_i = ctx.saved_tensors
+        src_off, dst_off, heads, scale = ctx.meta
+        b, _, no, ni, a3 = pair.shape
+        g = [t.contiguous() for k, t in enumerate(grads) if k not in (0, 4)]
+        d_pair, d_e, d_qkv = torch.empty_like(pair), torch.empty_like(e), torch.empty_like(qkv)
+        rc = _lib().ngt_attn_bwd(
+            torch.get_num_threads(), b, qkv.shape[1], no, ni, src_off, dst_off, a3 // 3, heads,
+            e.shape[-1], scale, pair.data_ptr(), e.data_ptr(), qkv.data_ptr(), mx_o.data_ptr(),
+            mx_i.data_ptr(), *[t.data_ptr() for t in g], d_pair.data_ptr(), d_e.data_ptr(),
+            d_qkv.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("attention_block: the kernel could not allocate its scratch memory")
+        return d_pair, d_e, d_qkv, None, None, None, None
+
+
+def attention_block(
+    pair: Tensor, e: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
+) -> tuple[Tensor, ...]:
+    """:func:`reference_attention_block` by the C kernel (float32 CPU tensors; differentiable in
+    ``pair``, ``e`` and ``qkv``; the maxima are not differentiable, as the merged result does not
+    depend on them)."""
+    out: tuple[Tensor, ...] = _AttentionBlock.apply(
+        pair, e, qkv, src_off, dst_off, heads, float(scale)
+    )
+    return out
+
+
+def use_native(kernel: str, tensors: Sequence[Tensor]) -> bool:
+    """Whether a layer with ``kernel`` setting (``"auto"``, ``"native"``, ``"torch"``) runs the
+    C kernel on ``tensors``: float32 CPU tensors without autocast; ``"native"`` raises where it
+    cannot (``ValueError`` for the inputs, :class:`NativeKernelError` for the build), ``"auto"``
+    falls back to torch (with a one-time warning when the build fails)."""
+    if kernel == "torch":
+        return False
+    bad = [t for t in tensors if t.dtype != torch.float32 or t.device.type != "cpu"]
+    if bad or torch.is_autocast_enabled(tensors[0].device.type):
+        if kernel == "native":
+            t = bad[0] if bad else tensors[0]
+            raise ValueError(
+                f"kernel='native' runs on float32 CPU tensors without autocast, got {t.dtype} "
+                f"on {t.device}"
+            )
+        return False
+    if kernel == "native":
+        load()  # raises NativeKernelError with the reason
+        return True
+    return available_or_warn()

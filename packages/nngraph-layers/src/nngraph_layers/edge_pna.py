@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -12,13 +11,11 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from . import _native
+from ._native import Kernel
 from .dropout import Dropout
 
 __all__ = ["AGGREGATORS", "SCALERS", "EdgePNAConv", "Kernel", "avg_log_degree", "pna_combine"]
 
-#: how :meth:`EdgePNAConv.forward_dense` runs: ``"auto"`` (the C kernel for float32 CPU tensors
-#: when it builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
-Kernel = Literal["auto", "native", "torch"]
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification", "attenuation")
@@ -324,21 +321,7 @@ class EdgePNAConv(MessagePassing):
 
     def _use_native(self, x: Tensor, edges: Sequence[Tensor] = ()) -> bool:
         """Whether :meth:`forward_dense` uses the C kernel for nodes ``x`` and ``edges``."""
-        if self.kernel == "torch":
-            return False
-        bad = [t for t in (x, *edges) if t.dtype != torch.float32 or t.device.type != "cpu"]
-        if bad or torch.is_autocast_enabled(x.device.type):
-            if self.kernel == "native":
-                t = bad[0] if bad else x
-                raise ValueError(
-                    "kernel='native' runs on float32 CPU tensors without autocast, got "
-                    f"{t.dtype} on {t.device}"
-                )
-            return False
-        if self.kernel == "native":
-            _native.load()  # raises NativeKernelError with the reason
-            return True
-        return _native.available_or_warn()
+        return _native.use_native(self.kernel, [x, *edges])
 
     def __repr__(self) -> str:
         return (

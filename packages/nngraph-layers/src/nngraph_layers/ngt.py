@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 import nngraph_core as ngc
 
+from ._native import Kernel
 from .heads import EquivariantHead, InvariantHead
 from .model import GraphEncoder, GraphModel, as_template
 from .relational_attention import BlockLayout
@@ -123,9 +124,13 @@ class NGTransformer(GraphModel):
         fast_path: use the block / dense-tensor paths for one-architecture batches.
         checkpoint_layers: recompute each layer's activations in the backward pass
             (activation checkpointing): less memory, about one extra forward of compute.
-        chunk_size: with ``checkpoint_layers``, run each layer of the fast paths on chunks of
-            this many graphs (each chunk checkpointed on its own), so the recomputed
-            activations of only one chunk are alive at a time. ``None``: the whole batch.
+        chunk_size: on the fast paths, run a larger batch chunk by chunk (default 32 graphs):
+            the same function, but the per-pair tensors of a chunk stay in the CPU caches
+            (and with ``checkpoint_layers`` the recomputed activations of only one chunk's
+            layer are alive at a time). ``None``: the whole batch at once (e.g. on a GPU).
+        kernel: ``"auto"`` (default), ``"native"`` or ``"torch"``: whether the sparse block path
+            runs its attention through the C kernel (float32 CPU; see
+            :class:`RelationalAttention`).
 
     Shapes:
         - **input:** :class:`~nngraph_core.GraphBatch` (``B`` graphs)
@@ -160,7 +165,8 @@ class NGTransformer(GraphModel):
         scale: Literal["attention", "head"] = "attention",
         fast_path: bool = True,
         checkpoint_layers: bool = False,
-        chunk_size: int | None = None,
+        chunk_size: int | None = 32,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if attention not in ("sparse", "dense"):
@@ -209,6 +215,7 @@ class NGTransformer(GraphModel):
                 dropout,
                 update_edges=not (invariant and t == num_layers - 1),
                 scale=scale,
+                kernel=kernel,
             )
             for t in range(num_layers)
         )
@@ -275,22 +282,6 @@ class NGTransformer(GraphModel):
             out = fn(*args)
         return out
 
-    def _run_chunked(self, fn: Any, x: Tensor, e: Any, *rest: object) -> tuple[Tensor, Any]:
-        """``fn(x, e, *rest)`` on chunks of graphs (dim 0 of ``x`` and of ``e`` or its items)."""
-        b, size = x.shape[0], self.chunk_size
-        if not (self.checkpoint_layers and torch.is_grad_enabled()) or size is None or b <= size:
-            return self._run(fn, x, e, *rest)
-        xs, es = [], []
-        for start in range(0, b, size):
-            part = slice(start, start + size)
-            e_part = e[part] if isinstance(e, Tensor) else [t[part] for t in e]
-            x_out, e_out = self._run(fn, x[part], e_part, *rest)
-            xs.append(x_out)
-            es.append(e_out)
-        if isinstance(e, Tensor):
-            return torch.cat(xs), torch.cat(es)
-        return torch.cat(xs), [torch.cat(parts) for parts in zip(*es)]
-
     def _blocks(self, x: Tensor, e: Tensor, t: ngc.GraphTemplate, b: int) -> tuple[Tensor, Tensor]:
         widths = tuple(t.spec.widths)
         layout = BlockLayout(widths)
@@ -301,7 +292,7 @@ class NGTransformer(GraphModel):
             fwd = e0[:, t.layer_edges(layer)].unflatten(1, (widths[layer + 1], widths[layer]))
             blocks.append(torch.stack([fwd, self._reverse_init(fwd)], dim=1))
         for rt in self.layers:
-            xs, blocks = self._run_chunked(rt.forward_blocks, xs, blocks, layout)
+            xs, blocks = self._run(rt.forward_blocks, xs, blocks, layout)
         e_out = torch.cat([blk.movedim(1, -2).flatten(-2).flatten(1, 2) for blk in blocks], dim=1)
         return xs.reshape(-1, xs.shape[-1]), e_out.reshape(-1, e_out.shape[-1])
 
@@ -315,7 +306,7 @@ class NGTransformer(GraphModel):
         ed = ed.view(b, n, n, -1)
         xs = x.view(b, n, -1)
         for layer in self.layers:
-            xs, ed = self._run_chunked(layer.forward_dense, xs, ed)
+            xs, ed = self._run(layer.forward_dense, xs, ed)
         ed = ed.reshape(b, n * n, -1)
         e_out = torch.cat([ed.index_select(1, flat), ed.index_select(1, flat_rev)], dim=-1)
         return xs.reshape(-1, xs.shape[-1]), e_out.reshape(-1, e_out.shape[-1])
@@ -340,6 +331,16 @@ class NGTransformer(GraphModel):
         return x, e_out
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor | ngc.GraphBatch:
+        chunk = self.chunk_size
+        fast = self.fast_path and batch.template is not None
+        if chunk is not None and fast and batch.num_graphs > chunk:
+            # Graphs are independent: run the batch chunk by chunk so the per-pair tensors of
+            # a chunk stay cache-sized (the same function; 20 -> 32 INRs/s at batch 128 on CPU).
+            outs = [self._forward(part) for part in batch.split(chunk)]
+            return torch.cat(outs)  # type: ignore[arg-type]
+        return self._forward(batch)
+
+    def _forward(self, batch: ngc.GraphBatch) -> Tensor | ngc.GraphBatch:
         x, e = self.encoder(batch)
         t = batch.template
         if t is not None and self.fast_path:

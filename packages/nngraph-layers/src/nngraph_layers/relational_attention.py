@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
+from . import _native
+from ._native import Kernel
+
 __all__ = ["BlockLayout", "RelationalAttention"]
 
 
@@ -105,6 +108,13 @@ class RelationalAttention(nn.Module):
         modulate_values: use the multiplicative term :math:`(\mathbf{W}^v_n \mathbf{n}_j) \odot
             (\mathbf{W}^m_e \mathbf{e}_{ij})`; ``False`` gives the additive
             :math:`\mathbf{W}^v_n \mathbf{n}_j + \mathbf{W}^v_e \mathbf{e}_{ij}`.
+        kernel: how :meth:`forward_blocks` runs: ``"auto"`` (default: the C kernel of
+            :mod:`nngraph_layers._native` for float32 CPU tensors without autocast when it
+            builds, else torch), ``"native"`` (the kernel or an error) or ``"torch"``. The
+            kernel computes the scores, the softmax sums and the weighted values of every
+            receiver from the pair terms of one GEMM in one pass over the pairs (and one in the
+            backward), instead of ~20 torch operations over per-pair tensors of the attention
+            width. It needs ``modulate_values=True``.
 
     Shapes:
         - general (:meth:`forward`): ``x [N, d_node]``, ``edge_attr [M, d_edge]``,
@@ -126,8 +136,14 @@ class RelationalAttention(nn.Module):
         *,
         scale: Literal["attention", "head"] = "attention",
         modulate_values: bool = True,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
+        if kernel not in ("auto", "native", "torch"):
+            raise ValueError(f"kernel must be 'auto', 'native' or 'torch', got {kernel!r}")
+        if kernel == "native" and not modulate_values:
+            raise ValueError("kernel='native' needs modulate_values=True")
+        self.kernel = kernel
         if attention_dim % heads:
             raise ValueError(f"attention_dim={attention_dim} is not divisible by heads={heads}")
         if scale not in ("attention", "head"):
@@ -211,6 +227,8 @@ class RelationalAttention(nn.Module):
         """
         b = x.shape[0]
         heads, head_dim, width = self.heads, self.head_dim, self.attention_dim
+        if self._use_native(x, edge_attr):
+            return self._blocks_native(x, edge_attr, layout)
         q, k, v = self._node_qkv(x)  # [B, N, H, dh]
         # The term W^v_e e_ij of the values is linear in e_ij, so it is applied once per receiver
         # after the attention-weighted sum of the pair features: sum_j a_ij W e_ij =
@@ -258,6 +276,48 @@ class RelationalAttention(nn.Module):
         agg = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return self._out(agg.reshape(b, layout.num_nodes, heads, head_dim))
 
+    def _use_native(self, x: Tensor, edge_attr: Sequence[Tensor]) -> bool:
+        if not self.modulate_values:
+            return False
+        return _native.use_native(self.kernel, [x, *edge_attr])
+
+    def _blocks_native(self, x: Tensor, edge_attr: Sequence[Tensor], layout: BlockLayout) -> Tensor:
+        """:meth:`forward_blocks` through :func:`nngraph_layers._native.attention_block`: per
+        block one GEMM for the pair terms, the kernel for both directions, then each node
+        layer's (at most two) partial softmax sums merged here on per-node tensors."""
+        b, width, heads = x.shape[0], self.attention_dim, self.heads
+        qkv = self.lin_node(x)  # [B, N, 3A]: q | k | v
+        weight = self.lin_edge.weight  # rows: [q_e | k_e | v_e | m_e]
+        w_pair = torch.cat([weight[: 2 * width], weight[3 * width :]])
+        w_value = weight[2 * width : 3 * width].unflatten(0, (heads, self.head_dim))
+        no = layout.node_offsets
+        parts: list[list[tuple[Tensor, ...]]] = [[] for _ in layout.widths]
+        for layer, e_blk in enumerate(edge_attr):
+            pair = F.linear(e_blk, w_pair)
+            stats = _native.attention_block(
+                pair, e_blk, qkv, no[layer], no[layer + 1], heads, self.scale
+            )
+            parts[layer + 1].append(stats[:4])
+            parts[layer].append(stats[4:])
+        outs = []
+        for node_parts in parts:
+            if len(node_parts) == 1:
+                _, den, num, es = node_parts[0]
+            else:
+                top = torch.stack([p[0] for p in node_parts]).amax(0)
+                w = [torch.exp(p[0] - top) for p in node_parts]
+                den = sum(wk * p[1] for wk, p in zip(w, node_parts))  # type: ignore[assignment]
+                num = sum(
+                    wk.repeat_interleave(self.head_dim, -1) * p[2] for wk, p in zip(w, node_parts)
+                )  # type: ignore[assignment]
+                es = sum(wk.unsqueeze(-1) * p[3] for wk, p in zip(w, node_parts))  # type: ignore[assignment]
+            agg = num.unflatten(-1, (heads, self.head_dim)) + torch.einsum(
+                "bnhc,hdc->bnhd", es, w_value
+            )
+            outs.append(agg / den.unsqueeze(-1))
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return self._out(out.reshape(b, layout.num_nodes, heads, self.head_dim))
+
     # -- dense path (all node pairs) ----------------------------------------------------------------
     def forward_dense(self, x: Tensor, edge_attr: Tensor) -> Tensor:
         """Attention of every node over all nodes; ``edge_attr[:, i, j]`` is the pair ``j -> i``."""
@@ -272,5 +332,5 @@ class RelationalAttention(nn.Module):
         return (
             f"{self.__class__.__name__}(node_dim={self.node_channels}, edge_dim={self.edge_channels}, "
             f"attention_dim={self.attention_dim}, heads={self.heads}, scale={self.scale_by!r}, "
-            f"modulate_values={self.modulate_values})"
+            f"modulate_values={self.modulate_values}, kernel={self.kernel!r})"
         )

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ._native import Kernel
 from .dropout import Dropout
 from .relational_attention import BlockLayout, RelationalAttention
 
@@ -120,6 +121,8 @@ class RTLayer(nn.Module):
             when only node features are read out).
         scale: attention temperature, see :class:`RelationalAttention`.
         modulate_values: multiplicative node-edge values, see :class:`RelationalAttention`.
+        kernel: ``"auto"``, ``"native"`` or ``"torch"``: how the attention's block path runs
+            (see :class:`RelationalAttention`).
 
     Shapes:
         - general :meth:`forward`: ``x [N, d_node]``, ``edge_attr [M, d_edge]``,
@@ -142,10 +145,17 @@ class RTLayer(nn.Module):
         update_edges: bool = True,
         scale: Literal["attention", "head"] = "attention",
         modulate_values: bool = True,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         self.attention = RelationalAttention(
-            node_dim, edge_dim, attention_dim, heads, scale=scale, modulate_values=modulate_values
+            node_dim,
+            edge_dim,
+            attention_dim,
+            heads,
+            scale=scale,
+            modulate_values=modulate_values,
+            kernel=kernel,
         )
         self.dropout = Dropout(dropout)
         self.norm0 = nn.LayerNorm(node_dim)

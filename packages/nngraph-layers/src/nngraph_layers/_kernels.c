@@ -1,7 +1,9 @@
-/* Fused CPU kernels of the dense NG-GNN layer (nngraph_layers.edge_pna, "native" kernel).
+/* Fused CPU kernels of the dense NG-GNN layer (nngraph_layers.edge_pna) and of NG-T's relational
+ * attention on the block path (nngraph_layers.relational_attention): the "native" kernel.
  *
  * Plain C (optional OpenMP), compiled on first use by nngraph_layers._native and called through
- * ctypes from two autograd functions. float32, contiguous inputs. The math is that of
+ * ctypes from autograd functions. The NG-T part is described at ngt_attn_fwd below; the rest of
+ * this header is the NG-GNN part. float32, contiguous inputs. The math is that of
  * EdgePNAConv.forward_dense; what differs is the number of passes over the per-edge tensors
  * (2 * n_{l+1} * n_l rows of d floats per graph and weight matrix): the torch code makes ~25
  * such passes per layer (broadcast adds, FiLM, four reductions, and in the backward the masks of
@@ -22,15 +24,17 @@
  *     with the exponential of the sigmoid computed by a polynomial (relative error ~2e-7)
  *     so that the loop vectorises.
  *
- * The backward recomputes m and h from the saved inputs instead of storing them. Graphs are
+ * The backward recomputes m and h (and NG-T's scores) from the saved inputs instead of storing
+ * them. Graphs are
  * independent and run in parallel (OpenMP over b); each graph is computed by one thread in a
  * fixed order, so results do not depend on the thread count.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 2
+#define KERNEL_VERSION 3
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -42,6 +46,10 @@
 #else
 #define IVDEP
 #endif
+/* a sum the compiler may split into vector lanes (reassociation, for these loops only; a build
+ * without OpenMP ignores it and sums in order) */
+#define PRAGMA_(x) _Pragma(#x)
+#define SIMD_SUM(v) PRAGMA_(omp simd reduction(+ : v))
 
 int ngnn_kernel_version(void) { return KERNEL_VERSION; }
 
@@ -286,4 +294,238 @@ void ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
                    float *RESTRICT dTi) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < B; b++) edge_bwd_one(b, no, ni, d, Hm, To, Ti, dout, dH, dTo, dTi);
+}
+
+/* ---- NG-T relational attention over the real edges (block path) -------------------------- */
+
+/* One parameterised layer of an MLP graph: the n_o x n_i complete bipartite block between the
+ * source node layer (nodes src_off..src_off+n_i of each graph) and the target layer
+ * (dst_off..dst_off+n_o), with pairs in both directions: direction 0 (u -> w along the weight,
+ * receivers the targets) and direction 1 (w -> u, receivers the sources). Inputs, per graph b:
+ *   P   [B,2,n_o,n_i,3A]  the pair terms W_e e of the queries, keys and value modulation
+ *                         (q_e | k_e | m_e), one GEMM done by torch;
+ *   E   [B,2,n_o,n_i,de]  the pair features themselves;
+ *   QKV [B,N,3A]          the node terms (q | k | v) of all nodes.
+ * For a receiver r and each sender s of its block, per head h (width dh = A / H):
+ *   score_h = scale * sum_{t in h} (q_r + q_e)_t (k_s + k_e)_t,   p_h = exp(score_h - mx_h)
+ * with mx_h the receiver's maximum score in this block, and the outputs are the block's partial
+ * softmax sums (merged over the receiver's blocks by the caller):
+ *   mx [H], den [H] = sum_s p_h, num [A] = sum_s p_h (v_s * m_e)_t, es [H,de] = sum_s p_h e.
+ * The same receiver function serves both directions: only the row stride between the senders'
+ * pair rows differs (1 row for direction 0, n_i rows for direction 1). */
+
+static inline __attribute__((always_inline)) void attn_recv_fwd(
+    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
+    const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
+    const float *RESTRICT kv, float *RESTRICT s, float *RESTRICT tmp, float *RESTRICT mx,
+    float *RESTRICT den, float *RESTRICT num, float *RESTRICT es) {
+    const int64_t dh = A / H, A3 = 3 * A;
+    for (int64_t h = 0; h < H; h++) mx[h] = -INFINITY;
+    for (int64_t j = 0; j < ns; j++) {
+        const float *RESTRICT pr = P + (row0 + j * rstride) * A3;
+        const float *RESTRICT kj = kv + j * A3;
+        for (int64_t d = 0; d < A; d++) tmp[d] = (q[d] + pr[d]) * (kj[d] + pr[A + d]);
+        for (int64_t h = 0; h < H; h++) {
+            float acc = 0.0f;
+            SIMD_SUM(acc)
+            for (int64_t t = 0; t < dh; t++) acc += tmp[h * dh + t];
+            acc *= scale;
+            s[j * H + h] = acc;
+            mx[h] = acc > mx[h] ? acc : mx[h];
+        }
+    }
+    for (int64_t h = 0; h < H; h++) den[h] = 0.0f;
+    for (int64_t d = 0; d < A; d++) num[d] = 0.0f;
+    for (int64_t c = 0; c < H * de; c++) es[c] = 0.0f;
+    for (int64_t j = 0; j < ns; j++) {
+        const float *RESTRICT pr = P + (row0 + j * rstride) * A3 + 2 * A;
+        const float *RESTRICT er = E + (row0 + j * rstride) * de;
+        const float *RESTRICT vj = kv + j * A3 + A;
+        for (int64_t h = 0; h < H; h++) {
+            float p = expf(s[j * H + h] - mx[h]);
+            den[h] += p;
+            IVDEP
+            for (int64_t t = 0; t < dh; t++) num[h * dh + t] += p * (vj[h * dh + t] * pr[h * dh + t]);
+            IVDEP
+            for (int64_t c = 0; c < de; c++) es[h * de + c] += p * er[c];
+        }
+    }
+}
+
+/* scratch per thread: the scores of one receiver (max(n_o, n_i) * H) and 4 rows of A */
+static float *attn_scratch(int64_t no, int64_t ni, int64_t A, int64_t H) {
+    int64_t n = (no > ni ? no : ni) * H + 4 * A;
+    return (float *)malloc(sizeof(float) * (size_t)n);
+}
+
+static NOINLINE void attn_fwd_one(int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off,
+                                  int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
+                                  const float *RESTRICT P, const float *RESTRICT E,
+                                  const float *RESTRICT QKV, float *RESTRICT mx_o,
+                                  float *RESTRICT den_o, float *RESTRICT num_o,
+                                  float *RESTRICT es_o, float *RESTRICT mx_i,
+                                  float *RESTRICT den_i, float *RESTRICT num_i,
+                                  float *RESTRICT es_i, float *RESTRICT scratch) {
+    const int64_t A3 = 3 * A;
+    float *s = scratch, *tmp = scratch + (no > ni ? no : ni) * H;
+    const float *node = QKV + b * N * A3;
+    for (int64_t o = 0; o < no; o++) {  /* direction 0: target o receives from sources i */
+        int64_t r = b * no + o;
+        attn_recv_fwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
+                      node + (dst_off + o) * A3, node + src_off * A3 + A, s, tmp, mx_o + r * H,
+                      den_o + r * H, num_o + r * A, es_o + r * H * de);
+    }
+    for (int64_t i = 0; i < ni; i++) {  /* direction 1: source i receives from targets o */
+        int64_t r = b * ni + i;
+        attn_recv_fwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
+                      node + (src_off + i) * A3, node + dst_off * A3 + A, s, tmp, mx_i + r * H,
+                      den_i + r * H, num_i + r * A, es_i + r * H * de);
+    }
+}
+
+/* P [B,2,no,ni,3A], E [B,2,no,ni,de], QKV [B,N,3A] -> per target (o) and per source (i):
+ * mx, den [B,n,H], num [B,n,A], es [B,n,H,de]. Returns 0, or -1 when scratch memory ran out. */
+int ngt_attn_fwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
+                 int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
+                 const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
+                 float *RESTRICT mx_o, float *RESTRICT den_o, float *RESTRICT num_o,
+                 float *RESTRICT es_o, float *RESTRICT mx_i, float *RESTRICT den_i,
+                 float *RESTRICT num_i, float *RESTRICT es_i) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *scratch = attn_scratch(no, ni, A, H);
+        /* every thread reaches the loop (its barrier); one without scratch only reports */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (scratch)
+                attn_fwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, mx_o,
+                             den_o, num_o, es_o, mx_i, den_i, num_i, es_i, scratch);
+            else
+                failed = 1;
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+/* Gradient of one receiver's block sums, given gden [H], gnum [A], ges [H,de] and the forward's
+ * mx: writes the pair rows' dP (q_e | k_e | m_e) and dE (the direct term p * ges), adds into
+ * the receiver's dq and the senders' dk, dv. Scores are recomputed, not stored. */
+static inline __attribute__((always_inline)) void attn_recv_bwd(
+    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
+    const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
+    const float *RESTRICT kv, const float *RESTRICT mx, const float *RESTRICT gden,
+    const float *RESTRICT gnum, const float *RESTRICT ges, float *RESTRICT dP,
+    float *RESTRICT dE, float *RESTRICT dq, float *RESTRICT dkv, float *RESTRICT tmp) {
+    const int64_t dh = A / H, A3 = 3 * A;
+    float *RESTRICT a = tmp, *RESTRICT kk = tmp + A, *RESTRICT prod = tmp + 2 * A,
+                    *RESTRICT vm = tmp + 3 * A;
+    float p[64], ds[64]; /* H <= 64, checked by the caller */
+    for (int64_t j = 0; j < ns; j++) {
+        const int64_t row = row0 + j * rstride;
+        const float *RESTRICT pr = P + row * A3;
+        const float *RESTRICT er = E + row * de;
+        const float *RESTRICT kj = kv + j * A3;
+        const float *RESTRICT vj = kj + A;
+        float *RESTRICT dpr = dP + row * A3;
+        float *RESTRICT der = dE + row * de;
+        float *RESTRICT dkj = dkv + j * A3;
+        float *RESTRICT dvj = dkj + A;
+        for (int64_t d = 0; d < A; d++) {
+            a[d] = q[d] + pr[d];
+            kk[d] = kj[d] + pr[A + d];
+            prod[d] = a[d] * kk[d];
+            vm[d] = gnum[d] * (vj[d] * pr[2 * A + d]);
+        }
+        for (int64_t h = 0; h < H; h++) {
+            float sc = 0.0f, dv = 0.0f, dg = 0.0f;
+            SIMD_SUM(sc)
+            for (int64_t t = 0; t < dh; t++) sc += prod[h * dh + t];
+            SIMD_SUM(dv)
+            for (int64_t t = 0; t < dh; t++) dv += vm[h * dh + t];
+            SIMD_SUM(dg)
+            for (int64_t c = 0; c < de; c++) dg += ges[h * de + c] * er[c];
+            const float dp = gden[h] + dv + dg;
+            p[h] = expf(sc * scale - mx[h]);
+            ds[h] = p[h] * dp * scale;
+        }
+        for (int64_t h = 0; h < H; h++) {
+            const float dsh = ds[h], ph = p[h];
+            IVDEP
+            for (int64_t t = 0; t < dh; t++) {
+                const int64_t d = h * dh + t;
+                const float gq = dsh * kk[d], gk = dsh * a[d], gn = ph * gnum[d];
+                dpr[d] = gq;
+                dpr[A + d] = gk;
+                dpr[2 * A + d] = gn * vj[d];
+                dq[d] += gq;
+                dkj[d] += gk;
+                dvj[d] += gn * pr[2 * A + d];
+            }
+        }
+        for (int64_t c = 0; c < de; c++) der[c] = 0.0f;
+        for (int64_t h = 0; h < H; h++) {
+            const float ph = p[h];
+            IVDEP
+            for (int64_t c = 0; c < de; c++) der[c] += ph * ges[h * de + c];
+        }
+    }
+}
+
+static NOINLINE void attn_bwd_one(
+    int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off, int64_t dst_off, int64_t A,
+    int64_t H, int64_t de, float scale, const float *RESTRICT P, const float *RESTRICT E,
+    const float *RESTRICT QKV, const float *RESTRICT mx_o, const float *RESTRICT mx_i,
+    const float *RESTRICT gden_o, const float *RESTRICT gnum_o, const float *RESTRICT ges_o,
+    const float *RESTRICT gden_i, const float *RESTRICT gnum_i, const float *RESTRICT ges_i,
+    float *RESTRICT dP, float *RESTRICT dE, float *RESTRICT dQKV, float *RESTRICT scratch) {
+    const int64_t A3 = 3 * A;
+    const float *node = QKV + b * N * A3;
+    float *dnode = dQKV + b * N * A3;
+    memset(dnode, 0, sizeof(float) * (size_t)(N * A3));
+    for (int64_t o = 0; o < no; o++) {
+        int64_t r = b * no + o;
+        attn_recv_bwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
+                      node + (dst_off + o) * A3, node + src_off * A3 + A, mx_o + r * H,
+                      gden_o + r * H, gnum_o + r * A, ges_o + r * H * de, dP, dE,
+                      dnode + (dst_off + o) * A3, dnode + src_off * A3 + A, scratch);
+    }
+    for (int64_t i = 0; i < ni; i++) {
+        int64_t r = b * ni + i;
+        attn_recv_bwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
+                      node + (src_off + i) * A3, node + dst_off * A3 + A, mx_i + r * H,
+                      gden_i + r * H, gnum_i + r * A, ges_i + r * H * de, dP, dE,
+                      dnode + (src_off + i) * A3, dnode + dst_off * A3 + A, scratch);
+    }
+}
+
+/* Gradient of ngt_attn_fwd: gden, gnum, ges of both receiver sides -> dP [B,2,no,ni,3A],
+ * dE [B,2,no,ni,de], dQKV [B,N,3A] (all overwritten). Returns 0, -1 when scratch memory ran
+ * out, -2 when H > 64. */
+int ngt_attn_bwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
+                 int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
+                 const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
+                 const float *RESTRICT mx_o, const float *RESTRICT mx_i,
+                 const float *RESTRICT gden_o, const float *RESTRICT gnum_o,
+                 const float *RESTRICT ges_o, const float *RESTRICT gden_i,
+                 const float *RESTRICT gnum_i, const float *RESTRICT ges_i, float *RESTRICT dP,
+                 float *RESTRICT dE, float *RESTRICT dQKV) {
+    if (H > 64) return -2;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *scratch = (float *)malloc(sizeof(float) * (size_t)(4 * A));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (scratch)
+                attn_bwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, mx_o,
+                             mx_i, gden_o, gnum_o, ges_o, gden_i, gnum_i, ges_i, dP, dE, dQKV,
+                             scratch);
+            else
+                failed = 1;
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
 }
