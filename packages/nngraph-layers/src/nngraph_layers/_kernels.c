@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 3
+#define KERNEL_VERSION 4
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -317,12 +317,13 @@ void ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
 static inline __attribute__((always_inline)) void attn_recv_fwd(
     int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
     const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
-    const float *RESTRICT kv, float *RESTRICT s, float *RESTRICT tmp, float *RESTRICT mx,
+    const float *RESTRICT kv, float *RESTRICT S, float *RESTRICT tmp, float *RESTRICT mx,
     float *RESTRICT den, float *RESTRICT num, float *RESTRICT es) {
     const int64_t dh = A / H, A3 = 3 * A;
     for (int64_t h = 0; h < H; h++) mx[h] = -INFINITY;
     for (int64_t j = 0; j < ns; j++) {
         const float *RESTRICT pr = P + (row0 + j * rstride) * A3;
+        float *RESTRICT s = S + (row0 + j * rstride) * H;
         const float *RESTRICT kj = kv + j * A3;
         for (int64_t d = 0; d < A; d++) tmp[d] = (q[d] + pr[d]) * (kj[d] + pr[A + d]);
         for (int64_t h = 0; h < H; h++) {
@@ -330,7 +331,7 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
             SIMD_SUM(acc)
             for (int64_t t = 0; t < dh; t++) acc += tmp[h * dh + t];
             acc *= scale;
-            s[j * H + h] = acc;
+            s[h] = acc;
             mx[h] = acc > mx[h] ? acc : mx[h];
         }
     }
@@ -341,8 +342,10 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
         const float *RESTRICT pr = P + (row0 + j * rstride) * A3 + 2 * A;
         const float *RESTRICT er = E + (row0 + j * rstride) * de;
         const float *RESTRICT vj = kv + j * A3 + A;
+        float *RESTRICT s = S + (row0 + j * rstride) * H;
         for (int64_t h = 0; h < H; h++) {
-            float p = expf(s[j * H + h] - mx[h]);
+            const float p = expf(s[h] - mx[h]);
+            s[h] = p; /* kept for the backward */
             den[h] += p;
             IVDEP
             for (int64_t t = 0; t < dh; t++) num[h * dh + t] += p * (vj[h * dh + t] * pr[h * dh + t]);
@@ -352,54 +355,49 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
     }
 }
 
-/* scratch per thread: the scores of one receiver (max(n_o, n_i) * H) and 4 rows of A */
-static float *attn_scratch(int64_t no, int64_t ni, int64_t A, int64_t H) {
-    int64_t n = (no > ni ? no : ni) * H + 4 * A;
-    return (float *)malloc(sizeof(float) * (size_t)n);
-}
-
 static NOINLINE void attn_fwd_one(int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                                   int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
                                   const float *RESTRICT P, const float *RESTRICT E,
-                                  const float *RESTRICT QKV, float *RESTRICT mx_o,
+                                  const float *RESTRICT QKV, float *RESTRICT S,
+                                  float *RESTRICT mx_o,
                                   float *RESTRICT den_o, float *RESTRICT num_o,
                                   float *RESTRICT es_o, float *RESTRICT mx_i,
                                   float *RESTRICT den_i, float *RESTRICT num_i,
                                   float *RESTRICT es_i, float *RESTRICT scratch) {
     const int64_t A3 = 3 * A;
-    float *s = scratch, *tmp = scratch + (no > ni ? no : ni) * H;
     const float *node = QKV + b * N * A3;
     for (int64_t o = 0; o < no; o++) {  /* direction 0: target o receives from sources i */
         int64_t r = b * no + o;
         attn_recv_fwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
-                      node + (dst_off + o) * A3, node + src_off * A3 + A, s, tmp, mx_o + r * H,
+                      node + (dst_off + o) * A3, node + src_off * A3 + A, S, scratch, mx_o + r * H,
                       den_o + r * H, num_o + r * A, es_o + r * H * de);
     }
     for (int64_t i = 0; i < ni; i++) {  /* direction 1: source i receives from targets o */
         int64_t r = b * ni + i;
         attn_recv_fwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
-                      node + (src_off + i) * A3, node + dst_off * A3 + A, s, tmp, mx_i + r * H,
+                      node + (src_off + i) * A3, node + dst_off * A3 + A, S, scratch, mx_i + r * H,
                       den_i + r * H, num_i + r * A, es_i + r * H * de);
     }
 }
 
-/* P [B,2,no,ni,3A], E [B,2,no,ni,de], QKV [B,N,3A] -> per target (o) and per source (i):
- * mx, den [B,n,H], num [B,n,A], es [B,n,H,de]. Returns 0, or -1 when scratch memory ran out. */
+/* P [B,2,no,ni,3A], E [B,2,no,ni,de], QKV [B,N,3A] -> S [B,2,no,ni,H] the pairs' p (for the
+ * backward) and per target (o) and per source (i): mx, den [B,n,H], num [B,n,A], es [B,n,H,de].
+ * Returns 0, or -1 when scratch memory ran out. */
 int ngt_attn_fwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                  int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
                  const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
-                 float *RESTRICT mx_o, float *RESTRICT den_o, float *RESTRICT num_o,
+                 float *RESTRICT S, float *RESTRICT mx_o, float *RESTRICT den_o, float *RESTRICT num_o,
                  float *RESTRICT es_o, float *RESTRICT mx_i, float *RESTRICT den_i,
                  float *RESTRICT num_i, float *RESTRICT es_i) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *scratch = attn_scratch(no, ni, A, H);
+        float *scratch = (float *)malloc(sizeof(float) * (size_t)A);
         /* every thread reaches the loop (its barrier); one without scratch only reports */
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             if (scratch)
-                attn_fwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, mx_o,
+                attn_fwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, S, mx_o,
                              den_o, num_o, es_o, mx_i, den_i, num_i, es_i, scratch);
             else
                 failed = 1;
@@ -410,22 +408,22 @@ int ngt_attn_fwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int6
 }
 
 /* Gradient of one receiver's block sums, given gden [H], gnum [A], ges [H,de] and the forward's
- * mx: writes the pair rows' dP (q_e | k_e | m_e) and dE (the direct term p * ges), adds into
- * the receiver's dq and the senders' dk, dv. Scores are recomputed, not stored. */
+ * p of each pair (S): writes the pair rows' dP (q_e | k_e | m_e) and dE (the direct term p * ges), adds into
+ * the receiver's dq and the senders' dk, dv. */
 static inline __attribute__((always_inline)) void attn_recv_bwd(
     int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
     const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
-    const float *RESTRICT kv, const float *RESTRICT mx, const float *RESTRICT gden,
+    const float *RESTRICT kv, const float *RESTRICT S, const float *RESTRICT gden,
     const float *RESTRICT gnum, const float *RESTRICT ges, float *RESTRICT dP,
     float *RESTRICT dE, float *RESTRICT dq, float *RESTRICT dkv, float *RESTRICT tmp) {
     const int64_t dh = A / H, A3 = 3 * A;
-    float *RESTRICT a = tmp, *RESTRICT kk = tmp + A, *RESTRICT prod = tmp + 2 * A,
-                    *RESTRICT vm = tmp + 3 * A;
-    float p[64], ds[64]; /* H <= 64, checked by the caller */
+    float *RESTRICT a = tmp, *RESTRICT kk = tmp + A, *RESTRICT vm = tmp + 2 * A;
+    float ds[64]; /* H <= 64, checked by the caller */
     for (int64_t j = 0; j < ns; j++) {
         const int64_t row = row0 + j * rstride;
         const float *RESTRICT pr = P + row * A3;
         const float *RESTRICT er = E + row * de;
+        const float *RESTRICT p = S + row * H;
         const float *RESTRICT kj = kv + j * A3;
         const float *RESTRICT vj = kj + A;
         float *RESTRICT dpr = dP + row * A3;
@@ -435,20 +433,15 @@ static inline __attribute__((always_inline)) void attn_recv_bwd(
         for (int64_t d = 0; d < A; d++) {
             a[d] = q[d] + pr[d];
             kk[d] = kj[d] + pr[A + d];
-            prod[d] = a[d] * kk[d];
             vm[d] = gnum[d] * (vj[d] * pr[2 * A + d]);
         }
         for (int64_t h = 0; h < H; h++) {
-            float sc = 0.0f, dv = 0.0f, dg = 0.0f;
-            SIMD_SUM(sc)
-            for (int64_t t = 0; t < dh; t++) sc += prod[h * dh + t];
+            float dv = 0.0f, dg = 0.0f;
             SIMD_SUM(dv)
             for (int64_t t = 0; t < dh; t++) dv += vm[h * dh + t];
             SIMD_SUM(dg)
             for (int64_t c = 0; c < de; c++) dg += ges[h * de + c] * er[c];
-            const float dp = gden[h] + dv + dg;
-            p[h] = expf(sc * scale - mx[h]);
-            ds[h] = p[h] * dp * scale;
+            ds[h] = p[h] * (gden[h] + dv + dg) * scale;
         }
         for (int64_t h = 0; h < H; h++) {
             const float dsh = ds[h], ph = p[h];
@@ -476,8 +469,7 @@ static inline __attribute__((always_inline)) void attn_recv_bwd(
 static NOINLINE void attn_bwd_one(
     int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off, int64_t dst_off, int64_t A,
     int64_t H, int64_t de, float scale, const float *RESTRICT P, const float *RESTRICT E,
-    const float *RESTRICT QKV, const float *RESTRICT mx_o, const float *RESTRICT mx_i,
-    const float *RESTRICT gden_o, const float *RESTRICT gnum_o, const float *RESTRICT ges_o,
+    const float *RESTRICT QKV, const float *RESTRICT S, const float *RESTRICT gden_o, const float *RESTRICT gnum_o, const float *RESTRICT ges_o,
     const float *RESTRICT gden_i, const float *RESTRICT gnum_i, const float *RESTRICT ges_i,
     float *RESTRICT dP, float *RESTRICT dE, float *RESTRICT dQKV, float *RESTRICT scratch) {
     const int64_t A3 = 3 * A;
@@ -487,27 +479,26 @@ static NOINLINE void attn_bwd_one(
     for (int64_t o = 0; o < no; o++) {
         int64_t r = b * no + o;
         attn_recv_bwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
-                      node + (dst_off + o) * A3, node + src_off * A3 + A, mx_o + r * H,
+                      node + (dst_off + o) * A3, node + src_off * A3 + A, S,
                       gden_o + r * H, gnum_o + r * A, ges_o + r * H * de, dP, dE,
                       dnode + (dst_off + o) * A3, dnode + src_off * A3 + A, scratch);
     }
     for (int64_t i = 0; i < ni; i++) {
         int64_t r = b * ni + i;
         attn_recv_bwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
-                      node + (src_off + i) * A3, node + dst_off * A3 + A, mx_i + r * H,
+                      node + (src_off + i) * A3, node + dst_off * A3 + A, S,
                       gden_i + r * H, gnum_i + r * A, ges_i + r * H * de, dP, dE,
                       dnode + (src_off + i) * A3, dnode + dst_off * A3 + A, scratch);
     }
 }
 
-/* Gradient of ngt_attn_fwd: gden, gnum, ges of both receiver sides -> dP [B,2,no,ni,3A],
+/* Gradient of ngt_attn_fwd: S from the forward, gden, gnum, ges of both receiver sides -> dP [B,2,no,ni,3A],
  * dE [B,2,no,ni,de], dQKV [B,N,3A] (all overwritten). Returns 0, -1 when scratch memory ran
  * out, -2 when H > 64. */
 int ngt_attn_bwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                  int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
                  const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
-                 const float *RESTRICT mx_o, const float *RESTRICT mx_i,
-                 const float *RESTRICT gden_o, const float *RESTRICT gnum_o,
+                 const float *RESTRICT S, const float *RESTRICT gden_o, const float *RESTRICT gnum_o,
                  const float *RESTRICT ges_o, const float *RESTRICT gden_i,
                  const float *RESTRICT gnum_i, const float *RESTRICT ges_i, float *RESTRICT dP,
                  float *RESTRICT dE, float *RESTRICT dQKV) {
@@ -515,17 +506,126 @@ int ngt_attn_bwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int6
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *scratch = (float *)malloc(sizeof(float) * (size_t)(4 * A));
+        float *scratch = (float *)malloc(sizeof(float) * (size_t)(3 * A));
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             if (scratch)
-                attn_bwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, mx_o,
-                             mx_i, gden_o, gnum_o, ges_o, gden_i, gnum_i, ges_i, dP, dE, dQKV,
-                             scratch);
+                attn_bwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, S,
+                             gden_o, gnum_o, ges_o, gden_i, gnum_i, ges_i, dP, dE, dQKV, scratch);
             else
                 failed = 1;
         }
         free(scratch);
     }
     return failed ? -1 : 0;
+}
+
+/* ---- NG-T edge update: GELU of both directions of a weight -------------------------------- */
+
+/* Phi(x), the standard normal CDF, from erfc by the Chebyshev fit of Numerical Recipes
+ * (erfcc: fractional error < 1.2e-7 everywhere) with the polynomial exponential, so that the
+ * loops vectorise; also returns phi(x) = exp(-x^2 / 2) / sqrt(2 pi) in *pdf. */
+static inline float normal_cdf(float x, float *pdf) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float y = 0.17087277f;
+    y = y * t - 0.82215223f;
+    y = y * t + 1.48851587f;
+    y = y * t - 1.13520398f;
+    y = y * t + 0.27886807f;
+    y = y * t - 0.18628806f;
+    y = y * t + 0.09678418f;
+    y = y * t + 0.37409196f;
+    y = y * t + 1.00002368f;
+    y = y * t - 1.26551223f;
+    float erfc = t * exp_poly(y - z * z);
+    *pdf = 0.39894228040143268f * exp_poly(-0.5f * x * x);
+    return x >= 0.0f ? 1.0f - 0.5f * erfc : 0.5f * erfc;
+}
+
+/* The pre-activation of the pair (o, i) in direction r: its own half of the pair GEMM, the
+ * reverse pair's other half, and the node terms. */
+#define NGT_EDGE_PRE(L_r, L_s, To_r, Ti_r, c) ((L_r)[c] + (L_s)[hd + (c)] + ((To_r)[c] + (Ti_r)[c]))
+
+static NOINLINE void ngt_edge_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t hd,
+                                      const float *RESTRICT L, const float *RESTRICT To,
+                                      const float *RESTRICT Ti, float *RESTRICT out) {
+    for (int64_t o = 0; o < no; o++) {
+        const float *RESTRICT t0 = To + (b * 2 * no + o) * hd;
+        const float *RESTRICT t1 = To + ((b * 2 + 1) * no + o) * hd;
+        for (int64_t i = 0; i < ni; i++) {
+            const int64_t r0 = (b * 2 * no + o) * ni + i, r1 = r0 + no * ni;
+            const float *RESTRICT l0 = L + r0 * 2 * hd, *RESTRICT l1 = L + r1 * 2 * hd;
+            const float *RESTRICT u0 = Ti + (b * 2 * ni + i) * hd;
+            const float *RESTRICT u1 = Ti + ((b * 2 + 1) * ni + i) * hd;
+            float *RESTRICT y0 = out + r0 * hd, *RESTRICT y1 = out + r1 * hd;
+            IVDEP
+            for (int64_t c = 0; c < hd; c++) {
+                float pdf;
+                const float x0 = NGT_EDGE_PRE(l0, l1, t0, u0, c);
+                const float x1 = NGT_EDGE_PRE(l1, l0, t1, u1, c);
+                y0[c] = x0 * normal_cdf(x0, &pdf);
+                y1[c] = x1 * normal_cdf(x1, &pdf);
+            }
+        }
+    }
+}
+
+/* L [B,2,no,ni,2h] (pair GEMM: own half | reverse half, no bias), To [B,2,no,h], Ti [B,2,ni,h]
+ * -> out [B,2,no,ni,h] = gelu(L[b,r,o,i,:h] + L[b,1-r,o,i,h:] + To[b,r,o] + Ti[b,r,i]). */
+void ngt_edge_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t hd,
+                  const float *RESTRICT L, const float *RESTRICT To, const float *RESTRICT Ti,
+                  float *RESTRICT out) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++) ngt_edge_fwd_one(b, no, ni, hd, L, To, Ti, out);
+}
+
+static NOINLINE void ngt_edge_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t hd,
+                                      const float *RESTRICT L, const float *RESTRICT To,
+                                      const float *RESTRICT Ti, const float *RESTRICT dout,
+                                      float *RESTRICT dL, float *RESTRICT dTo,
+                                      float *RESTRICT dTi) {
+    memset(dTo + b * 2 * no * hd, 0, sizeof(float) * (size_t)(2 * no * hd));
+    memset(dTi + b * 2 * ni * hd, 0, sizeof(float) * (size_t)(2 * ni * hd));
+    for (int64_t o = 0; o < no; o++) {
+        const float *RESTRICT t0 = To + (b * 2 * no + o) * hd;
+        const float *RESTRICT t1 = To + ((b * 2 + 1) * no + o) * hd;
+        float *RESTRICT dt0 = dTo + (b * 2 * no + o) * hd;
+        float *RESTRICT dt1 = dTo + ((b * 2 + 1) * no + o) * hd;
+        for (int64_t i = 0; i < ni; i++) {
+            const int64_t r0 = (b * 2 * no + o) * ni + i, r1 = r0 + no * ni;
+            const float *RESTRICT l0 = L + r0 * 2 * hd, *RESTRICT l1 = L + r1 * 2 * hd;
+            const float *RESTRICT u0 = Ti + (b * 2 * ni + i) * hd;
+            const float *RESTRICT u1 = Ti + ((b * 2 + 1) * ni + i) * hd;
+            float *RESTRICT du0 = dTi + (b * 2 * ni + i) * hd;
+            float *RESTRICT du1 = dTi + ((b * 2 + 1) * ni + i) * hd;
+            const float *RESTRICT g0 = dout + r0 * hd, *RESTRICT g1 = dout + r1 * hd;
+            float *RESTRICT dl0 = dL + r0 * 2 * hd, *RESTRICT dl1 = dL + r1 * 2 * hd;
+            IVDEP
+            for (int64_t c = 0; c < hd; c++) {
+                float pdf0, pdf1;
+                const float x0 = NGT_EDGE_PRE(l0, l1, t0, u0, c);
+                const float x1 = NGT_EDGE_PRE(l1, l0, t1, u1, c);
+                const float cdf0 = normal_cdf(x0, &pdf0), cdf1 = normal_cdf(x1, &pdf1);
+                const float a0 = g0[c] * (cdf0 + x0 * pdf0), a1 = g1[c] * (cdf1 + x1 * pdf1);
+                dl0[c] = a0;
+                dl0[hd + c] = a1;
+                dl1[c] = a1;
+                dl1[hd + c] = a0;
+                dt0[c] += a0;
+                dt1[c] += a1;
+                du0[c] += a0;
+                du1[c] += a1;
+            }
+        }
+    }
+}
+
+/* Gradient of ngt_edge_fwd: dout [B,2,no,ni,h] -> dL [B,2,no,ni,2h], dTo, dTi (overwritten). */
+void ngt_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t hd,
+                  const float *RESTRICT L, const float *RESTRICT To, const float *RESTRICT Ti,
+                  const float *RESTRICT dout, float *RESTRICT dL, float *RESTRICT dTo,
+                  float *RESTRICT dTi) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; b++) ngt_edge_bwd_one(b, no, ni, hd, L, To, Ti, dout, dL, dTo, dTi);
 }

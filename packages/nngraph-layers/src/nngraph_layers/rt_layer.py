@@ -6,8 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _native
 from ._native import Kernel
 from .dropout import Dropout
 from .relational_attention import BlockLayout, RelationalAttention
@@ -88,9 +90,31 @@ class EdgeUpdate(nn.Module):
         self, edge_attr: Tensor, reverse: Callable[[Tensor], Tensor], node_term: Tensor
     ) -> Tensor:
         h_self, h_rev = self.lin_pair(edge_attr).chunk(2, dim=-1)
-        h = self.act(h_self + reverse(h_rev) + node_term)
+        return self._finish(edge_attr, self.act(h_self + reverse(h_rev) + node_term))
+
+    def _finish(self, edge_attr: Tensor, h: Tensor) -> Tensor:
         e = self.norm0(edge_attr + self.dropout(self.lin_out(h)))
         out: Tensor = self.norm1(e + self.mlp(e))
+        return out
+
+    def forward_blocks_native(
+        self, blocks: Sequence[Tensor], a: Tensor, b: Tensor, node_offsets: Sequence[int]
+    ) -> list[Tensor]:
+        """The update of every ``[B, 2, n_{l+1}, n_l, d]`` block with the activation of both
+        directions by :func:`nngraph_layers._native.edge_gelu` (the pair GEMM without its bias,
+        which goes into the node terms; no flip, no stacked node terms)."""
+        weight, bias = self.lin_pair.weight, self.lin_pair.bias
+        c = bias[: self.hidden_dim] + bias[self.hidden_dim :]
+        out = []
+        for layer, e_blk in enumerate(blocks):
+            src = slice(node_offsets[layer], node_offsets[layer + 1])
+            dst = slice(node_offsets[layer + 1], node_offsets[layer + 2])
+            # direction 0 (source -> target): receiver term a at the target, sender b at the
+            # source; direction 1 the other way round
+            t_o = torch.stack([a[:, dst] + c, b[:, dst]], dim=1)
+            t_i = torch.stack([b[:, src], a[:, src] + c], dim=1)
+            h = _native.edge_gelu(F.linear(e_blk, weight), t_o, t_i)
+            out.append(self._finish(e_blk, h))
         return out
 
 
@@ -209,6 +233,8 @@ class RTLayer(nn.Module):
             return x, list(edge_attr)
         a, b = self.edge_update.node_terms(x)
         no = layout.node_offsets
+        if _native.use_native(self.attention.kernel, [x, *edge_attr]):
+            return x, self.edge_update.forward_blocks_native(edge_attr, a, b, no)
         out = []
         for layer, e_blk in enumerate(edge_attr):
             src, dst = slice(no[layer], no[layer + 1]), slice(no[layer + 1], no[layer + 2])
