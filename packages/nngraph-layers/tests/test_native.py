@@ -342,3 +342,40 @@ def test_ngt_uses_the_kernel_only_where_it_applies(native: None) -> None:
     with pytest.raises(ValueError, match="kernel must be"):
         RelationalAttention(8, 4, kernel="gpu")  # type: ignore[arg-type]
     assert "kernel='auto'" in repr(att)
+
+
+# -- NG-T: edge-update activation -----------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(**SIZES, scale=st.sampled_from([1.0, 4.0, 30.0]))
+def test_edge_gelu_equals_torch(
+    native: None, b: int, no: int, ni: int, d: int, scale: float, seed: int
+) -> None:
+    """Both directions, values and gradients of all three inputs, also far in the tails."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(
+        (scale * torch.randn(*s, generator=g)).requires_grad_()
+        for s in ((b, 2, no, ni, 2 * d), (b, 2, no, d), (b, 2, ni, d))
+    )
+    weights = (torch.randn(b, 2, no, ni, d, generator=g),)
+    out = _native.edge_gelu(*inputs)
+    ref = _native.reference_edge_gelu(*inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    for a, r in zip(_grads((out,), weights, inputs), _grads((ref,), weights, inputs), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_on_a_dense_grid_of_inputs(native: None) -> None:
+    """The erfc fit and the polynomial exponential against torch's exact GELU and its
+    derivative over [-20, 20] (and the extremes of float32)."""
+    x = torch.cat([torch.linspace(-20, 20, 240_001), torch.tensor([-3e38, -88.0, 88.0, 3e38])])
+    pair = torch.zeros(1, 2, 1, x.numel(), 2)
+    pair[0, 0, 0, :, 0] = x
+    pair.requires_grad_()
+    t_o, t_i = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, x.numel(), 1)
+    out = _native.edge_gelu(pair, t_o, t_i)
+    (grad,) = torch.autograd.grad(out[0, 0, 0, :, 0].sum(), pair)
+    xd = x.double().requires_grad_()
+    exact = torch.nn.functional.gelu(xd)
+    (dexact,) = torch.autograd.grad(exact.sum(), xd)
+    torch.testing.assert_close(out[0, 0, 0, :, 0].double(), exact.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad[0, 0, 0, :, 0].double(), dexact, rtol=1e-5, atol=1e-6)

@@ -538,8 +538,10 @@ static inline float normal_cdf(float x, float *pdf) {
     y = y * t + 0.37409196f;
     y = y * t + 1.00002368f;
     y = y * t - 1.26551223f;
-    float erfc = t * exp_poly(y - z * z);
-    *pdf = 0.39894228040143268f * exp_poly(-0.5f * x * x);
+    /* exp_poly clamps its argument at -87: below that both factors are exactly 0 here */
+    float ae = y - z * z, ap = -0.5f * x * x;
+    float erfc = ae < -87.0f ? 0.0f : t * exp_poly(ae);
+    *pdf = ap < -87.0f ? 0.0f : 0.39894228040143268f * exp_poly(ap);
     return x >= 0.0f ? 1.0f - 0.5f * erfc : 0.5f * erfc;
 }
 
