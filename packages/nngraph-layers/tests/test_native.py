@@ -379,3 +379,59 @@ def test_gelu_on_a_dense_grid_of_inputs(native: None) -> None:
     (dexact,) = torch.autograd.grad(exact.sum(), xd)
     torch.testing.assert_close(out[0, 0, 0, :, 0].double(), exact.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad[0, 0, 0, :, 0].double(), dexact, rtol=1e-5, atol=1e-6)
+
+
+# -- NG-T: residual + dropout + LayerNorm -----------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 600),
+    c=st.integers(4, 40),
+    p=st.sampled_from([0.0, 0.1, 0.5, 0.95]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_residual_layer_norm_equals_torch(
+    native: None, rows: int, c: int, p: float, seed: int
+) -> None:
+    """Values and gradients of all five tensors against the torch formula with the same hash
+    mask, computed in float64 (rows across several parallel blocks, channels not a multiple of
+    the vector width)."""
+    g = torch.Generator().manual_seed(seed % 2**16)
+    inputs = tuple(
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((rows, c), (c,), (rows, c), (c,), (c,))
+    )
+    exact = tuple(t.detach().double().requires_grad_() for t in inputs)
+    out = _native._res_ln(*inputs, 1e-5, p, seed)
+    ref = _native.reference_residual_layer_norm(*exact, 1e-5, p, seed)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    weights = (torch.randn(rows, c, generator=g),)
+    grads = _grads((out,), weights, inputs)
+    for a, r in zip(grads, _grads((ref,), (weights[0].double(),), exact), strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4)
+
+
+def test_hash_dropout_statistics_and_seed() -> None:
+    """The hash mask drops the asked fraction, independently between neighbours, and the
+    public function draws its seed from torch's generator (reproducible, fresh per call)."""
+    threshold, scale = _native._dropout_threshold(0.3)
+    keep = _native.hash_keep_mask(1_000_000, 77, threshold)
+    assert abs(1 - keep.float().mean().item() - 0.3) < 3e-3
+    pairs = keep.view(-1, 2)
+    assert abs((~pairs[:, 0] & ~pairs[:, 1]).float().mean().item() - 0.09) < 3e-3
+    assert scale == pytest.approx(1 / 0.7, rel=1e-6)
+    assert not torch.equal(keep, _native.hash_keep_mask(1_000_000, 78, threshold))
+
+
+def test_residual_layer_norm_module_form(native: None) -> None:
+    norm = torch.nn.LayerNorm(8)
+    z, b, r = torch.randn(50, 8), torch.randn(8), torch.randn(50, 8)
+    torch.testing.assert_close(_native.residual_layer_norm(z, b, r, norm), norm(r + z + b))
+    torch.manual_seed(3)
+    a = _native.residual_layer_norm(z, b, r, norm, 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(a, _native.residual_layer_norm(z, b, r, norm, 0.5))
+    assert not torch.equal(a, _native.residual_layer_norm(z, b, r, norm, 0.5))
+    with pytest.raises(ValueError, match="drop probability"):
+        _native.residual_layer_norm(z, b, r, norm, 1.0)
+    with pytest.raises(ValueError, match="affine"):
+        _native.residual_layer_norm(z, b, r, torch.nn.LayerNorm(8, elementwise_affine=False))

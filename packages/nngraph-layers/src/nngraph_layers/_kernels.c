@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 4
+#define KERNEL_VERSION 5
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -630,4 +630,130 @@ void ngt_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t hd,
                   float *RESTRICT dTi) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < B; b++) ngt_edge_bwd_one(b, no, ni, hd, L, To, Ti, dout, dL, dTo, dTi);
+}
+
+/* ---- residual + bias + dropout + LayerNorm (NG-T edge update) ----------------------------- */
+
+/* y = LayerNorm(res + drop(z + bias)) * gamma + beta over the C channels of each of R rows,
+ * with drop(t) = t * keep * scale. The dropout mask is a hash of the element's index and a
+ * seed (drawn from torch's generator by the caller), so the backward recomputes it instead of
+ * storing it: keep = lowbias32(index * golden + seed) >= thresh (thresh = 0: no dropout). */
+static inline uint32_t drop_hash(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+#define RES_LN_BLOCK 256 /* rows per block: the unit of parallel work and of gradient partials */
+
+static inline __attribute__((always_inline)) void res_ln_row(
+    int64_t C, int64_t r, const float *RESTRICT z, const float *RESTRICT bias,
+    const float *RESTRICT res, uint32_t seed, uint32_t thresh, float scale, float *RESTRICT u) {
+    IVDEP
+    for (int64_t c = 0; c < C; c++) {
+        uint32_t h = drop_hash((uint32_t)(r * C + c) * 0x9E3779B9U + seed);
+        float k = h >= thresh ? scale : 0.0f;
+        u[c] = res[c] + (z[c] + bias[c]) * k;
+    }
+}
+
+static NOINLINE void res_ln_fwd_block(int64_t blk, int64_t R, int64_t C, const float *RESTRICT Z,
+                                      const float *RESTRICT bias, const float *RESTRICT Res,
+                                      uint32_t seed, uint32_t thresh, float scale,
+                                      const float *RESTRICT gamma, const float *RESTRICT beta,
+                                      float eps, float *RESTRICT Y, float *RESTRICT stats) {
+    int64_t end = (blk + 1) * RES_LN_BLOCK < R ? (blk + 1) * RES_LN_BLOCK : R;
+    for (int64_t r = blk * RES_LN_BLOCK; r < end; r++) {
+        float *RESTRICT y = Y + r * C;
+        res_ln_row(C, r, Z + r * C, bias, Res + r * C, seed, thresh, scale, y);
+        float mean = 0.0f, var = 0.0f;
+        SIMD_SUM(mean)
+        for (int64_t c = 0; c < C; c++) mean += y[c];
+        mean /= (float)C;
+        SIMD_SUM(var)
+        for (int64_t c = 0; c < C; c++) var += (y[c] - mean) * (y[c] - mean);
+        const float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        IVDEP
+        for (int64_t c = 0; c < C; c++) y[c] = (y[c] - mean) * rstd * gamma[c] + beta[c];
+        stats[2 * r] = mean;
+        stats[2 * r + 1] = rstd;
+    }
+}
+
+/* Z, Res [R,C], bias, gamma, beta [C] -> Y [R,C], stats [R,2] (mean, 1/std). */
+void res_ln_fwd(int threads, int64_t R, int64_t C, const float *RESTRICT Z,
+                const float *RESTRICT bias, const float *RESTRICT Res, uint32_t seed,
+                uint32_t thresh, float scale, const float *RESTRICT gamma,
+                const float *RESTRICT beta, float eps, float *RESTRICT Y, float *RESTRICT stats) {
+    const int64_t nblk = (R + RES_LN_BLOCK - 1) / RES_LN_BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t blk = 0; blk < nblk; blk++)
+        res_ln_fwd_block(blk, R, C, Z, bias, Res, seed, thresh, scale, gamma, beta, eps, Y, stats);
+}
+
+static NOINLINE void res_ln_bwd_block(int64_t blk, int64_t R, int64_t C, const float *RESTRICT Z,
+                                      const float *RESTRICT bias, const float *RESTRICT Res,
+                                      uint32_t seed, uint32_t thresh, float scale,
+                                      const float *RESTRICT gamma, const float *RESTRICT stats,
+                                      const float *RESTRICT dY, float *RESTRICT dZ,
+                                      float *RESTRICT dRes, float *RESTRICT part,
+                                      float *RESTRICT u) {
+    float *RESTRICT dgamma = part + blk * 3 * C, *RESTRICT dbeta = dgamma + C,
+                    *RESTRICT dbias = dgamma + 2 * C;
+    for (int64_t c = 0; c < 3 * C; c++) dgamma[c] = 0.0f;
+    int64_t end = (blk + 1) * RES_LN_BLOCK < R ? (blk + 1) * RES_LN_BLOCK : R;
+    for (int64_t r = blk * RES_LN_BLOCK; r < end; r++) {
+        const float *RESTRICT dy = dY + r * C;
+        const float mean = stats[2 * r], rstd = stats[2 * r + 1];
+        res_ln_row(C, r, Z + r * C, bias, Res + r * C, seed, thresh, scale, u);
+        float sg = 0.0f, sgx = 0.0f;
+        SIMD_SUM(sg)
+        for (int64_t c = 0; c < C; c++) sg += dy[c] * gamma[c];
+        SIMD_SUM(sgx)
+        for (int64_t c = 0; c < C; c++) sgx += dy[c] * gamma[c] * ((u[c] - mean) * rstd);
+        sg /= (float)C;
+        sgx /= (float)C;
+        float *RESTRICT dz = dZ + r * C, *RESTRICT dres = dRes + r * C;
+        IVDEP
+        for (int64_t c = 0; c < C; c++) {
+            const float xh = (u[c] - mean) * rstd;
+            const float du = rstd * (dy[c] * gamma[c] - sg - xh * sgx);
+            uint32_t h = drop_hash((uint32_t)(r * C + c) * 0x9E3779B9U + seed);
+            const float k = h >= thresh ? scale : 0.0f;
+            dres[c] = du;
+            dz[c] = du * k;
+            dgamma[c] += dy[c] * xh;
+            dbeta[c] += dy[c];
+            dbias[c] += du * k;
+        }
+    }
+}
+
+/* Gradient of res_ln_fwd: dY -> dZ, dRes [R,C] and per block of RES_LN_BLOCK rows the partial
+ * sums part [nblk, 3, C] of dgamma, dbeta, dbias (summed by the caller: the result does not
+ * depend on the thread count). Returns -1 when scratch memory ran out. */
+int res_ln_bwd(int threads, int64_t R, int64_t C, const float *RESTRICT Z,
+               const float *RESTRICT bias, const float *RESTRICT Res, uint32_t seed,
+               uint32_t thresh, float scale, const float *RESTRICT gamma,
+               const float *RESTRICT stats, const float *RESTRICT dY, float *RESTRICT dZ,
+               float *RESTRICT dRes, float *RESTRICT part) {
+    const int64_t nblk = (R + RES_LN_BLOCK - 1) / RES_LN_BLOCK;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *u = (float *)malloc(sizeof(float) * (size_t)C);
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            if (u)
+                res_ln_bwd_block(blk, R, C, Z, bias, Res, seed, thresh, scale, gamma, stats, dY,
+                                 dZ, dRes, part, u);
+            else
+                failed = 1;
+        }
+        free(u);
+    }
+    return failed ? -1 : 0;
 }

@@ -14,6 +14,10 @@ way (forward and backward):
 - :func:`edge_gelu`: NG-T's edge-update activation
   :math:`\mathrm{GELU}(h_{ij} + h'_{ji} + t_i + t_j)` of both directions of a weight (the pair
   GEMM's own half, the reverse pair's other half, node terms), without torch's flip and stack;
+- :func:`residual_layer_norm`: :math:`\mathrm{LN}(\mathbf r + \mathrm{Dropout}(\mathbf z +
+  \mathbf b))`, the end of both halves of NG-T's edge update, in one pass each way; the dropout
+  mask is a hash of the element's index and a seed drawn from torch's generator, recomputed in
+  the backward instead of stored;
 - :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
   both directions (scores, softmax numerators and denominators, the attention-weighted values
   and pair features per receiver) from the pair terms of one GEMM, without materialising any
@@ -55,6 +59,8 @@ __all__ = [
     "reference_edge_activation",
     "reference_edge_gelu",
     "reference_message_stats",
+    "reference_residual_layer_norm",
+    "residual_layer_norm",
     "use_native",
 ]
 
@@ -62,7 +68,7 @@ __all__ = [
 #: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
 Kernel = Literal["auto", "native", "torch"]
 
-_VERSION = 4  # KERNEL_VERSION in the C source
+_VERSION = 5  # KERNEL_VERSION in the C source
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
@@ -158,6 +164,46 @@ def reference_edge_gelu(pair: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
     return torch.nn.functional.gelu(own + rev.flip(1) + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
 
 
+_GOLDEN = 0x9E3779B9
+_U32 = 0xFFFFFFFF
+
+
+def hash_keep_mask(n: int, seed: int, threshold: int) -> Tensor:
+    """The dropout keep mask of :func:`residual_layer_norm` for ``n`` elements, in torch: element
+    ``k`` is kept when ``lowbias32((k * 0x9E3779B9 + seed) mod 2^32) >= threshold``."""
+    x = (torch.arange(n, dtype=torch.int64) * _GOLDEN + seed) & _U32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _U32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _U32
+    x = x ^ (x >> 16)
+    return x >= threshold
+
+
+def _dropout_threshold(p: float) -> tuple[int, float]:
+    """``(threshold, scale)`` of a 32-bit hash dropout with drop probability ``p`` (< 1)."""
+    threshold = min(round(p * 2**32), 2**32 - 1)
+    return threshold, 2**32 / (2**32 - threshold)
+
+
+def reference_residual_layer_norm(
+    z: Tensor,
+    bias: Tensor,
+    res: Tensor,
+    weight: Tensor,
+    ln_bias: Tensor,
+    eps: float,
+    p: float,
+    seed: int,
+) -> Tensor:
+    """The torch formula of :func:`residual_layer_norm` with the same mask (``p`` the drop
+    probability, ``seed`` as the kernel gets it)."""
+    threshold, scale = _dropout_threshold(p)
+    keep = hash_keep_mask(z.numel(), seed, threshold).view(z.shape)
+    u = res + (z + bias) * (keep * scale).to(z.dtype)
+    return torch.nn.functional.layer_norm(u, (z.shape[-1],), weight, ln_bias, eps)
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sizes = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
@@ -175,6 +221,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ngt_edge_fwd.argtypes = [*sizes, *[p] * 4]
     lib.ngt_edge_bwd.argtypes = [*sizes, *[p] * 7]
     lib.ngt_edge_fwd.restype = lib.ngt_edge_bwd.restype = None
+    u32, f32 = ctypes.c_uint32, ctypes.c_float
+    # threads, R, C, Z, bias, Res, seed, thresh, scale, gamma, ...
+    ln = [i32, i64, i64, p, p, p, u32, u32, f32, p]
+    lib.res_ln_fwd.argtypes = [*ln, p, f32, p, p]
+    lib.res_ln_bwd.argtypes = [*ln, p, p, p, p, p]
+    lib.res_ln_fwd.restype = None
+    lib.res_ln_bwd.restype = ctypes.c_int
     for name in ("ngnn_kernel_version", "ngnn_kernel_openmp"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
@@ -204,6 +257,9 @@ def _self_check() -> None:
         (attention_block, reference_attention_block, (pair, e, qkv), (1, 6, heads, 0.3),
          (attn_w[0], *attn_w[:3], attn_w[3], *attn_w[3:])),
         (edge_gelu, reference_edge_gelu, (3 * rnd(b, 2, no, ni, 2 * d), t_o, t_i), (),
+         (rnd(b, 2, no, ni, d, grad=False),)),
+        (_res_ln, reference_residual_layer_norm,
+         (h, rnd(d), rnd(b, 2, no, ni, d), rnd(d), rnd(d)), (1e-5, 0.3, 12345),
          (rnd(b, 2, no, ni, d, grad=False),)),
     ]  # fmt: skip
     checks = []
@@ -483,6 +539,83 @@ def edge_gelu(pair: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
     Chebyshev fit of erfc with fractional error < 1.2e-7 and a polynomial exponential)."""
     out: Tensor = _EdgeGelu.apply(pair, t_o, t_i)
     return out
+
+
+class _ResidualLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: Tensor,
+        bias: Tensor,
+        res: Tensor,
+        weight: Tensor,
+        ln_bias: Tensor,
+        eps: float,
+        p: float,
+        seed: int,
+    ) -> Tensor:
+        c = z.shape[-1]
+        _check("z", z, tuple(z.shape))
+        for name, t, shape in (
+            ("bias", bias, (c,)), ("res", res, tuple(z.shape)), ("weight", weight, (c,)),
+            ("ln_bias", ln_bias, (c,)),
+        ):  # fmt: skip
+            _check(name, t, shape)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"residual_layer_norm: drop probability must be in [0, 1), got {p}")
+        threshold, scale = _dropout_threshold(p)
+        z, res = z.contiguous(), res.contiguous()
+        rows = z.numel() // c
+        y, stats = torch.empty_like(z), z.new_empty(rows, 2)
+        _lib().res_ln_fwd(
+            torch.get_num_threads(), rows, c, z.data_ptr(), bias.contiguous().data_ptr(),
+            res.data_ptr(), seed & _U32, threshold, scale, weight.contiguous().data_ptr(),
+            ln_bias.contiguous().data_ptr(), eps, y.data_ptr(), stats.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(z, bias, res, weight, stats)
+        ctx.meta = (seed & _U32, threshold, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        z, bias, res, weight, stats = ctx.saved_tensors
+        seed, threshold, scale = ctx.meta
+        c = z.shape[-1]
+        rows = z.numel() // c
+        blocks = (rows + 255) // 256  # RES_LN_BLOCK
+        dy = dy.contiguous()
+        dz, dres, part = torch.empty_like(z), torch.empty_like(z), z.new_empty(blocks, 3, c)
+        rc = _lib().res_ln_bwd(
+            torch.get_num_threads(), rows, c, z.data_ptr(), bias.contiguous().data_ptr(),
+            res.data_ptr(), seed, threshold, scale, weight.contiguous().data_ptr(),
+            stats.data_ptr(), dy.data_ptr(), dz.data_ptr(), dres.data_ptr(), part.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("residual_layer_norm: the kernel could not allocate scratch memory")
+        dweight, dln_bias, dbias = part.sum(0).unbind(0)
+        return dz, dbias, dres, dweight, dln_bias, None, None, None
+
+
+def _res_ln(
+    z: Tensor, bias: Tensor, res: Tensor, weight: Tensor, ln_bias: Tensor, eps: float, p: float,
+    seed: int,
+) -> Tensor:  # fmt: skip
+    out: Tensor = _ResidualLayerNorm.apply(z, bias, res, weight, ln_bias, eps, p, seed)
+    return out
+
+
+def residual_layer_norm(
+    z: Tensor, bias: Tensor, res: Tensor, norm: torch.nn.LayerNorm, p: float = 0.0
+) -> Tensor:
+    """``norm(res + dropout(z + bias, p))`` by the C kernel (float32 CPU tensors, ``norm`` over
+    the last dimension with an affine weight and bias; ``p`` the drop probability in [0, 1),
+    0 when not training). The mask comes from a 32-bit hash of each element's index and a seed
+    drawn from torch's default generator (so ``torch.manual_seed`` reproduces it): a different
+    mask than ``torch.nn.Dropout`` would draw, with the same distribution."""
+    if norm.weight is None or norm.bias is None:
+        raise ValueError("residual_layer_norm needs a LayerNorm with an affine weight and bias")
+    seed = int(torch.randint(0, 2**32, (1,), dtype=torch.int64)) if p > 0 else 0
+    return _res_ln(z, bias, res, norm.weight, norm.bias, norm.eps, p, seed)
 
 
 def use_native(kernel: str, tensors: Sequence[Tensor]) -> bool:

@@ -100,9 +100,10 @@ class EdgeUpdate(nn.Module):
     def forward_blocks_native(
         self, blocks: Sequence[Tensor], a: Tensor, b: Tensor, node_offsets: Sequence[int]
     ) -> list[Tensor]:
-        """The update of every ``[B, 2, n_{l+1}, n_l, d]`` block with the activation of both
-        directions by :func:`nngraph_layers._native.edge_gelu` (the pair GEMM without its bias,
-        which goes into the node terms; no flip, no stacked node terms)."""
+        """The update of every ``[B, 2, n_{l+1}, n_l, d]`` block through the C kernels: the
+        activation of both directions by :func:`nngraph_layers._native.edge_gelu` (the pair
+        GEMM without its bias, which goes into the node terms; no flip, no stacked node terms)
+        and each residual + LayerNorm by :func:`nngraph_layers._native.residual_layer_norm`."""
         weight, bias = self.lin_pair.weight, self.lin_pair.bias
         c = bias[: self.hidden_dim] + bias[self.hidden_dim :]
         out = []
@@ -114,8 +115,22 @@ class EdgeUpdate(nn.Module):
             t_o = torch.stack([a[:, dst] + c, b[:, dst]], dim=1)
             t_i = torch.stack([b[:, src], a[:, src] + c], dim=1)
             h = _native.edge_gelu(F.linear(e_blk, weight), t_o, t_i)
-            out.append(self._finish(e_blk, h))
+            out.append(self._finish_native(e_blk, h))
         return out
+
+    def _finish_native(self, edge_attr: Tensor, h: Tensor) -> Tensor:
+        """:meth:`_finish` with bias + dropout + residual + LayerNorm as one kernel pass each
+        (:func:`nngraph_layers._native.residual_layer_norm`; its own dropout masks)."""
+        p0 = self.dropout.p if self.training else 0.0
+        p1 = self.mlp[3].p if self.training else 0.0
+        if max(p0, p1) >= 1.0:
+            return self._finish(edge_attr, h)
+        lin_out, first, act, second = self.lin_out, self.mlp[0], self.mlp[1], self.mlp[2]
+        e = _native.residual_layer_norm(
+            F.linear(h, lin_out.weight), lin_out.bias, edge_attr, self.norm0, p0
+        )
+        z = F.linear(act(first(e)), second.weight)
+        return _native.residual_layer_norm(z, second.bias, e, self.norm1, p1)
 
 
 class RTLayer(nn.Module):
