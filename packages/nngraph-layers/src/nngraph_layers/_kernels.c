@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 5
+#define KERNEL_VERSION 6
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -302,29 +302,169 @@ void ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
  * source node layer (nodes src_off..src_off+n_i of each graph) and the target layer
  * (dst_off..dst_off+n_o), with pairs in both directions: direction 0 (u -> w along the weight,
  * receivers the targets) and direction 1 (w -> u, receivers the sources). Inputs, per graph b:
- *   P   [B,2,n_o,n_i,3A]  the pair terms W_e e of the queries, keys and value modulation
- *                         (q_e | k_e | m_e), one GEMM done by torch;
- *   E   [B,2,n_o,n_i,de]  the pair features themselves;
+ *   E   [B,2,n_o,n_i,de]  the pair features;
+ *   Wt  [de,3A]           the transposed pair weights (q_e | k_e | m_e), W [3A,de] the same;
  *   QKV [B,N,3A]          the node terms (q | k | v) of all nodes.
- * For a receiver r and each sender s of its block, per head h (width dh = A / H):
+ * For a receiver r and each sender s of its block, with the pair terms P = W e (computed here,
+ * a receiver's rows at a time, in a cache-resident buffer: the [B,2,n_o,n_i,3A] tensor of pair
+ * terms never goes to memory, which is what bounded the step when torch produced it), per
+ * head h (width dh = A / H):
  *   score_h = scale * sum_{t in h} (q_r + q_e)_t (k_s + k_e)_t,   p_h = exp(score_h - mx_h)
  * with mx_h the receiver's maximum score in this block, and the outputs are the block's partial
  * softmax sums (merged over the receiver's blocks by the caller):
  *   mx [H], den [H] = sum_s p_h, num [A] = sum_s p_h (v_s * m_e)_t, es [H,de] = sum_s p_h e.
- * The same receiver function serves both directions: only the row stride between the senders'
- * pair rows differs (1 row for direction 0, n_i rows for direction 1). */
+ * Each pair's p is kept (S [B,2,n_o,n_i,H]) for the backward, which recomputes P. The same
+ * receiver code serves both directions: a receiver's pair rows are gathered first (direction 0:
+ * consecutive rows; direction 1: every n_i-th row). */
 
+/* 16 floats; unaligned loads and stores (GCC / Clang vector extension: AVX-512 registers with
+ * -march=native on such CPUs, pairs of AVX2 registers or quadruples of SSE ones elsewhere) */
+typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
+#define VL(p) (*(const vf16 *)(p))
+#define VS(p, v) (*(vf16 *)(p) = (v))
+
+/* O[j, 0:M] = sum_c X[j, c] Wt[c, 0:M] for the n rows of X [n, K]: two rows at a time share
+ * the loads of Wt, 8 vectors of columns per pass (16 accumulators in registers). */
+static void rows_times_wt(int64_t n, int64_t K, int64_t M, const float *RESTRICT X,
+                          const float *RESTRICT Wt, float *RESTRICT O) {
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const float *x0 = X + j * K, *x1 = x0 + K;
+        float *o0 = O + j * M, *o1 = o0 + M;
+        int64_t m = 0;
+        for (; m + 128 <= M; m += 128) {
+            vf16 a[8], b[8];
+            for (int v = 0; v < 8; v++) a[v] = b[v] = (vf16){0};
+            for (int64_t c = 0; c < K; c++) {
+                const float *w = Wt + c * M + m;
+                const vf16 s0 = (vf16){0} + x0[c], s1 = (vf16){0} + x1[c];
+                for (int v = 0; v < 8; v++) {
+                    const vf16 wv = VL(w + 16 * v);
+                    a[v] += s0 * wv;
+                    b[v] += s1 * wv;
+                }
+            }
+            for (int v = 0; v < 8; v++) {
+                VS(o0 + m + 16 * v, a[v]);
+                VS(o1 + m + 16 * v, b[v]);
+            }
+        }
+        for (; m < M; m++) {
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int64_t c = 0; c < K; c++) {
+                s0 += x0[c] * Wt[c * M + m];
+                s1 += x1[c] * Wt[c * M + m];
+            }
+            o0[m] = s0;
+            o1[m] = s1;
+        }
+    }
+    for (; j < n; j++) {
+        const float *x0 = X + j * K;
+        float *o0 = O + j * M;
+        for (int64_t m = 0; m < M; m++) o0[m] = 0.0f;
+        for (int64_t c = 0; c < K; c++) {
+            const float s = x0[c];
+            const float *w = Wt + c * M;
+            IVDEP
+            for (int64_t m = 0; m < M; m++) o0[m] += s * w[m];
+        }
+    }
+}
+
+/* D[j, 0:K] += sum_d G[j, d] W[d, 0:K] for the n rows of G [n, M] (W [M, K]); four rows at a
+ * time share the loads of W (8 accumulators for K = 32). */
+static void rows_times_w(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
+                         const float *RESTRICT W, float *RESTRICT D) {
+    int64_t j = 0;
+    if (K == 32) {
+        for (; j + 4 <= n; j += 4) {
+            vf16 a[4][2];
+            for (int r = 0; r < 4; r++) {
+                a[r][0] = VL(D + (j + r) * K);
+                a[r][1] = VL(D + (j + r) * K + 16);
+            }
+            for (int64_t d = 0; d < M; d++) {
+                const vf16 w0 = VL(W + d * K), w1 = VL(W + d * K + 16);
+                for (int r = 0; r < 4; r++) {
+                    const vf16 s = (vf16){0} + G[(j + r) * M + d];
+                    a[r][0] += s * w0;
+                    a[r][1] += s * w1;
+                }
+            }
+            for (int r = 0; r < 4; r++) {
+                VS(D + (j + r) * K, a[r][0]);
+                VS(D + (j + r) * K + 16, a[r][1]);
+            }
+        }
+    }
+    for (; j < n; j++) {
+        float *RESTRICT dj = D + j * K;
+        for (int64_t d = 0; d < M; d++) {
+            const float s = G[j * M + d];
+            const float *RESTRICT w = W + d * K;
+            IVDEP
+            for (int64_t c = 0; c < K; c++) dj[c] += s * w[c];
+        }
+    }
+}
+
+/* Acc[d, 0:K] += sum_j G[j, d] X[j, 0:K] (the weight gradient): four d at a time share the
+ * loads of X (8 accumulators for K = 32). */
+static void accumulate_gt_x(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
+                            const float *RESTRICT X, float *RESTRICT Acc) {
+    int64_t d = 0;
+    if (K == 32) {
+        for (; d + 4 <= M; d += 4) {
+            vf16 a[4][2];
+            for (int r = 0; r < 4; r++) {
+                a[r][0] = VL(Acc + (d + r) * K);
+                a[r][1] = VL(Acc + (d + r) * K + 16);
+            }
+            for (int64_t j = 0; j < n; j++) {
+                const vf16 x0 = VL(X + j * K), x1 = VL(X + j * K + 16);
+                for (int r = 0; r < 4; r++) {
+                    const vf16 s = (vf16){0} + G[j * M + d + r];
+                    a[r][0] += s * x0;
+                    a[r][1] += s * x1;
+                }
+            }
+            for (int r = 0; r < 4; r++) {
+                VS(Acc + (d + r) * K, a[r][0]);
+                VS(Acc + (d + r) * K + 16, a[r][1]);
+            }
+        }
+    }
+    for (; d < M; d++) {
+        float *RESTRICT acc = Acc + d * K;
+        for (int64_t j = 0; j < n; j++) {
+            const float s = G[j * M + d];
+            const float *RESTRICT x = X + j * K;
+            IVDEP
+            for (int64_t c = 0; c < K; c++) acc[c] += s * x[c];
+        }
+    }
+}
+
+/* the ns pair rows of a receiver: rows row0 + j * rstride of E, gathered into Eb [ns, de] */
+static inline void gather_rows(int64_t ns, int64_t de, const float *RESTRICT E, int64_t row0,
+                               int64_t rstride, float *RESTRICT Eb) {
+    for (int64_t j = 0; j < ns; j++)
+        memcpy(Eb + j * de, E + (row0 + j * rstride) * de, sizeof(float) * (size_t)de);
+}
+
+/* Forward of one receiver from its gathered pair rows Eb and pair terms Pb (see above). */
 static inline __attribute__((always_inline)) void attn_recv_fwd(
-    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
-    const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
-    const float *RESTRICT kv, float *RESTRICT S, float *RESTRICT tmp, float *RESTRICT mx,
+    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT Pb,
+    const float *RESTRICT Eb, float *RESTRICT S, int64_t row0, int64_t rstride,
+    const float *RESTRICT q, const float *RESTRICT kv, float *RESTRICT tmp, float *RESTRICT mx,
     float *RESTRICT den, float *RESTRICT num, float *RESTRICT es) {
     const int64_t dh = A / H, A3 = 3 * A;
     for (int64_t h = 0; h < H; h++) mx[h] = -INFINITY;
     for (int64_t j = 0; j < ns; j++) {
-        const float *RESTRICT pr = P + (row0 + j * rstride) * A3;
-        float *RESTRICT s = S + (row0 + j * rstride) * H;
+        const float *RESTRICT pr = Pb + j * A3;
         const float *RESTRICT kj = kv + j * A3;
+        float *RESTRICT s = S + (row0 + j * rstride) * H;
         for (int64_t d = 0; d < A; d++) tmp[d] = (q[d] + pr[d]) * (kj[d] + pr[A + d]);
         for (int64_t h = 0; h < H; h++) {
             float acc = 0.0f;
@@ -339,8 +479,8 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
     for (int64_t d = 0; d < A; d++) num[d] = 0.0f;
     for (int64_t c = 0; c < H * de; c++) es[c] = 0.0f;
     for (int64_t j = 0; j < ns; j++) {
-        const float *RESTRICT pr = P + (row0 + j * rstride) * A3 + 2 * A;
-        const float *RESTRICT er = E + (row0 + j * rstride) * de;
+        const float *RESTRICT pr = Pb + j * A3 + 2 * A;
+        const float *RESTRICT er = Eb + j * de;
         const float *RESTRICT vj = kv + j * A3 + A;
         float *RESTRICT s = S + (row0 + j * rstride) * H;
         for (int64_t h = 0; h < H; h++) {
@@ -355,79 +495,100 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
     }
 }
 
+/* per-thread scratch: Eb [n, de], Pb [n, 3A], dPb [n, 3A], dEb [n, de], and 3 rows of A */
+typedef struct {
+    float *eb, *pb, *dpb, *deb, *tmp;
+} attn_scratch;
+
+static int attn_scratch_alloc(attn_scratch *s, int64_t n, int64_t A, int64_t de) {
+    size_t total = (size_t)(2 * n * de + 2 * n * 3 * A + 3 * A);
+    float *m = (float *)malloc(sizeof(float) * total);
+    s->eb = m;
+    if (!m) return 0;
+    s->deb = m + n * de;
+    s->pb = s->deb + n * de;
+    s->dpb = s->pb + n * 3 * A;
+    s->tmp = s->dpb + n * 3 * A;
+    return 1;
+}
+
 static NOINLINE void attn_fwd_one(int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                                   int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
-                                  const float *RESTRICT P, const float *RESTRICT E,
+                                  const float *RESTRICT E, const float *RESTRICT Wt,
                                   const float *RESTRICT QKV, float *RESTRICT S,
-                                  float *RESTRICT mx_o,
-                                  float *RESTRICT den_o, float *RESTRICT num_o,
-                                  float *RESTRICT es_o, float *RESTRICT mx_i,
-                                  float *RESTRICT den_i, float *RESTRICT num_i,
-                                  float *RESTRICT es_i, float *RESTRICT scratch) {
+                                  float *RESTRICT mx_o, float *RESTRICT den_o,
+                                  float *RESTRICT num_o, float *RESTRICT es_o,
+                                  float *RESTRICT mx_i, float *RESTRICT den_i,
+                                  float *RESTRICT num_i, float *RESTRICT es_i,
+                                  const attn_scratch *sc) {
     const int64_t A3 = 3 * A;
     const float *node = QKV + b * N * A3;
-    for (int64_t o = 0; o < no; o++) {  /* direction 0: target o receives from sources i */
-        int64_t r = b * no + o;
-        attn_recv_fwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
-                      node + (dst_off + o) * A3, node + src_off * A3 + A, S, scratch, mx_o + r * H,
-                      den_o + r * H, num_o + r * A, es_o + r * H * de);
+    for (int64_t o = 0; o < no; o++) { /* direction 0: target o receives from sources i */
+        const int64_t r = b * no + o, row0 = (b * 2 * no + o) * ni;
+        gather_rows(ni, de, E, row0, 1, sc->eb);
+        rows_times_wt(ni, de, A3, sc->eb, Wt, sc->pb);
+        attn_recv_fwd(A, H, de, scale, ni, sc->pb, sc->eb, S, row0, 1, node + (dst_off + o) * A3,
+                      node + src_off * A3 + A, sc->tmp, mx_o + r * H, den_o + r * H,
+                      num_o + r * A, es_o + r * H * de);
     }
-    for (int64_t i = 0; i < ni; i++) {  /* direction 1: source i receives from targets o */
-        int64_t r = b * ni + i;
-        attn_recv_fwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
-                      node + (src_off + i) * A3, node + dst_off * A3 + A, S, scratch, mx_i + r * H,
+    for (int64_t i = 0; i < ni; i++) { /* direction 1: source i receives from targets o */
+        const int64_t r = b * ni + i, row0 = (b * 2 + 1) * no * ni + i;
+        gather_rows(no, de, E, row0, ni, sc->eb);
+        rows_times_wt(no, de, A3, sc->eb, Wt, sc->pb);
+        attn_recv_fwd(A, H, de, scale, no, sc->pb, sc->eb, S, row0, ni,
+                      node + (src_off + i) * A3, node + dst_off * A3 + A, sc->tmp, mx_i + r * H,
                       den_i + r * H, num_i + r * A, es_i + r * H * de);
     }
 }
 
-/* P [B,2,no,ni,3A], E [B,2,no,ni,de], QKV [B,N,3A] -> S [B,2,no,ni,H] the pairs' p (for the
- * backward) and per target (o) and per source (i): mx, den [B,n,H], num [B,n,A], es [B,n,H,de].
- * Returns 0, or -1 when scratch memory ran out. */
+/* E [B,2,no,ni,de], Wt [de,3A], QKV [B,N,3A] -> S [B,2,no,ni,H] the pairs' p (for the
+ * backward) and per target (o) and per source (i): mx, den [B,n,H], num [B,n,A],
+ * es [B,n,H,de]. Returns 0, or -1 when scratch memory ran out. */
 int ngt_attn_fwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                  int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
-                 const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
-                 float *RESTRICT S, float *RESTRICT mx_o, float *RESTRICT den_o, float *RESTRICT num_o,
-                 float *RESTRICT es_o, float *RESTRICT mx_i, float *RESTRICT den_i,
-                 float *RESTRICT num_i, float *RESTRICT es_i) {
+                 const float *RESTRICT E, const float *RESTRICT Wt, const float *RESTRICT QKV,
+                 float *RESTRICT S, float *RESTRICT mx_o, float *RESTRICT den_o,
+                 float *RESTRICT num_o, float *RESTRICT es_o, float *RESTRICT mx_i,
+                 float *RESTRICT den_i, float *RESTRICT num_i, float *RESTRICT es_i) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *scratch = (float *)malloc(sizeof(float) * (size_t)A);
+        attn_scratch sc;
+        const int ok = attn_scratch_alloc(&sc, no > ni ? no : ni, A, de);
         /* every thread reaches the loop (its barrier); one without scratch only reports */
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
-            if (scratch)
-                attn_fwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, S, mx_o,
-                             den_o, num_o, es_o, mx_i, den_i, num_i, es_i, scratch);
+            if (ok)
+                attn_fwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, E, Wt, QKV, S,
+                             mx_o, den_o, num_o, es_o, mx_i, den_i, num_i, es_i, &sc);
             else
                 failed = 1;
         }
-        free(scratch);
+        free(sc.eb);
     }
     return failed ? -1 : 0;
 }
 
 /* Gradient of one receiver's block sums, given gden [H], gnum [A], ges [H,de] and the forward's
- * p of each pair (S): writes the pair rows' dP (q_e | k_e | m_e) and dE (the direct term p * ges), adds into
- * the receiver's dq and the senders' dk, dv. */
+ * p of each pair (S): writes the rows' dPb (q_e | k_e | m_e) and dEb (the direct term p * ges),
+ * adds into the receiver's dq and the senders' dk, dv. */
 static inline __attribute__((always_inline)) void attn_recv_bwd(
-    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT P,
-    const float *RESTRICT E, int64_t row0, int64_t rstride, const float *RESTRICT q,
-    const float *RESTRICT kv, const float *RESTRICT S, const float *RESTRICT gden,
-    const float *RESTRICT gnum, const float *RESTRICT ges, float *RESTRICT dP,
-    float *RESTRICT dE, float *RESTRICT dq, float *RESTRICT dkv, float *RESTRICT tmp) {
+    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT Pb,
+    const float *RESTRICT Eb, const float *RESTRICT S, int64_t row0, int64_t rstride,
+    const float *RESTRICT q, const float *RESTRICT kv, const float *RESTRICT gden,
+    const float *RESTRICT gnum, const float *RESTRICT ges, float *RESTRICT dPb,
+    float *RESTRICT dEb, float *RESTRICT dq, float *RESTRICT dkv, float *RESTRICT tmp) {
     const int64_t dh = A / H, A3 = 3 * A;
     float *RESTRICT a = tmp, *RESTRICT kk = tmp + A, *RESTRICT vm = tmp + 2 * A;
     float ds[64]; /* H <= 64, checked by the caller */
     for (int64_t j = 0; j < ns; j++) {
-        const int64_t row = row0 + j * rstride;
-        const float *RESTRICT pr = P + row * A3;
-        const float *RESTRICT er = E + row * de;
-        const float *RESTRICT p = S + row * H;
+        const float *RESTRICT pr = Pb + j * A3;
+        const float *RESTRICT er = Eb + j * de;
+        const float *RESTRICT p = S + (row0 + j * rstride) * H;
         const float *RESTRICT kj = kv + j * A3;
         const float *RESTRICT vj = kj + A;
-        float *RESTRICT dpr = dP + row * A3;
-        float *RESTRICT der = dE + row * de;
+        float *RESTRICT dpr = dPb + j * A3;
+        float *RESTRICT der = dEb + j * de;
         float *RESTRICT dkj = dkv + j * A3;
         float *RESTRICT dvj = dkj + A;
         for (int64_t d = 0; d < A; d++) {
@@ -466,56 +627,81 @@ static inline __attribute__((always_inline)) void attn_recv_bwd(
     }
 }
 
+/* The backward of one receiver: recompute its pair terms, the attention backward, then the
+ * pair GEMM's backward (dE rows = direct term + dP W, written to their places; dW += dP^T E). */
+static inline __attribute__((always_inline)) void attn_recv_bwd_full(
+    int64_t A, int64_t H, int64_t de, float scale, int64_t ns, const float *RESTRICT E,
+    const float *RESTRICT W, const float *RESTRICT Wt, const float *RESTRICT S, int64_t row0,
+    int64_t rstride, const float *RESTRICT q, const float *RESTRICT kv,
+    const float *RESTRICT gden, const float *RESTRICT gnum, const float *RESTRICT ges,
+    float *RESTRICT dE, float *RESTRICT dW, float *RESTRICT dq, float *RESTRICT dkv,
+    const attn_scratch *sc) {
+    const int64_t A3 = 3 * A;
+    gather_rows(ns, de, E, row0, rstride, sc->eb);
+    rows_times_wt(ns, de, A3, sc->eb, Wt, sc->pb);
+    attn_recv_bwd(A, H, de, scale, ns, sc->pb, sc->eb, S, row0, rstride, q, kv, gden, gnum, ges,
+                  sc->dpb, sc->deb, dq, dkv, sc->tmp);
+    rows_times_w(ns, A3, de, sc->dpb, W, sc->deb);
+    accumulate_gt_x(ns, A3, de, sc->dpb, sc->eb, dW);
+    for (int64_t j = 0; j < ns; j++)
+        memcpy(dE + (row0 + j * rstride) * de, sc->deb + j * de, sizeof(float) * (size_t)de);
+}
+
 static NOINLINE void attn_bwd_one(
     int64_t b, int64_t N, int64_t no, int64_t ni, int64_t src_off, int64_t dst_off, int64_t A,
-    int64_t H, int64_t de, float scale, const float *RESTRICT P, const float *RESTRICT E,
-    const float *RESTRICT QKV, const float *RESTRICT S, const float *RESTRICT gden_o, const float *RESTRICT gnum_o, const float *RESTRICT ges_o,
+    int64_t H, int64_t de, float scale, const float *RESTRICT E, const float *RESTRICT W,
+    const float *RESTRICT Wt, const float *RESTRICT QKV, const float *RESTRICT S,
+    const float *RESTRICT gden_o, const float *RESTRICT gnum_o, const float *RESTRICT ges_o,
     const float *RESTRICT gden_i, const float *RESTRICT gnum_i, const float *RESTRICT ges_i,
-    float *RESTRICT dP, float *RESTRICT dE, float *RESTRICT dQKV, float *RESTRICT scratch) {
+    float *RESTRICT dE, float *RESTRICT dWp, float *RESTRICT dQKV, const attn_scratch *sc) {
     const int64_t A3 = 3 * A;
     const float *node = QKV + b * N * A3;
     float *dnode = dQKV + b * N * A3;
+    float *dW = dWp + b * A3 * de; /* this graph's part of the weight gradient */
     memset(dnode, 0, sizeof(float) * (size_t)(N * A3));
+    memset(dW, 0, sizeof(float) * (size_t)(A3 * de));
     for (int64_t o = 0; o < no; o++) {
-        int64_t r = b * no + o;
-        attn_recv_bwd(A, H, de, scale, ni, P, E, (b * 2 * no + o) * ni, 1,
-                      node + (dst_off + o) * A3, node + src_off * A3 + A, S,
-                      gden_o + r * H, gnum_o + r * A, ges_o + r * H * de, dP, dE,
-                      dnode + (dst_off + o) * A3, dnode + src_off * A3 + A, scratch);
+        const int64_t r = b * no + o;
+        attn_recv_bwd_full(A, H, de, scale, ni, E, W, Wt, S, (b * 2 * no + o) * ni, 1,
+                           node + (dst_off + o) * A3, node + src_off * A3 + A, gden_o + r * H,
+                           gnum_o + r * A, ges_o + r * H * de, dE, dW,
+                           dnode + (dst_off + o) * A3, dnode + src_off * A3 + A, sc);
     }
     for (int64_t i = 0; i < ni; i++) {
-        int64_t r = b * ni + i;
-        attn_recv_bwd(A, H, de, scale, no, P, E, (b * 2 + 1) * no * ni + i, ni,
-                      node + (src_off + i) * A3, node + dst_off * A3 + A, S,
-                      gden_i + r * H, gnum_i + r * A, ges_i + r * H * de, dP, dE,
-                      dnode + (src_off + i) * A3, dnode + dst_off * A3 + A, scratch);
+        const int64_t r = b * ni + i;
+        attn_recv_bwd_full(A, H, de, scale, no, E, W, Wt, S, (b * 2 + 1) * no * ni + i, ni,
+                           node + (src_off + i) * A3, node + dst_off * A3 + A, gden_i + r * H,
+                           gnum_i + r * A, ges_i + r * H * de, dE, dW,
+                           dnode + (src_off + i) * A3, dnode + dst_off * A3 + A, sc);
     }
 }
 
-/* Gradient of ngt_attn_fwd: S from the forward, gden, gnum, ges of both receiver sides -> dP [B,2,no,ni,3A],
- * dE [B,2,no,ni,de], dQKV [B,N,3A] (all overwritten). Returns 0, -1 when scratch memory ran
- * out, -2 when H > 64. */
+/* Gradient of ngt_attn_fwd: S from the forward, gden, gnum, ges of both receiver sides ->
+ * dE [B,2,no,ni,de], dWp [B,3A,de] (per graph; the caller sums them), dQKV [B,N,3A] (all
+ * overwritten). Returns 0, -1 when scratch memory ran out, -2 when H > 64. */
 int ngt_attn_bwd(int threads, int64_t B, int64_t N, int64_t no, int64_t ni, int64_t src_off,
                  int64_t dst_off, int64_t A, int64_t H, int64_t de, float scale,
-                 const float *RESTRICT P, const float *RESTRICT E, const float *RESTRICT QKV,
-                 const float *RESTRICT S, const float *RESTRICT gden_o, const float *RESTRICT gnum_o,
+                 const float *RESTRICT E, const float *RESTRICT W, const float *RESTRICT Wt,
+                 const float *RESTRICT QKV, const float *RESTRICT S,
+                 const float *RESTRICT gden_o, const float *RESTRICT gnum_o,
                  const float *RESTRICT ges_o, const float *RESTRICT gden_i,
-                 const float *RESTRICT gnum_i, const float *RESTRICT ges_i, float *RESTRICT dP,
-                 float *RESTRICT dE, float *RESTRICT dQKV) {
+                 const float *RESTRICT gnum_i, const float *RESTRICT ges_i, float *RESTRICT dE,
+                 float *RESTRICT dWp, float *RESTRICT dQKV) {
     if (H > 64) return -2;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *scratch = (float *)malloc(sizeof(float) * (size_t)(3 * A));
+        attn_scratch sc;
+        const int ok = attn_scratch_alloc(&sc, no > ni ? no : ni, A, de);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
-            if (scratch)
-                attn_bwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, P, E, QKV, S,
-                             gden_o, gnum_o, ges_o, gden_i, gnum_i, ges_i, dP, dE, dQKV, scratch);
+            if (ok)
+                attn_bwd_one(b, N, no, ni, src_off, dst_off, A, H, de, scale, E, W, Wt, QKV, S,
+                             gden_o, gnum_o, ges_o, gden_i, gnum_i, ges_i, dE, dWp, dQKV, &sc);
             else
                 failed = 1;
         }
-        free(scratch);
+        free(sc.eb);
     }
     return failed ? -1 : 0;
 }

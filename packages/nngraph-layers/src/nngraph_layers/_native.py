@@ -19,9 +19,10 @@ way (forward and backward):
   mask is a hash of the element's index and a seed drawn from torch's generator, recomputed in
   the backward instead of stored;
 - :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
-  both directions (scores, softmax numerators and denominators, the attention-weighted values
-  and pair features per receiver) from the pair terms of one GEMM, without materialising any
-  per-pair tensor of the attention width except that GEMM's output (and its gradient).
+  both directions (pair terms, scores, softmax numerators and denominators, the
+  attention-weighted values and pair features per receiver) without materialising any
+  per-pair tensor of the attention width: a receiver's pair terms are computed into a
+  cache-resident buffer, used and dropped (and recomputed in the backward).
 
 All are ``torch.autograd.Function`` s that recompute :math:`m` and :math:`h` in the backward
 instead of storing them. The library is compiled with the system C compiler and cached by
@@ -68,7 +69,7 @@ __all__ = [
 #: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
 Kernel = Literal["auto", "native", "torch"]
 
-_VERSION = 5  # KERNEL_VERSION in the C source
+_VERSION = 6  # KERNEL_VERSION in the C source
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
@@ -110,14 +111,14 @@ def reference_edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
 
 
 def reference_attention_block(
-    pair: Tensor, e: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
+    e: Tensor, w_pair: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
 ) -> tuple[Tensor, ...]:
     r"""The torch formula of :func:`attention_block` (what the kernel is checked against).
 
     Args:
-        pair: ``[B, 2, n_o, n_i, 3A]`` the pair terms :math:`(q_e \Vert k_e \Vert m_e)` of one
-            block (direction 0: source ``i`` -> target ``o``; 1: the reverse).
-        e: ``[B, 2, n_o, n_i, d_e]`` the pair features.
+        e: ``[B, 2, n_o, n_i, d_e]`` the pair features of one block (direction 0: source
+            ``i`` -> target ``o``; 1: the reverse).
+        w_pair: ``[3A, d_e]`` the pair weights: rows of :math:`q_e`, :math:`k_e`, :math:`m_e`.
         qkv: ``[B, N, 3A]`` the node terms :math:`(q \Vert k \Vert v)`; the block's sources are
             nodes ``src_off:src_off + n_i``, its targets ``dst_off:dst_off + n_o``.
         heads: ``H``; scale: the factor of the scores.
@@ -128,6 +129,7 @@ def reference_attention_block(
         :math:`p = \exp(\mathrm{score} - \mathrm{mx})`, :math:`\sum p` ``[B, n, H]``,
         :math:`\sum p\, (v \odot m_e)` ``[B, n, A]`` and :math:`\sum p\, e` ``[B, n, H, d_e]``.
     """
+    pair = torch.nn.functional.linear(e, w_pair)
     no, ni, a3 = pair.shape[2:]
     dh = a3 // 3 // heads
     q, k, v = qkv.unflatten(-1, (3, heads, dh)).unbind(-3)
@@ -216,7 +218,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     # threads, B, N, n_o, n_i, src_off, dst_off, A, H, d_e, scale
     attn = [i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.ngt_attn_fwd.argtypes = [*attn, *[p] * 12]
-    lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 13]
+    lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 14]
     lib.ngt_attn_fwd.restype = lib.ngt_attn_bwd.restype = ctypes.c_int
     lib.ngt_edge_fwd.argtypes = [*sizes, *[p] * 4]
     lib.ngt_edge_bwd.argtypes = [*sizes, *[p] * 7]
@@ -246,7 +248,7 @@ def _self_check() -> None:
     h = rnd(b, 2, no, ni, d)
     # attention: A = 8 over 2 heads, d_e = 3, sources at nodes 1..5, targets at 6..8 of 10
     heads, a, de, n = 2, 8, 3, 10
-    pair, e, qkv = rnd(b, 2, no, ni, 3 * a), rnd(b, 2, no, ni, de), rnd(b, n, 3 * a)
+    w_pair, e, qkv = rnd(3 * a, de), rnd(b, 2, no, ni, de), rnd(b, n, 3 * a)
     attn_w = [rnd(*s, grad=False) for s in ((b, no, heads), (b, no, a), (b, no, heads, de))]
     attn_w += [rnd(*s, grad=False) for s in ((b, ni, heads), (b, ni, a), (b, ni, heads, de))]
     cases: list[tuple[Any, Any, tuple[Tensor, ...], tuple[Any, ...], tuple[Tensor, ...]]] = [
@@ -254,7 +256,7 @@ def _self_check() -> None:
          (rnd(b, no, 4, d, grad=False), rnd(b, ni, 4, d, grad=False))),
         (edge_activation, reference_edge_activation, (h, t_o, t_i), (),
          (rnd(b, 2, no, ni, d, grad=False),)),
-        (attention_block, reference_attention_block, (pair, e, qkv), (1, 6, heads, 0.3),
+        (attention_block, reference_attention_block, (e, w_pair, qkv), (1, 6, heads, 0.3),
          (attn_w[0], *attn_w[:3], attn_w[3], *attn_w[3:])),
         (edge_gelu, reference_edge_gelu, (3 * rnd(b, 2, no, ni, 2 * d), t_o, t_i), (),
          (rnd(b, 2, no, ni, d, grad=False),)),
@@ -438,68 +440,73 @@ class _AttentionBlock(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        pair: Tensor,
         e: Tensor,
+        w_pair: Tensor,
         qkv: Tensor,
         src_off: int,
         dst_off: int,
         heads: int,
         scale: float,
     ) -> tuple[Tensor, ...]:
-        b, _, no, ni, a3 = pair.shape
-        a, n, de = a3 // 3, qkv.shape[1], e.shape[-1]
+        b, _, no, ni, de = e.shape
+        a3, n = w_pair.shape[0], qkv.shape[1]
+        a = a3 // 3
         if a3 % 3 or a % heads or heads > 64:
             raise ValueError(f"attention_block: bad widths (3A = {a3}, heads = {heads})")
         if not (0 <= src_off <= n - ni and 0 <= dst_off <= n - no):
             raise ValueError(
                 f"attention_block: node offsets {src_off}, {dst_off} outside {n} nodes"
             )
-        _check("pair", pair, (b, 2, no, ni, 3 * a))
         _check("e", e, (b, 2, no, ni, de))
+        _check("w_pair", w_pair, (3 * a, de))
         _check("qkv", qkv, (b, n, 3 * a))
-        pair, e, qkv = pair.contiguous(), e.contiguous(), qkv.contiguous()
-        probs = pair.new_empty(b, 2, no, ni, heads)  # each pair's p, for the backward
+        e, w, qkv = e.contiguous(), w_pair.contiguous(), qkv.contiguous()
+        wt = w.t().contiguous()
+        probs = e.new_empty(b, 2, no, ni, heads)  # each pair's p, for the backward
         outs = []
         for m in (no, ni):
-            outs += [pair.new_empty(b, m, heads), pair.new_empty(b, m, heads)]
-            outs += [pair.new_empty(b, m, a), pair.new_empty(b, m, heads, de)]
+            outs += [e.new_empty(b, m, heads), e.new_empty(b, m, heads)]
+            outs += [e.new_empty(b, m, a), e.new_empty(b, m, heads, de)]
         rc = _lib().ngt_attn_fwd(
             torch.get_num_threads(), b, n, no, ni, src_off, dst_off, a, heads, de, scale,
-            pair.data_ptr(), e.data_ptr(), qkv.data_ptr(), probs.data_ptr(),
+            e.data_ptr(), wt.data_ptr(), qkv.data_ptr(), probs.data_ptr(),
             *[t.data_ptr() for t in outs],
         )  # fmt: skip
         if rc != 0:
             raise MemoryError("attention_block: the kernel could not allocate its scratch memory")
-        ctx.save_for_backward(pair, e, qkv, probs)
+        ctx.save_for_backward(e, w, wt, qkv, probs)
         ctx.meta = (src_off, dst_off, heads, scale)
         ctx.mark_non_differentiable(outs[0], outs[4])
         return tuple(outs)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        pair, e, qkv, probs = ctx.saved_tensors
+        e, w, wt, qkv, probs = ctx.saved_tensors
         src_off, dst_off, heads, scale = ctx.meta
-        b, _, no, ni, a3 = pair.shape
+        b, _, no, ni, de = e.shape
         g = [t.contiguous() for k, t in enumerate(grads) if k not in (0, 4)]
-        d_pair, d_e, d_qkv = torch.empty_like(pair), torch.empty_like(e), torch.empty_like(qkv)
+        d_e, d_qkv = torch.empty_like(e), torch.empty_like(qkv)
+        d_w = e.new_empty(b, *w.shape)  # per graph, summed below
         rc = _lib().ngt_attn_bwd(
-            torch.get_num_threads(), b, qkv.shape[1], no, ni, src_off, dst_off, a3 // 3, heads,
-            e.shape[-1], scale, pair.data_ptr(), e.data_ptr(), qkv.data_ptr(), probs.data_ptr(),
-            *[t.data_ptr() for t in g], d_pair.data_ptr(), d_e.data_ptr(), d_qkv.data_ptr(),
+            torch.get_num_threads(), b, qkv.shape[1], no, ni, src_off, dst_off, w.shape[0] // 3,
+            heads, de, scale, e.data_ptr(), w.data_ptr(), wt.data_ptr(), qkv.data_ptr(),
+            probs.data_ptr(), *[t.data_ptr() for t in g], d_e.data_ptr(), d_w.data_ptr(),
+            d_qkv.data_ptr(),
         )  # fmt: skip
         if rc != 0:
             raise MemoryError("attention_block: the kernel could not allocate its scratch memory")
-        return d_pair, d_e, d_qkv, None, None, None, None
+        return d_e, d_w.sum(0), d_qkv, None, None, None, None
 
 
 def attention_block(
-    pair: Tensor, e: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
+    e: Tensor, w_pair: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
 ) -> tuple[Tensor, ...]:
     """:func:`reference_attention_block` by the C kernel (float32 CPU tensors; differentiable in
-    ``pair``, ``e`` and ``qkv``; the maxima are not differentiable, as the merged result does not
-    depend on them)."""
+    ``e``, ``w_pair`` and ``qkv``; the maxima are not differentiable, as the merged result does
+    not depend on them). The pair terms ``W e`` are computed a receiver at a time inside the
+    kernel and never stored: the backward recomputes them."""
     out: tuple[Tensor, ...] = _AttentionBlock.apply(
-        pair, e, qkv, src_off, dst_off, heads, float(scale)
+        e, w_pair, qkv, src_off, dst_off, heads, float(scale)
     )
     return out
 

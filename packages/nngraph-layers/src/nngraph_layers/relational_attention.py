@@ -283,8 +283,8 @@ class RelationalAttention(nn.Module):
 
     def _blocks_native(self, x: Tensor, edge_attr: Sequence[Tensor], layout: BlockLayout) -> Tensor:
         """:meth:`forward_blocks` through :func:`nngraph_layers._native.attention_block`: per
-        block one GEMM for the pair terms, the kernel for both directions, then each node
-        layer's (at most two) partial softmax sums merged here on per-node tensors."""
+        block the kernel for both directions (pair terms included), then each node layer's (at
+        most two) partial softmax sums merged here on per-node tensors."""
         b, width, heads = x.shape[0], self.attention_dim, self.heads
         qkv = self.lin_node(x)  # [B, N, 3A]: q | k | v
         weight = self.lin_edge.weight  # rows: [q_e | k_e | v_e | m_e]
@@ -293,9 +293,8 @@ class RelationalAttention(nn.Module):
         no = layout.node_offsets
         parts: list[list[tuple[Tensor, ...]]] = [[] for _ in layout.widths]
         for layer, e_blk in enumerate(edge_attr):
-            pair = F.linear(e_blk, w_pair)
             stats = _native.attention_block(
-                pair, e_blk, qkv, no[layer], no[layer + 1], heads, self.scale
+                e_blk, w_pair, qkv, no[layer], no[layer + 1], heads, self.scale
             )
             parts[layer + 1].append(stats[:4])
             parts[layer].append(stats[4:])
