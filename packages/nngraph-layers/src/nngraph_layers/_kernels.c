@@ -323,76 +323,70 @@ typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define VL(p) (*(const vf16 *)(p))
 #define VS(p, v) (*(vf16 *)(p) = (v))
 
-/* O[j, 0:M] = sum_c X[j, c] Wt[c, 0:M] for the n rows of X [n, K]: two rows at a time share
- * the loads of Wt, 8 vectors of columns per pass (16 accumulators in registers). */
+/* O[j, 0:M] = sum_c X[j, c] Wt[c, 0:M] for the n rows of X [n, K]: blocks of 64 columns (their
+ * K x 64 slice of Wt, 8 KB for K = 32, stays in L1 while every row passes), four rows at a time
+ * (16 accumulators in registers). */
 static void rows_times_wt(int64_t n, int64_t K, int64_t M, const float *RESTRICT X,
                           const float *RESTRICT Wt, float *RESTRICT O) {
-    int64_t j = 0;
-    for (; j + 2 <= n; j += 2) {
-        const float *x0 = X + j * K, *x1 = x0 + K;
-        float *o0 = O + j * M, *o1 = o0 + M;
-        int64_t m = 0;
-        for (; m + 128 <= M; m += 128) {
-            vf16 a[8], b[8];
-            for (int v = 0; v < 8; v++) a[v] = b[v] = (vf16){0};
+    int64_t m = 0;
+    for (; m + 64 <= M; m += 64) {
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4) {
+            vf16 a[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int v = 0; v < 4; v++) a[r][v] = (vf16){0};
             for (int64_t c = 0; c < K; c++) {
                 const float *w = Wt + c * M + m;
-                const vf16 s0 = (vf16){0} + x0[c], s1 = (vf16){0} + x1[c];
-                for (int v = 0; v < 8; v++) {
-                    const vf16 wv = VL(w + 16 * v);
-                    a[v] += s0 * wv;
-                    b[v] += s1 * wv;
+                vf16 wv[4];
+                for (int v = 0; v < 4; v++) wv[v] = VL(w + 16 * v);
+                for (int r = 0; r < 4; r++) {
+                    const float x = X[(j + r) * K + c];
+                    for (int v = 0; v < 4; v++) a[r][v] += x * wv[v];
                 }
             }
-            for (int v = 0; v < 8; v++) {
-                VS(o0 + m + 16 * v, a[v]);
-                VS(o1 + m + 16 * v, b[v]);
-            }
+            for (int r = 0; r < 4; r++)
+                for (int v = 0; v < 4; v++) VS(O + (j + r) * M + m + 16 * v, a[r][v]);
         }
-        for (; m < M; m++) {
-            float s0 = 0.0f, s1 = 0.0f;
+        for (; j < n; j++) {
+            vf16 a[4];
+            for (int v = 0; v < 4; v++) a[v] = (vf16){0};
             for (int64_t c = 0; c < K; c++) {
-                s0 += x0[c] * Wt[c * M + m];
-                s1 += x1[c] * Wt[c * M + m];
+                const float x = X[j * K + c];
+                for (int v = 0; v < 4; v++) a[v] += x * VL(Wt + c * M + m + 16 * v);
             }
-            o0[m] = s0;
-            o1[m] = s1;
+            for (int v = 0; v < 4; v++) VS(O + j * M + m + 16 * v, a[v]);
         }
     }
-    for (; j < n; j++) {
-        const float *x0 = X + j * K;
-        float *o0 = O + j * M;
-        for (int64_t m = 0; m < M; m++) o0[m] = 0.0f;
-        for (int64_t c = 0; c < K; c++) {
-            const float s = x0[c];
-            const float *w = Wt + c * M;
-            IVDEP
-            for (int64_t m = 0; m < M; m++) o0[m] += s * w[m];
+    for (; m < M; m++) {
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int64_t c = 0; c < K; c++) s += X[j * K + c] * Wt[c * M + m];
+            O[j * M + m] = s;
         }
     }
 }
 
-/* D[j, 0:K] += sum_d G[j, d] W[d, 0:K] for the n rows of G [n, M] (W [M, K]); four rows at a
- * time share the loads of W (8 accumulators for K = 32). */
+/* D[j, 0:K] += sum_d G[j, d] W[d, 0:K] for the n rows of G [n, M] (W [M, K]); eight rows at a
+ * time share the loads of W (16 accumulators for K = 32). */
 static void rows_times_w(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
                          const float *RESTRICT W, float *RESTRICT D) {
     int64_t j = 0;
     if (K == 32) {
-        for (; j + 4 <= n; j += 4) {
-            vf16 a[4][2];
-            for (int r = 0; r < 4; r++) {
+        for (; j + 8 <= n; j += 8) {
+            vf16 a[8][2];
+            for (int r = 0; r < 8; r++) {
                 a[r][0] = VL(D + (j + r) * K);
                 a[r][1] = VL(D + (j + r) * K + 16);
             }
             for (int64_t d = 0; d < M; d++) {
                 const vf16 w0 = VL(W + d * K), w1 = VL(W + d * K + 16);
-                for (int r = 0; r < 4; r++) {
-                    const vf16 s = (vf16){0} + G[(j + r) * M + d];
+                for (int r = 0; r < 8; r++) {
+                    const float s = G[(j + r) * M + d];
                     a[r][0] += s * w0;
                     a[r][1] += s * w1;
                 }
             }
-            for (int r = 0; r < 4; r++) {
+            for (int r = 0; r < 8; r++) {
                 VS(D + (j + r) * K, a[r][0]);
                 VS(D + (j + r) * K + 16, a[r][1]);
             }
@@ -409,27 +403,27 @@ static void rows_times_w(int64_t n, int64_t M, int64_t K, const float *RESTRICT 
     }
 }
 
-/* Acc[d, 0:K] += sum_j G[j, d] X[j, 0:K] (the weight gradient): four d at a time share the
- * loads of X (8 accumulators for K = 32). */
+/* Acc[d, 0:K] += sum_j G[j, d] X[j, 0:K] (the weight gradient): eight d at a time share the
+ * loads of X (16 accumulators for K = 32). */
 static void accumulate_gt_x(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
                             const float *RESTRICT X, float *RESTRICT Acc) {
     int64_t d = 0;
     if (K == 32) {
-        for (; d + 4 <= M; d += 4) {
-            vf16 a[4][2];
-            for (int r = 0; r < 4; r++) {
+        for (; d + 8 <= M; d += 8) {
+            vf16 a[8][2];
+            for (int r = 0; r < 8; r++) {
                 a[r][0] = VL(Acc + (d + r) * K);
                 a[r][1] = VL(Acc + (d + r) * K + 16);
             }
             for (int64_t j = 0; j < n; j++) {
                 const vf16 x0 = VL(X + j * K), x1 = VL(X + j * K + 16);
-                for (int r = 0; r < 4; r++) {
-                    const vf16 s = (vf16){0} + G[j * M + d + r];
+                for (int r = 0; r < 8; r++) {
+                    const float s = G[j * M + d + r];
                     a[r][0] += s * x0;
                     a[r][1] += s * x1;
                 }
             }
-            for (int r = 0; r < 4; r++) {
+            for (int r = 0; r < 8; r++) {
                 VS(Acc + (d + r) * K, a[r][0]);
                 VS(Acc + (d + r) * K + 16, a[r][1]);
             }
@@ -483,9 +477,10 @@ static inline __attribute__((always_inline)) void attn_recv_fwd(
         const float *RESTRICT er = Eb + j * de;
         const float *RESTRICT vj = kv + j * A3 + A;
         float *RESTRICT s = S + (row0 + j * rstride) * H;
+        IVDEP
+        for (int64_t h = 0; h < H; h++) s[h] = exp_poly(s[h] - mx[h]); /* kept for the backward */
         for (int64_t h = 0; h < H; h++) {
-            const float p = expf(s[h] - mx[h]);
-            s[h] = p; /* kept for the backward */
+            const float p = s[h];
             den[h] += p;
             IVDEP
             for (int64_t t = 0; t < dh; t++) num[h * dh + t] += p * (vj[h * dh + t] * pr[h * dh + t]);
