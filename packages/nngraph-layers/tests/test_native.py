@@ -232,6 +232,21 @@ def test_first_use_inside_inference_mode(native: None, monkeypatch: pytest.Monke
     assert _native._LIB and torch.isfinite(xo).all()
 
 
+def test_first_use_inside_a_checkpointed_forward(
+    native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first call inside activation checkpointing: the build check's backward must not run
+    the checkpoint's recomputation (which re-enters the loader: a deadlock before the fix)."""
+    monkeypatch.setattr(_native, "_LIB", [])
+    monkeypatch.setattr(_native, "_ERROR", [])
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    template = ngc.GraphTemplate.from_module(net)
+    model = _ngt_model(template, checkpoint_layers=True)
+    out = model(template.batch(torch.randn(3, template.num_params)))
+    out.sum().backward()
+    assert _native._LIB and all(p.grad is not None for p in model.layers[0].attention.parameters())
+
+
 # -- NG-T: relational attention over one block ------------------------------------------------------
 @settings(max_examples=25, deadline=None)
 @given(

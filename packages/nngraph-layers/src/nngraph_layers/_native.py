@@ -281,6 +281,10 @@ def _flat(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 def load() -> ctypes.CDLL:
     """The kernel library, compiled and verified on first use (raises
     :class:`NativeKernelError`; a failure is remembered for the process)."""
@@ -303,8 +307,15 @@ def load() -> ctypes.CDLL:
                 )
             _LIB.append(lib)
             try:
-                # first use may come inside no_grad / inference_mode: the check needs autograd
-                with torch.inference_mode(False), torch.enable_grad():
+                # First use may come inside no_grad / inference_mode (the check needs autograd)
+                # or inside a checkpointed forward, whose saved-tensor hooks would recompute
+                # that forward during the check's backward and re-enter this lock: identity
+                # hooks shadow them.
+                with (
+                    torch.inference_mode(False),
+                    torch.enable_grad(),
+                    torch.autograd.graph.saved_tensors_hooks(_identity, _identity),
+                ):
                     _self_check()
             except BaseException:
                 _LIB.clear()
