@@ -222,3 +222,30 @@ def test_equivariant_head_starts_near_identity() -> None:
         out = model(template.batch(params))
     assert isinstance(out, Tensor)
     assert torch.equal(out, params)
+
+
+def test_fourier_features_recompute_their_features_in_the_backward() -> None:
+    """The features are not saved: values and gradients (input and both linear parameters)
+    equal the plain formula, and gradcheck holds in float64."""
+    import math
+
+    from nngraph_layers.encoders import FourierFeatures, _FourierLinear
+
+    torch.manual_seed(0)
+    ff = FourierFeatures(3, 5, num_frequencies=4, sigma=2.0).double()
+    x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
+    out = ff(x)
+    proj = 2 * math.pi * (x @ ff.frequencies)
+    plain = ff.lin(torch.cat([proj.sin(), proj.cos()], dim=-1))
+    torch.testing.assert_close(out, plain)
+    w = torch.randn_like(out)
+    params = (x, ff.lin.weight, ff.lin.bias)
+    for a, b in zip(
+        torch.autograd.grad((out * w).sum(), params),
+        torch.autograd.grad((plain * w).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda x, wt, b: _FourierLinear.apply(x, ff.frequencies, wt, b), params
+    )

@@ -9,6 +9,7 @@ layer, every scalar is lifted by random Fourier features and a linear map, and p
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +142,35 @@ def _vec(value: Tensor | None, default: Tensor) -> Tensor:
     )
 
 
+def _fourier(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
+    proj = (2 * math.pi) * (x @ freqs)
+    return proj, torch.cat([proj.sin(), proj.cos()], dim=-1)
+
+
+class _FourierLinear(torch.autograd.Function):
+    """``Linear([sin(2 pi x B), cos(2 pi x B)])`` that saves ``x`` instead of the features."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, freqs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        _, feats = _fourier(x, freqs)
+        ctx.save_for_backward(x, freqs, weight)
+        return nn.functional.linear(feats, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        x, freqs, weight = ctx.saved_tensors
+        proj, feats = _fourier(x, freqs)
+        d2 = dout.reshape(-1, dout.shape[-1])
+        dweight = d2.t() @ feats.reshape(-1, feats.shape[-1])
+        dbias = d2.sum(0)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dsin, dcos = (dout @ weight).chunk(2, dim=-1)
+            dproj = dsin * proj.cos() - dcos * proj.sin()
+            dx = (2 * math.pi) * (dproj @ freqs.t())
+        return dx, None, dweight, dbias
+
+
 class FourierFeatures(nn.Module):
     r"""Gaussian random Fourier features followed by a linear map (Tancik et al., 2020).
 
@@ -159,6 +189,10 @@ class FourierFeatures(nn.Module):
         num_frequencies (int, optional): :math:`F` (default: ``128`` -> 256 features).
         sigma (float, optional): standard deviation of the frequencies (default: ``1.0``;
             the paper uses 3 for NG-GNN and 1 for NG-T).
+
+    The features are not kept for the backward pass: it recomputes them from :math:`\mathbf x`
+    (for a batch of 128 MNIST INRs that saves the 147 MB of ``[sum E, 256]`` features per
+    step, for a few ms of sines and cosines).
 
     Shapes:
         - **input:** ``[*, in_channels]``
@@ -182,8 +216,10 @@ class FourierFeatures(nn.Module):
         self.lin.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        proj = (2 * math.pi) * (x @ self.frequencies.to(x.dtype))
-        return self.lin(torch.cat([proj.sin(), proj.cos()], dim=-1))
+        out: Tensor = _FourierLinear.apply(
+            x, self.frequencies.to(x.dtype), self.lin.weight, self.lin.bias
+        )
+        return out
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from . import _native
 from ._native import Kernel
@@ -162,6 +163,9 @@ class RTLayer(nn.Module):
         modulate_values: multiplicative node-edge values, see :class:`RelationalAttention`.
         kernel: ``"auto"``, ``"native"`` or ``"torch"``: how the attention's block path runs
             (see :class:`RelationalAttention`).
+        checkpoint_edges: on the block path, recompute the edge update in the backward pass
+            instead of keeping its per-pair intermediates (~8 per-pair tensors of width 32-128;
+            the attention keeps only its inputs and each pair's softmax weights).
 
     Shapes:
         - general :meth:`forward`: ``x [N, d_node]``, ``edge_attr [M, d_edge]``,
@@ -185,8 +189,10 @@ class RTLayer(nn.Module):
         scale: Literal["attention", "head"] = "attention",
         modulate_values: bool = True,
         kernel: Kernel = "auto",
+        checkpoint_edges: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpoint_edges = checkpoint_edges
         self.attention = RelationalAttention(
             node_dim,
             edge_dim,
@@ -247,9 +253,20 @@ class RTLayer(nn.Module):
         if self.edge_update is None:
             return x, list(edge_attr)
         a, b = self.edge_update.node_terms(x)
-        no = layout.node_offsets
-        if _native.use_native(self.attention.kernel, [x, *edge_attr]):
-            return x, self.edge_update.forward_blocks_native(edge_attr, a, b, no)
+        native = _native.use_native(self.attention.kernel, [x, *edge_attr])
+        args = (list(edge_attr), a, b, layout.node_offsets, native)
+        if self.checkpoint_edges and torch.is_grad_enabled():
+            out: list[Tensor] = checkpoint(self._edge_blocks, *args, use_reentrant=False)
+        else:
+            out = self._edge_blocks(*args)
+        return x, out
+
+    def _edge_blocks(
+        self, edge_attr: list[Tensor], a: Tensor, b: Tensor, no: Sequence[int], native: bool
+    ) -> list[Tensor]:
+        assert self.edge_update is not None
+        if native:
+            return self.edge_update.forward_blocks_native(edge_attr, a, b, no)
         out = []
         for layer, e_blk in enumerate(edge_attr):
             src, dst = slice(no[layer], no[layer + 1]), slice(no[layer + 1], no[layer + 2])
@@ -258,7 +275,7 @@ class RTLayer(nn.Module):
                 [a[:, dst, None] + b[:, None, src], a[:, None, src] + b[:, dst, None]], dim=1
             )
             out.append(self.edge_update(e_blk, _flip_direction, node_term))
-        return x, out
+        return out
 
     def forward_dense(self, x: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
         """Dense path: all node pairs, ``edge_attr[:, i, j]`` is the pair ``j -> i``."""
