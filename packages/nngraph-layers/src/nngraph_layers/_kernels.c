@@ -1,17 +1,17 @@
-/* Fused CPU kernels of the dense NG-GNN layer (nngraph_layers.edge_pna) and of NG-T's relational
- * attention on the block path (nngraph_layers.relational_attention): the "native" kernel.
+/* Fused CPU kernels of the dense NG-GNN layer (nngraph_layers.edge_pna) and of NG-T's block path
+ * (nngraph_layers.relational_attention, rt_layer): the "native" kernels.
  *
- * Plain C (optional OpenMP), compiled on first use by nngraph_layers._native and called through
- * ctypes from autograd functions. The NG-T part is described at ngt_attn_fwd below; the rest of
- * this header is the NG-GNN part. float32, contiguous inputs. The math is that of
- * EdgePNAConv.forward_dense; what differs is the number of passes over the per-edge tensors
- * (2 * n_{l+1} * n_l rows of d floats per graph and weight matrix): the torch code makes ~25
- * such passes per layer (broadcast adds, FiLM, four reductions, and in the backward the masks of
- * min / max), these kernels make one pass forward and one backward for each of the two parts:
+ * Plain C (optional OpenMP; GCC / Clang vector extensions for the small GEMMs), compiled on first
+ * use by nngraph_layers._native and called through ctypes from autograd functions. float32,
+ * contiguous inputs. Each computes the math of the torch code it replaces in one pass over the
+ * per-edge (per-pair) rows forward and one backward, instead of the ~20-25 torch operations and
+ * their memory traffic; the small per-edge GEMMs (K = d_e = 32) run inside, a block of rows at a
+ * time in cache-resident buffers, so their outputs never go to memory, and the backward
+ * recomputes them instead of storing them.
  *
- *   message statistics (ngnn_msg_fwd / ngnn_msg_bwd), per graph b, direction r in {0, 1},
- *   target o, source i, channel c, with G the FiLM matmul (gamma | beta) and C its bias (added
- *   here, which saves torch's pass that broadcasts a Linear's bias into its output):
+ *   NG-GNN message statistics (ngnn_msg_fwd / ngnn_msg_bwd), per graph b, direction r in
+ *   {0, 1}, target o, source i, channel c, with G = E Wf^T the FiLM GEMM (gamma | beta) and C
+ *   its bias:
  *       s = To[b,r,o,c] + Ti[b,r,i,c]
  *       m = (beta[b,r,o,i,c] + C[d+c]) + (gamma[b,r,o,i,c] + C[c]) * s
  *     direction 0 (forward edges i -> o) is reduced over i into So[b,o,:,c], direction 1
@@ -19,22 +19,25 @@
  *     squares, the min and the max, with the index of the min / max kept for the backward (the
  *     gradient of a min / max goes to its first occurrence; torch splits it among exact ties);
  *
- *   edge activation (ngnn_edge_fwd / ngnn_edge_bwd):
- *       out[b,r,o,i,c] = silu(Hm[b,r,o,i,c] + To[b,r,o,c] + Ti[b,r,i,c])
+ *   NG-GNN edge update (ngnn_edge_fwd / ngnn_edge_bwd):
+ *       out = E + silu(E We^T + To[b,r,o] + Ti[b,r,i]) Wo^T + bo
  *     with the exponential of the sigmoid computed by a polynomial (relative error ~2e-7)
- *     so that the loop vectorises.
+ *     so that the loop vectorises;
  *
- * The backward recomputes m and h (and NG-T's scores) from the saved inputs instead of storing
- * them. Graphs are
- * independent and run in parallel (OpenMP over b); each graph is computed by one thread in a
- * fixed order, so results do not depend on the thread count.
+ *   NG-T: relational attention (ngt_attn_fwd / _bwd), the edge-update GELU of both directions
+ *   (ngt_edge_fwd / _bwd) and residual + dropout + LayerNorm (res_ln_fwd / _bwd), each described
+ *   at its code.
+ *
+ * Graphs are independent and run in parallel (OpenMP over b); each graph is computed by one
+ * thread in a fixed order, and weight gradients are returned per graph (or per row block) and
+ * summed by the caller, so results do not depend on the thread count.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 6
+#define KERNEL_VERSION 7
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -96,47 +99,6 @@ static inline __attribute__((always_inline)) void msg_row_fwd(
     }
 }
 
-/* One graph b of ngnn_msg_fwd. (Each kernel is split into a per-graph function and an OpenMP
- * driver so that the compiler sees every size as a plain argument: inside the OpenMP region it
- * does not vectorise the loops.) */
-static NOINLINE void msg_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
-                                 const float *RESTRICT G, const float *RESTRICT C,
-                                 const float *RESTRICT To, const float *RESTRICT Ti,
-                                 float *RESTRICT So, int32_t *RESTRICT Io, float *RESTRICT Si,
-                                 int32_t *RESTRICT Ii) {
-    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    float *si = Si + b * ni * 4 * d;
-    int32_t *ii = Ii + b * ni * 2 * d;
-    /* direction 1 accumulates into every source node while o advances */
-    for (int64_t i = 0; i < ni; i++) stats_init(d, si + i * 4 * d, ii + i * 2 * d);
-    for (int64_t o = 0; o < no; o++) {
-        float *so = So + (b * no + o) * 4 * d;
-        int32_t *io = Io + (b * no + o) * 2 * d;
-        stats_init(d, so, io);
-        for (int64_t i = 0; i < ni; i++) {
-            /* direction 0: edge i -> o, reduced over i into node o */
-            msg_row_fwd(d, G + (((b * 2 + 0) * no + o) * ni + i) * 2 * d, cg, cb,
-                        To + ((b * 2 + 0) * no + o) * d, Ti + ((b * 2 + 0) * ni + i) * d, so, io,
-                        (int32_t)i);
-            /* direction 1: edge o -> i, reduced over o into node i */
-            msg_row_fwd(d, G + (((b * 2 + 1) * no + o) * ni + i) * 2 * d, cg, cb,
-                        To + ((b * 2 + 1) * no + o) * d, Ti + ((b * 2 + 1) * ni + i) * d,
-                        si + i * 4 * d, ii + i * 2 * d, (int32_t)o);
-        }
-    }
-}
-
-/* G [B,2,no,ni,2d] (FiLM without its bias: gamma at 0..d-1, beta at d..2d-1), C [2d] (the
- * bias), To [B,2,no,d], Ti [B,2,ni,d] -> So [B,no,4,d], Io [B,no,2,d] (argmin, argmax over i),
- * Si [B,ni,4,d], Ii [B,ni,2,d]. */
-void ngnn_msg_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
-                  const float *RESTRICT G, const float *RESTRICT C, const float *RESTRICT To,
-                  const float *RESTRICT Ti, float *RESTRICT So, int32_t *RESTRICT Io,
-                  float *RESTRICT Si, int32_t *RESTRICT Ii) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < B; b++) msg_fwd_one(b, no, ni, d, G, C, To, Ti, So, Io, Si, Ii);
-}
-
 /* The backward of msg_row_fwd: the gradient dm of the message (sum, sum of squares, and the
  * min / max where `me` is their argument) -> its FiLM row's gradient dg, the bias gradient
  * (dcg, dcb) and the node-term gradients (dt, du), the last four accumulated. */
@@ -161,52 +123,7 @@ static inline __attribute__((always_inline)) void msg_row_bwd(
     }
 }
 
-static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
-                                 const float *RESTRICT G, const float *RESTRICT C,
-                                 const float *RESTRICT To, const float *RESTRICT Ti,
-                                 const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
-                                 const float *RESTRICT dSo, const float *RESTRICT dSi,
-                                 float *RESTRICT dG, float *RESTRICT dcg, float *RESTRICT dcb,
-                                 float *RESTRICT dTo, float *RESTRICT dTi) {
-    /* (dcg, dcb: this graph's bias gradient, separate arguments so that the compiler knows they
-     * do not overlap; as two pointers into one array they keep the loops scalar) */
-    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);  /* both directions */
-    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
-    memset(dcg, 0, sizeof(float) * d);
-    memset(dcb, 0, sizeof(float) * d);
-    for (int64_t o = 0; o < no; o++) {
-        for (int64_t i = 0; i < ni; i++) {
-            for (int64_t r = 0; r < 2; r++) {
-                /* direction 0 was reduced into node o over i, direction 1 into node i over o */
-                int64_t row = ((b * 2 + r) * no + o) * ni + i;
-                int64_t node = r == 0 ? b * no + o : b * ni + i;
-                const float *ds = (r == 0 ? dSo : dSi) + node * 4 * d;
-                const int32_t *ix = (r == 0 ? Io : Ii) + node * 2 * d;
-                msg_row_bwd(d, G + row * 2 * d, cg, cb, To + ((b * 2 + r) * no + o) * d,
-                            Ti + ((b * 2 + r) * ni + i) * d, ds, ix, (int32_t)(r == 0 ? i : o),
-                            dG + row * 2 * d, dcg, dcb, dTo + ((b * 2 + r) * no + o) * d,
-                            dTi + ((b * 2 + r) * ni + i) * d);
-            }
-        }
-    }
-}
-
-/* Gradient of ngnn_msg_fwd: dSo [B,no,4,d], dSi [B,ni,4,d] -> dG [B,2,no,ni,2d], dC [B,2d] (the
- * bias gradient of each graph), dTo [B,2,no,d], dTi [B,2,ni,d] (all overwritten). */
-void ngnn_msg_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
-                  const float *RESTRICT G, const float *RESTRICT C, const float *RESTRICT To,
-                  const float *RESTRICT Ti, const int32_t *RESTRICT Io,
-                  const int32_t *RESTRICT Ii, const float *RESTRICT dSo,
-                  const float *RESTRICT dSi, float *RESTRICT dG, float *RESTRICT dC,
-                  float *RESTRICT dTo, float *RESTRICT dTi) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < B; b++)
-        msg_bwd_one(b, no, ni, d, G, C, To, Ti, Io, Ii, dSo, dSi, dG, dC + b * 2 * d,
-                    dC + b * 2 * d + d, dTo, dTi);
-}
-
-/* ---- edge activation --------------------------------------------------------------------- */
+/* ---- polynomial exponential -------------------------------------------------------------- */
 
 /* exp(x) for x in [-87, 88] (clamped), relative error ~2e-7: x = k ln2 + r, |r| <= ln2 / 2 (+1 ulp),
  * exp(r) by a degree-6 Taylor polynomial, 2^k assembled in the exponent bits. NaN stays NaN. */
@@ -226,74 +143,6 @@ static inline float exp_poly(float x) {
     p = p * r + 1.0f;
     union { int32_t i; float f; } scale = {.i = ((int32_t)k + 127) << 23};
     return p * scale.f;
-}
-
-static NOINLINE void edge_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
-                                  const float *RESTRICT Hm, const float *RESTRICT To,
-                                  const float *RESTRICT Ti, float *RESTRICT out) {
-    for (int64_t r = 0; r < 2; r++) {
-        for (int64_t o = 0; o < no; o++) {
-            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * d;
-            for (int64_t i = 0; i < ni; i++) {
-                int64_t row = ((b * 2 + r) * no + o) * ni + i;
-                const float *RESTRICT hm = Hm + row * d;
-                const float *RESTRICT u = Ti + ((b * 2 + r) * ni + i) * d;
-                float *RESTRICT y = out + row * d;
-                for (int64_t c = 0; c < d; c++) {
-                    float h = hm[c] + (t[c] + u[c]);
-                    y[c] = h / (1.0f + exp_poly(-h));
-                }
-            }
-        }
-    }
-}
-
-/* Hm [B,2,no,ni,d], To [B,2,no,d], Ti [B,2,ni,d] -> out [B,2,no,ni,d]. */
-void ngnn_edge_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
-                   const float *RESTRICT Hm, const float *RESTRICT To, const float *RESTRICT Ti,
-                   float *RESTRICT out) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < B; b++) edge_fwd_one(b, no, ni, d, Hm, To, Ti, out);
-}
-
-static NOINLINE void edge_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d,
-                                  const float *RESTRICT Hm, const float *RESTRICT To,
-                                  const float *RESTRICT Ti, const float *RESTRICT dout,
-                                  float *RESTRICT dH, float *RESTRICT dTo, float *RESTRICT dTi) {
-    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);
-    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
-    for (int64_t r = 0; r < 2; r++) {
-        for (int64_t o = 0; o < no; o++) {
-            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * d;
-            float *RESTRICT dt = dTo + ((b * 2 + r) * no + o) * d;
-            for (int64_t i = 0; i < ni; i++) {
-                int64_t row = ((b * 2 + r) * no + o) * ni + i;
-                const float *RESTRICT hm = Hm + row * d;
-                const float *RESTRICT u = Ti + ((b * 2 + r) * ni + i) * d;
-                const float *RESTRICT gy = dout + row * d;
-                float *RESTRICT gh = dH + row * d;
-                float *RESTRICT du = dTi + ((b * 2 + r) * ni + i) * d;
-                for (int64_t c = 0; c < d; c++) {
-                    float h = hm[c] + (t[c] + u[c]);
-                    float sig = 1.0f / (1.0f + exp_poly(-h));
-                    float g = gy[c] * (sig * (1.0f + h * (1.0f - sig)));
-                    gh[c] = g;
-                    dt[c] += g;
-                    du[c] += g;
-                }
-            }
-        }
-    }
-}
-
-/* Gradient of ngnn_edge_fwd: dout [B,2,no,ni,d] -> dH [B,2,no,ni,d], dTo [B,2,no,d],
- * dTi [B,2,ni,d] (all overwritten). */
-void ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d,
-                   const float *RESTRICT Hm, const float *RESTRICT To, const float *RESTRICT Ti,
-                   const float *RESTRICT dout, float *RESTRICT dH, float *RESTRICT dTo,
-                   float *RESTRICT dTi) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < B; b++) edge_bwd_one(b, no, ni, d, Hm, To, Ti, dout, dH, dTo, dTi);
 }
 
 /* ---- NG-T relational attention over the real edges (block path) -------------------------- */
@@ -355,6 +204,35 @@ static void rows_times_wt(int64_t n, int64_t K, int64_t M, const float *RESTRICT
                 for (int v = 0; v < 4; v++) a[v] += x * VL(Wt + c * M + m + 16 * v);
             }
             for (int v = 0; v < 4; v++) VS(O + j * M + m + 16 * v, a[v]);
+        }
+    }
+    for (; m + 32 <= M; m += 32) { /* 32 columns: eight rows at a time */
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            vf16 a[8][2];
+            for (int r = 0; r < 8; r++) a[r][0] = a[r][1] = (vf16){0};
+            for (int64_t c = 0; c < K; c++) {
+                const vf16 w0 = VL(Wt + c * M + m), w1 = VL(Wt + c * M + m + 16);
+                for (int r = 0; r < 8; r++) {
+                    const float x = X[(j + r) * K + c];
+                    a[r][0] += x * w0;
+                    a[r][1] += x * w1;
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                VS(O + (j + r) * M + m, a[r][0]);
+                VS(O + (j + r) * M + m + 16, a[r][1]);
+            }
+        }
+        for (; j < n; j++) {
+            vf16 a0 = (vf16){0}, a1 = (vf16){0};
+            for (int64_t c = 0; c < K; c++) {
+                const float x = X[j * K + c];
+                a0 += x * VL(Wt + c * M + m);
+                a1 += x * VL(Wt + c * M + m + 16);
+            }
+            VS(O + j * M + m, a0);
+            VS(O + j * M + m + 16, a1);
         }
     }
     for (; m < M; m++) {
@@ -935,6 +813,281 @@ int res_ln_bwd(int threads, int64_t R, int64_t C, const float *RESTRICT Z,
                 failed = 1;
         }
         free(u);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- NG-GNN message statistics and edge update, with the per-edge GEMMs inside ---------- */
+
+/* The message statistics with the FiLM GEMM done here: the rows
+ * (o, i = 0..n_i-1) of one target o and direction are n_i consecutive rows of E [B,2,no,ni,de],
+ * so their FiLM rows G = E Wf^T ([n_i, 2d]) are computed into a small buffer, used and dropped
+ * (the backward recomputes them and does the FiLM GEMM's backward itself: dE = dG Wf,
+ * dWf += dG^T E). Wt is Wf transposed ([de, 2d]). */
+static NOINLINE void msg_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d, int64_t de,
+                                  const float *RESTRICT E, const float *RESTRICT Wt,
+                                  const float *RESTRICT C, const float *RESTRICT To,
+                                  const float *RESTRICT Ti, float *RESTRICT So,
+                                  int32_t *RESTRICT Io, float *RESTRICT Si, int32_t *RESTRICT Ii,
+                                  float *RESTRICT g0, float *RESTRICT g1) {
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    float *si = Si + b * ni * 4 * d;
+    int32_t *ii = Ii + b * ni * 2 * d;
+    for (int64_t i = 0; i < ni; i++) stats_init(d, si + i * 4 * d, ii + i * 2 * d);
+    for (int64_t o = 0; o < no; o++) {
+        float *so = So + (b * no + o) * 4 * d;
+        int32_t *io = Io + (b * no + o) * 2 * d;
+        stats_init(d, so, io);
+        rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 0) * no + o) * ni * de, Wt, g0);
+        rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 1) * no + o) * ni * de, Wt, g1);
+        for (int64_t i = 0; i < ni; i++) {
+            msg_row_fwd(d, g0 + i * 2 * d, cg, cb, To + ((b * 2 + 0) * no + o) * d,
+                        Ti + ((b * 2 + 0) * ni + i) * d, so, io, (int32_t)i);
+            msg_row_fwd(d, g1 + i * 2 * d, cg, cb, To + ((b * 2 + 1) * no + o) * d,
+                        Ti + ((b * 2 + 1) * ni + i) * d, si + i * 4 * d, ii + i * 2 * d,
+                        (int32_t)o);
+        }
+    }
+}
+
+/* E [B,2,no,ni,de], Wt [de,2d], C [2d], To [B,2,no,d], Ti [B,2,ni,d] -> So [B,no,4,d],
+ * Io [B,no,2,d] (argmin, argmax over i), Si [B,ni,4,d], Ii [B,ni,2,d]. Returns -1 when scratch
+ * memory ran out. */
+int ngnn_msg_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d, int64_t de,
+                  const float *RESTRICT E, const float *RESTRICT Wt, const float *RESTRICT C,
+                  const float *RESTRICT To, const float *RESTRICT Ti, float *RESTRICT So,
+                  int32_t *RESTRICT Io, float *RESTRICT Si, int32_t *RESTRICT Ii) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * ni * d));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (g)
+                msg_fwd_one(b, no, ni, d, de, E, Wt, C, To, Ti, So, Io, Si, Ii, g, g + 2 * ni * d);
+            else
+                failed = 1;
+        }
+        free(g);
+    }
+    return failed ? -1 : 0;
+}
+
+static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d, int64_t de,
+                                  const float *RESTRICT E, const float *RESTRICT W,
+                                  const float *RESTRICT Wt, const float *RESTRICT C,
+                                  const float *RESTRICT To, const float *RESTRICT Ti,
+                                  const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
+                                  const float *RESTRICT dSo, const float *RESTRICT dSi,
+                                  float *RESTRICT dE, float *RESTRICT dW, float *RESTRICT dcg,
+                                  float *RESTRICT dcb, float *RESTRICT dTo, float *RESTRICT dTi,
+                                  float *RESTRICT g, float *RESTRICT dg) {
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);
+    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
+    memset(dcg, 0, sizeof(float) * d);
+    memset(dcb, 0, sizeof(float) * d);
+    memset(dW, 0, sizeof(float) * 2 * d * de);
+    for (int64_t o = 0; o < no; o++) {
+        for (int64_t r = 0; r < 2; r++) {
+            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+            rows_times_wt(ni, de, 2 * d, E + row0 * de, Wt, g);
+            for (int64_t i = 0; i < ni; i++) {
+                /* direction 0 was reduced into node o over i, direction 1 into node i over o */
+                int64_t node = r == 0 ? b * no + o : b * ni + i;
+                const float *ds = (r == 0 ? dSo : dSi) + node * 4 * d;
+                const int32_t *ix = (r == 0 ? Io : Ii) + node * 2 * d;
+                msg_row_bwd(d, g + i * 2 * d, cg, cb, To + ((b * 2 + r) * no + o) * d,
+                            Ti + ((b * 2 + r) * ni + i) * d, ds, ix, (int32_t)(r == 0 ? i : o),
+                            dg + i * 2 * d, dcg, dcb, dTo + ((b * 2 + r) * no + o) * d,
+                            dTi + ((b * 2 + r) * ni + i) * d);
+            }
+            memset(dE + row0 * de, 0, sizeof(float) * (size_t)(ni * de));
+            rows_times_w(ni, 2 * d, de, dg, W, dE + row0 * de);
+            accumulate_gt_x(ni, 2 * d, de, dg, E + row0 * de, dW);
+        }
+    }
+}
+
+/* Gradient of ngnn_msg_fwd: dSo, dSi -> dE [B,2,no,ni,de], dWp [B,2d,de] and dC [B,2d] (per
+ * graph), dTo, dTi (all overwritten). W is Wf ([2d, de]). Returns -1 when scratch ran out. */
+int ngnn_msg_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d, int64_t de,
+                  const float *RESTRICT E, const float *RESTRICT W, const float *RESTRICT Wt,
+                  const float *RESTRICT C, const float *RESTRICT To, const float *RESTRICT Ti,
+                  const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
+                  const float *RESTRICT dSo, const float *RESTRICT dSi, float *RESTRICT dE,
+                  float *RESTRICT dWp, float *RESTRICT dC, float *RESTRICT dTo,
+                  float *RESTRICT dTi) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * ni * d));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (g)
+                msg_bwd_one(b, no, ni, d, de, E, W, Wt, C, To, Ti, Io, Ii, dSo, dSi, dE,
+                             dWp + b * 2 * d * de, dC + b * 2 * d, dC + b * 2 * d + d, dTo, dTi,
+                             g, g + 2 * ni * d);
+            else
+                failed = 1;
+        }
+        free(g);
+    }
+    return failed ? -1 : 0;
+}
+
+/* The edge update with both of its GEMMs inside, per block of the n_i rows of one (b, r, o):
+ *   H = E We^T, A = silu(H + To[b,r,o] + Ti[b,r,i]), out = E + A Wo^T + bo
+ * (We: edge_lin [de,de] with its bias moved into To; Wo, bo: edge_out). The backward
+ * recomputes H and A. Wte, Wto: the transposed weights. */
+static inline __attribute__((always_inline)) void edge_act(int64_t n, int64_t de,
+                                                            const float *RESTRICT H,
+                                                            const float *RESTRICT t,
+                                                            const float *RESTRICT Ti,
+                                                            float *RESTRICT A) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *RESTRICT u = Ti + i * de;
+        IVDEP
+        for (int64_t c = 0; c < de; c++) {
+            float h = H[i * de + c] + (t[c] + u[c]);
+            A[i * de + c] = h / (1.0f + exp_poly(-h));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void add_bias_residual(int64_t n,
+                                                                    const float *RESTRICT e,
+                                                                    const float *RESTRICT bias,
+                                                                    float *RESTRICT y) {
+    IVDEP
+    for (int64_t c = 0; c < n; c++) y[c] += e[c] + bias[c];
+}
+
+static NOINLINE void edge_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t de,
+                                   const float *RESTRICT E, const float *RESTRICT Wte,
+                                   const float *RESTRICT Wto, const float *RESTRICT bo,
+                                   const float *RESTRICT To, const float *RESTRICT Ti,
+                                   float *RESTRICT out, float *RESTRICT h, float *RESTRICT a) {
+    for (int64_t r = 0; r < 2; r++) {
+        for (int64_t o = 0; o < no; o++) {
+            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+            const float *RESTRICT e = E + row0 * de;
+            float *RESTRICT y = out + row0 * de;
+            rows_times_wt(ni, de, de, e, Wte, h);
+            edge_act(ni, de, h, To + ((b * 2 + r) * no + o) * de, Ti + (b * 2 + r) * ni * de, a);
+            rows_times_wt(ni, de, de, a, Wto, y);
+            for (int64_t i = 0; i < ni; i++) add_bias_residual(de, e + i * de, bo, y + i * de);
+        }
+    }
+}
+
+/* E [B,2,no,ni,de], Wte, Wto [de,de] (transposed edge_lin / edge_out weights), bo [de],
+ * To [B,2,no,de] (edge_lin's bias included), Ti [B,2,ni,de] -> out [B,2,no,ni,de]. */
+int ngnn_edge_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t de,
+                   const float *RESTRICT E, const float *RESTRICT Wte,
+                   const float *RESTRICT Wto, const float *RESTRICT bo,
+                   const float *RESTRICT To, const float *RESTRICT Ti, float *RESTRICT out) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = (float *)malloc(sizeof(float) * (size_t)(2 * ni * de));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (buf)
+                edge_fwd_one(b, no, ni, de, E, Wte, Wto, bo, To, Ti, out, buf, buf + ni * de);
+            else
+                failed = 1;
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+static inline __attribute__((always_inline)) void add_row(int64_t n, const float *RESTRICT x,
+                                                          float *RESTRICT acc) {
+    IVDEP
+    for (int64_t c = 0; c < n; c++) acc[c] += x[c];
+}
+
+/* h (pre-activation without node terms) <- dA silu'(h + t + u); dt, du += that */
+static inline __attribute__((always_inline)) void silu_grad_row(
+    int64_t n, float *RESTRICT h, const float *RESTRICT t, const float *RESTRICT u,
+    const float *RESTRICT da, float *RESTRICT dt, float *RESTRICT du) {
+    IVDEP
+    for (int64_t c = 0; c < n; c++) {
+        const float x = h[c] + (t[c] + u[c]);
+        const float sig = 1.0f / (1.0f + exp_poly(-x));
+        const float g = da[c] * (sig * (1.0f + x * (1.0f - sig)));
+        h[c] = g;
+        dt[c] += g;
+        du[c] += g;
+    }
+}
+
+static NOINLINE void edge_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t de,
+                                   const float *RESTRICT E, const float *RESTRICT We,
+                                   const float *RESTRICT Wte, const float *RESTRICT Wo,
+                                   const float *RESTRICT To,
+                                   const float *RESTRICT Ti, const float *RESTRICT dout,
+                                   float *RESTRICT dE, float *RESTRICT dWe, float *RESTRICT dWo,
+                                   float *RESTRICT dbo, float *RESTRICT dTo,
+                                   float *RESTRICT dTi, float *RESTRICT h, float *RESTRICT a,
+                                   float *RESTRICT da) {
+    memset(dTo + b * 2 * no * de, 0, sizeof(float) * (size_t)(2 * no * de));
+    memset(dTi + b * 2 * ni * de, 0, sizeof(float) * (size_t)(2 * ni * de));
+    memset(dWe, 0, sizeof(float) * (size_t)(de * de));
+    memset(dWo, 0, sizeof(float) * (size_t)(de * de));
+    memset(dbo, 0, sizeof(float) * (size_t)de);
+    for (int64_t r = 0; r < 2; r++) {
+        for (int64_t o = 0; o < no; o++) {
+            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+            const float *RESTRICT e = E + row0 * de;
+            const float *RESTRICT gy = dout + row0 * de;
+            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * de;
+            const float *RESTRICT ti = Ti + (b * 2 + r) * ni * de;
+            float *RESTRICT dt = dTo + ((b * 2 + r) * no + o) * de;
+            float *RESTRICT dti = dTi + (b * 2 + r) * ni * de;
+            float *RESTRICT de_ = dE + row0 * de;
+            rows_times_wt(ni, de, de, e, Wte, h);
+            edge_act(ni, de, h, t, ti, a);
+            /* through edge_out: dA = dY Wo, dWo += dY^T A, dbo += sum dY */
+            memset(da, 0, sizeof(float) * (size_t)(ni * de));
+            rows_times_w(ni, de, de, gy, Wo, da);
+            accumulate_gt_x(ni, de, de, gy, a, dWo);
+            for (int64_t i = 0; i < ni; i++) add_row(de, gy + i * de, dbo);
+            /* through silu: dH = dA silu'(x), overwriting h; node-term sums */
+            for (int64_t i = 0; i < ni; i++)
+                silu_grad_row(de, h + i * de, t, ti + i * de, da + i * de, dt, dti + i * de);
+            /* through edge_lin and the residual: dE = dY + dH We, dWe += dH^T E */
+            memcpy(de_, gy, sizeof(float) * (size_t)(ni * de));
+            rows_times_w(ni, de, de, h, We, de_);
+            accumulate_gt_x(ni, de, de, h, e, dWe);
+        }
+    }
+}
+
+/* Gradient of ngnn_edge_fwd: dout -> dE [B,2,no,ni,de], per graph dWe, dWo [B,de,de] and dbo
+ * [B,de], dTo, dTi (all overwritten). We, Wo: the weights ([de,de], out x in), Wte: We^T. */
+int ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t de,
+                   const float *RESTRICT E, const float *RESTRICT We, const float *RESTRICT Wte,
+                   const float *RESTRICT Wo, const float *RESTRICT To, const float *RESTRICT Ti,
+                   const float *RESTRICT dout, float *RESTRICT dE, float *RESTRICT dWe,
+                   float *RESTRICT dWo, float *RESTRICT dbo, float *RESTRICT dTo,
+                   float *RESTRICT dTi) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = (float *)malloc(sizeof(float) * (size_t)(3 * ni * de));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (buf)
+                edge_bwd_one(b, no, ni, de, E, We, Wte, Wo, To, Ti, dout, dE,
+                              dWe + b * de * de, dWo + b * de * de, dbo + b * de, dTo, dTi, buf,
+                              buf + ni * de, buf + 2 * ni * de);
+            else
+                failed = 1;
+        }
+        free(buf);
     }
     return failed ? -1 : 0;
 }

@@ -1,35 +1,33 @@
-r"""The native (C) kernels of the dense NG-GNN layer and of NG-T's block attention: build on
-first use, verify, autograd.
+r"""The native (C) kernels of the dense NG-GNN layer and of NG-T's block path: build on first
+use, verify, autograd.
 
-``_kernels.c`` (shipped next to this file) fuses the two elementwise-heavy parts of
-:meth:`~nngraph_layers.EdgePNAConv.forward_dense` into one pass over the per-edge tensors each
-way (forward and backward):
+``_kernels.c`` (shipped next to this file) replaces the per-edge work of
+:meth:`~nngraph_layers.EdgePNAConv.forward_dense` and of NG-T's block path with one pass over
+the per-edge (per-pair) rows each way, the small per-edge GEMMs included (their outputs are
+computed a block of rows at a time into cache-resident buffers and never stored; the backward
+recomputes them):
 
-- :func:`message_stats`: FiLM messages :math:`m = \beta + \gamma \odot (t_o + t_i)` of both
-  edge directions of one weight matrix and their sum, sum of squares, min and max per receiving
-  node (the backward routes the min / max gradient through the saved argmin / argmax); it adds
-  the FiLM bias itself, so the FiLM matmul runs without one (torch's Linear spends a full pass
-  broadcasting its bias into the output);
-- :func:`edge_activation`: :math:`\mathrm{SiLU}(h + t_o + t_i)` of the edge update;
+- :func:`film_message_stats`: the FiLM GEMM and messages :math:`m = \beta + \gamma \odot (t_o +
+  t_i)` of both edge directions of one weight matrix, and their sum, sum of squares, min and
+  max per receiving node (the backward routes the min / max gradient through the saved argmin /
+  argmax);
+- :func:`edge_update`: NG-GNN's edge update :math:`\mathbf e + \mathbf W_o\,\mathrm{SiLU}(
+  \mathbf W_e \mathbf e + t_o + t_i) + \mathbf b_o` (both GEMMs, bias and residual);
+- :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
+  both directions (pair terms, scores, softmax numerators and denominators, the
+  attention-weighted values and pair features per receiver);
 - :func:`edge_gelu`: NG-T's edge-update activation
   :math:`\mathrm{GELU}(h_{ij} + h'_{ji} + t_i + t_j)` of both directions of a weight (the pair
   GEMM's own half, the reverse pair's other half, node terms), without torch's flip and stack;
 - :func:`residual_layer_norm`: :math:`\mathrm{LN}(\mathbf r + \mathrm{Dropout}(\mathbf z +
-  \mathbf b))`, the end of both halves of NG-T's edge update, in one pass each way; the dropout
-  mask is a hash of the element's index and a seed drawn from torch's generator, recomputed in
-  the backward instead of stored;
-- :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
-  both directions (pair terms, scores, softmax numerators and denominators, the
-  attention-weighted values and pair features per receiver) without materialising any
-  per-pair tensor of the attention width: a receiver's pair terms are computed into a
-  cache-resident buffer, used and dropped (and recomputed in the backward).
+  \mathbf b))`, the end of both halves of NG-T's edge update; the dropout mask is a hash of the
+  element's index and a seed drawn from torch's generator, recomputed in the backward.
 
-All are ``torch.autograd.Function`` s that recompute :math:`m` and :math:`h` in the backward
-instead of storing them. The library is compiled with the system C compiler and cached by
-:mod:`nngraph_core._native`; :func:`load` checks it against the torch formulas
-(:func:`reference_message_stats`, :func:`reference_edge_activation`) before first use and raises
-:class:`NativeKernelError` on any failure. float32 CPU tensors only; the layer falls back to
-its torch code for everything else.
+All are ``torch.autograd.Function`` s. The library is compiled with the system C compiler and
+cached by :mod:`nngraph_core._native`; :func:`load` checks every function against its torch
+formula (the ``reference_*`` functions, in float64) before first use and raises
+:class:`NativeKernelError` on any failure. float32 CPU tensors only; the layers fall back to
+their torch code for everything else.
 """
 
 from __future__ import annotations
@@ -52,13 +50,15 @@ __all__ = [
     "attention_block",
     "available",
     "available_or_warn",
-    "edge_activation",
     "edge_gelu",
+    "edge_update",
+    "film_message_stats",
     "load",
-    "message_stats",
     "reference_attention_block",
     "reference_edge_activation",
     "reference_edge_gelu",
+    "reference_edge_update",
+    "reference_film_message_stats",
     "reference_message_stats",
     "reference_residual_layer_norm",
     "residual_layer_norm",
@@ -69,7 +69,7 @@ __all__ = [
 #: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
 Kernel = Literal["auto", "native", "torch"]
 
-_VERSION = 6  # KERNEL_VERSION in the C source
+_VERSION = 7  # KERNEL_VERSION in the C source
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
@@ -209,17 +209,19 @@ def reference_residual_layer_norm(
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     sizes = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
-    lib.ngnn_msg_fwd.argtypes = [*sizes, *[p] * 8]
-    lib.ngnn_msg_bwd.argtypes = [*sizes, *[p] * 12]
-    lib.ngnn_edge_fwd.argtypes = [*sizes, *[p] * 4]
-    lib.ngnn_edge_bwd.argtypes = [*sizes, *[p] * 7]
-    for name in ("ngnn_msg_fwd", "ngnn_msg_bwd", "ngnn_edge_fwd", "ngnn_edge_bwd"):
-        getattr(lib, name).restype = None
     # threads, B, N, n_o, n_i, src_off, dst_off, A, H, d_e, scale
     attn = [i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.ngt_attn_fwd.argtypes = [*attn, *[p] * 12]
     lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 14]
     lib.ngt_attn_fwd.restype = lib.ngt_attn_bwd.restype = ctypes.c_int
+    # threads, B, n_o, n_i, d, d_e
+    sizes6 = [i32, i64, i64, i64, i64, i64]
+    lib.ngnn_msg_fwd.argtypes = [*sizes6, *[p] * 9]
+    lib.ngnn_msg_bwd.argtypes = [*sizes6, *[p] * 15]
+    lib.ngnn_edge_fwd.argtypes = [*sizes, *[p] * 7]
+    lib.ngnn_edge_bwd.argtypes = [*sizes, *[p] * 13]
+    for name in ("ngnn_msg_fwd", "ngnn_msg_bwd", "ngnn_edge_fwd", "ngnn_edge_bwd"):
+        getattr(lib, name).restype = ctypes.c_int
     lib.ngt_edge_fwd.argtypes = [*sizes, *[p] * 4]
     lib.ngt_edge_bwd.argtypes = [*sizes, *[p] * 7]
     lib.ngt_edge_fwd.restype = lib.ngt_edge_bwd.restype = None
@@ -244,21 +246,22 @@ def _self_check() -> None:
     def rnd(*shape: int, grad: bool = True) -> Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_(grad)
 
-    g, bias, t_o, t_i = rnd(b, 2, no, ni, 2 * d), rnd(2 * d), rnd(b, 2, no, d), rnd(b, 2, ni, d)
-    h = rnd(b, 2, no, ni, d)
+    bias, t_o, t_i, h = rnd(2 * d), rnd(b, 2, no, d), rnd(b, 2, ni, d), rnd(b, 2, no, ni, d)
     # attention: A = 8 over 2 heads, d_e = 3, sources at nodes 1..5, targets at 6..8 of 10
     heads, a, de, n = 2, 8, 3, 10
     w_pair, e, qkv = rnd(3 * a, de), rnd(b, 2, no, ni, de), rnd(b, n, 3 * a)
     attn_w = [rnd(*s, grad=False) for s in ((b, no, heads), (b, no, a), (b, no, heads, de))]
     attn_w += [rnd(*s, grad=False) for s in ((b, ni, heads), (b, ni, a), (b, ni, heads, de))]
     cases: list[tuple[Any, Any, tuple[Tensor, ...], tuple[Any, ...], tuple[Tensor, ...]]] = [
-        (message_stats, reference_message_stats, (g, bias, t_o, t_i), (),
+        (film_message_stats, reference_film_message_stats,
+         (rnd(b, 2, no, ni, 5), rnd(2 * d, 5), bias, t_o, t_i), (),
          (rnd(b, no, 4, d, grad=False), rnd(b, ni, 4, d, grad=False))),
-        (edge_activation, reference_edge_activation, (h, t_o, t_i), (),
+        (edge_update, reference_edge_update,
+         (rnd(b, 2, no, ni, d), rnd(d, d), t_o, t_i, rnd(d, d), rnd(d)), (),
          (rnd(b, 2, no, ni, d, grad=False),)),
         (attention_block, reference_attention_block, (e, w_pair, qkv), (1, 6, heads, 0.3),
          (attn_w[0], *attn_w[:3], attn_w[3], *attn_w[3:])),
-        (edge_gelu, reference_edge_gelu, (3 * rnd(b, 2, no, ni, 2 * d), t_o, t_i), (),
+        (edge_gelu, reference_edge_gelu, (rnd(b, 2, no, ni, 2 * d), t_o, t_i), (),
          (rnd(b, 2, no, ni, d, grad=False),)),
         (_res_ln, reference_residual_layer_norm,
          (h, rnd(d), rnd(b, 2, no, ni, d), rnd(d), rnd(d)), (1e-5, 0.3, 12345),
@@ -266,13 +269,14 @@ def _self_check() -> None:
     ]  # fmt: skip
     checks = []
     for fn, ref, args, consts, weights in cases:
-        outs = [_flat(fn(*args, *consts)), _flat(ref(*args, *consts))]
-        grads = []
-        for out in outs:
-            loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
-            grads.append(torch.autograd.grad(loss, args))
-        for x, y in zip([*grads[0], *outs[0]], [*grads[1], *outs[1]], strict=True):
-            checks.append(torch.allclose(x, y, rtol=1e-4, atol=1e-5))
+        exact = tuple(t.detach().double().requires_grad_() for t in args)
+        out, want = _flat(fn(*args, *consts)), _flat(ref(*exact, *consts))
+        grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), args)
+        wd = [w.double() for w in weights]
+        exact_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(want, wd)), exact)
+        for x, y in zip([*grads, *out], [*exact_grads, *want], strict=True):
+            tol = 1e-4 * (1.0 + float(y.detach().abs().max()))
+            checks.append(torch.allclose(x.detach().double(), y.detach(), rtol=1e-4, atol=tol))
     if not all(checks):
         raise NativeKernelError("the compiled kernel disagrees with the torch formulas")
 
@@ -360,91 +364,6 @@ def _check(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
             f"{name}: expected a float32 CPU tensor of shape {shape}, got {t.dtype} "
             f"{tuple(t.shape)} on {t.device}"
         )
-
-
-class _MessageStats(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any, g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        b, _, no, ni, d2 = g.shape
-        d = d2 // 2
-        _check("g", g, (b, 2, no, ni, 2 * d))
-        _check("bias", bias, (2 * d,))
-        _check("t_o", t_o, (b, 2, no, d))
-        _check("t_i", t_i, (b, 2, ni, d))
-        g, bias, t_o, t_i = g.contiguous(), bias.contiguous(), t_o.contiguous(), t_i.contiguous()
-        s_o = g.new_empty(b, no, 4, d)
-        s_i = g.new_empty(b, ni, 4, d)
-        i_o = torch.empty(b, no, 2, d, dtype=torch.int32)
-        i_i = torch.empty(b, ni, 2, d, dtype=torch.int32)
-        _lib().ngnn_msg_fwd(
-            torch.get_num_threads(), b, no, ni, d, g.data_ptr(), bias.data_ptr(), t_o.data_ptr(),
-            t_i.data_ptr(), s_o.data_ptr(), i_o.data_ptr(), s_i.data_ptr(), i_i.data_ptr(),
-        )  # fmt: skip
-        ctx.save_for_backward(g, bias, t_o, t_i, i_o, i_i)
-        return s_o, s_i
-
-    @staticmethod
-    def backward(ctx: Any, ds_o: Tensor, ds_i: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        g, bias, t_o, t_i, i_o, i_i = ctx.saved_tensors
-        b, _, no, ni, d2 = g.shape
-        d = d2 // 2
-        ds_o, ds_i = ds_o.contiguous(), ds_i.contiguous()
-        dg = torch.empty_like(g)
-        dbias = g.new_empty(b, 2 * d)  # per graph, summed below
-        dt_o = torch.empty_like(t_o)
-        dt_i = torch.empty_like(t_i)
-        _lib().ngnn_msg_bwd(
-            torch.get_num_threads(), b, no, ni, d, g.data_ptr(), bias.data_ptr(), t_o.data_ptr(),
-            t_i.data_ptr(), i_o.data_ptr(), i_i.data_ptr(), ds_o.data_ptr(), ds_i.data_ptr(),
-            dg.data_ptr(), dbias.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
-        )  # fmt: skip
-        return dg, dbias.sum(0), dt_o, dt_i
-
-
-class _EdgeActivation(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
-        b, _, no, ni, d = h.shape
-        _check("h", h, (b, 2, no, ni, d))
-        _check("t_o", t_o, (b, 2, no, d))
-        _check("t_i", t_i, (b, 2, ni, d))
-        h, t_o, t_i = h.contiguous(), t_o.contiguous(), t_i.contiguous()
-        out = torch.empty_like(h)
-        _lib().ngnn_edge_fwd(
-            torch.get_num_threads(), b, no, ni, d, h.data_ptr(), t_o.data_ptr(), t_i.data_ptr(),
-            out.data_ptr(),
-        )  # fmt: skip
-        ctx.save_for_backward(h, t_o, t_i)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h, t_o, t_i = ctx.saved_tensors
-        b, _, no, ni, d = h.shape
-        dout = dout.contiguous()
-        dh = torch.empty_like(h)
-        dt_o = torch.empty_like(t_o)
-        dt_i = torch.empty_like(t_i)
-        _lib().ngnn_edge_bwd(
-            torch.get_num_threads(), b, no, ni, d, h.data_ptr(), t_o.data_ptr(), t_i.data_ptr(),
-            dout.data_ptr(), dh.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
-        )  # fmt: skip
-        return dh, dt_o, dt_i
-
-
-def message_stats(g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`reference_message_stats` by the C kernel (float32 CPU tensors; differentiable in
-    all four inputs). The gradient of a min / max goes to its first occurrence."""
-    out: tuple[Tensor, Tensor] = _MessageStats.apply(g, bias, t_o, t_i)
-    return out
-
-
-def edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
-    """:func:`reference_edge_activation` by the C kernel (float32 CPU tensors)."""
-    out: Tensor = _EdgeActivation.apply(h, t_o, t_i)
-    return out
 
 
 class _AttentionBlock(torch.autograd.Function):
@@ -634,6 +553,130 @@ def residual_layer_norm(
         raise ValueError("residual_layer_norm needs a LayerNorm with an affine weight and bias")
     seed = int(torch.randint(0, 2**32, (1,), dtype=torch.int64)) if p > 0 else 0
     return _res_ln(z, bias, res, norm.weight, norm.bias, norm.eps, p, seed)
+
+
+def reference_film_message_stats(
+    e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The torch formula of :func:`film_message_stats`: :func:`reference_message_stats` of the
+    FiLM GEMM ``e @ w_film.T`` (``e [B, 2, n_o, n_i, d_e]``, ``w_film [2d, d_e]``)."""
+    return reference_message_stats(torch.nn.functional.linear(e, w_film), bias, t_o, t_i)
+
+
+def reference_edge_update(
+    e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
+) -> Tensor:
+    """The torch formula of :func:`edge_update`: ``e + Linear_out(silu(e @ w_edge.T + t_o +
+    t_i))`` with the node terms broadcast as in :func:`reference_edge_activation`."""
+    act = reference_edge_activation(torch.nn.functional.linear(e, w_edge), t_o, t_i)
+    return e + torch.nn.functional.linear(act, w_out, b_out)
+
+
+class _FilmMessageStats(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        b, _, no, ni, de = e.shape
+        d = w_film.shape[0] // 2
+        _check("e", e, (b, 2, no, ni, de))
+        _check("w_film", w_film, (2 * d, de))
+        _check("bias", bias, (2 * d,))
+        _check("t_o", t_o, (b, 2, no, d))
+        _check("t_i", t_i, (b, 2, ni, d))
+        e, w, bias = e.contiguous(), w_film.contiguous(), bias.contiguous()
+        t_o, t_i, wt = t_o.contiguous(), t_i.contiguous(), w.t().contiguous()
+        s_o, s_i = e.new_empty(b, no, 4, d), e.new_empty(b, ni, 4, d)
+        i_o = torch.empty(b, no, 2, d, dtype=torch.int32)
+        i_i = torch.empty(b, ni, 2, d, dtype=torch.int32)
+        rc = _lib().ngnn_msg_fwd(
+            torch.get_num_threads(), b, no, ni, d, de, e.data_ptr(), wt.data_ptr(),
+            bias.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), s_o.data_ptr(), i_o.data_ptr(),
+            s_i.data_ptr(), i_i.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("film_message_stats: the kernel could not allocate scratch memory")
+        ctx.save_for_backward(e, w, wt, bias, t_o, t_i, i_o, i_i)
+        return s_o, s_i
+
+    @staticmethod
+    def backward(ctx: Any, ds_o: Tensor, ds_i: Tensor) -> tuple[Tensor, ...]:
+        e, w, wt, bias, t_o, t_i, i_o, i_i = ctx.saved_tensors
+        b, _, no, ni, de = e.shape
+        d = w.shape[0] // 2
+        ds_o, ds_i = ds_o.contiguous(), ds_i.contiguous()
+        d_e, dt_o, dt_i = torch.empty_like(e), torch.empty_like(t_o), torch.empty_like(t_i)
+        d_w, d_bias = e.new_empty(b, 2 * d, de), e.new_empty(b, 2 * d)  # per graph
+        rc = _lib().ngnn_msg_bwd(
+            torch.get_num_threads(), b, no, ni, d, de, e.data_ptr(), w.data_ptr(),
+            wt.data_ptr(), bias.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), i_o.data_ptr(),
+            i_i.data_ptr(), ds_o.data_ptr(), ds_i.data_ptr(), d_e.data_ptr(), d_w.data_ptr(),
+            d_bias.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("film_message_stats: the kernel could not allocate scratch memory")
+        return d_e, d_w.sum(0), d_bias.sum(0), dt_o, dt_i
+
+
+def film_message_stats(
+    e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`message_stats` of the FiLM GEMM ``e @ w_film.T``, with that GEMM done inside the
+    kernel a target's rows at a time (its ``[B, 2, n_o, n_i, 2d]`` output never goes to
+    memory; the backward recomputes it). Differentiable in all five inputs."""
+    out: tuple[Tensor, Tensor] = _FilmMessageStats.apply(e, w_film, bias, t_o, t_i)
+    return out
+
+
+class _EdgeUpdate(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
+    ) -> Tensor:
+        b, _, no, ni, de = e.shape
+        for name, t, shape in (
+            ("e", e, (b, 2, no, ni, de)), ("w_edge", w_edge, (de, de)), ("t_o", t_o, (b, 2, no, de)),
+            ("t_i", t_i, (b, 2, ni, de)), ("w_out", w_out, (de, de)), ("b_out", b_out, (de,)),
+        ):  # fmt: skip
+            _check(name, t, shape)
+        e, t_o, t_i, b_out = e.contiguous(), t_o.contiguous(), t_i.contiguous(), b_out.contiguous()
+        we, wo = w_edge.contiguous(), w_out.contiguous()
+        wte, wto = we.t().contiguous(), wo.t().contiguous()
+        out = torch.empty_like(e)
+        rc = _lib().ngnn_edge_fwd(
+            torch.get_num_threads(), b, no, ni, de, e.data_ptr(), wte.data_ptr(), wto.data_ptr(),
+            b_out.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), out.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("edge_update: the kernel could not allocate scratch memory")
+        ctx.save_for_backward(e, we, wte, wo, t_o, t_i)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, ...]:
+        e, we, wte, wo, t_o, t_i = ctx.saved_tensors
+        b, _, no, ni, de = e.shape
+        dout = dout.contiguous()
+        d_e, dt_o, dt_i = torch.empty_like(e), torch.empty_like(t_o), torch.empty_like(t_i)
+        d_we, d_wo, d_bo = e.new_empty(b, de, de), e.new_empty(b, de, de), e.new_empty(b, de)
+        rc = _lib().ngnn_edge_bwd(
+            torch.get_num_threads(), b, no, ni, de, e.data_ptr(), we.data_ptr(), wte.data_ptr(),
+            wo.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), dout.data_ptr(), d_e.data_ptr(),
+            d_we.data_ptr(), d_wo.data_ptr(), d_bo.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("edge_update: the kernel could not allocate scratch memory")
+        return d_e, d_we.sum(0), dt_o, dt_i, d_wo.sum(0), d_bo.sum(0)
+
+
+def edge_update(
+    e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
+) -> Tensor:
+    """:func:`reference_edge_update` by the C kernel: both GEMMs, the activation, the bias and
+    the residual in one pass over the edges (and one backward, which recomputes the GEMMs'
+    outputs). Differentiable in all six inputs."""
+    out: Tensor = _EdgeUpdate.apply(e, w_edge, t_o, t_i, w_out, b_out)
+    return out
 
 
 def use_native(kernel: str, tensors: Sequence[Tensor]) -> bool:

@@ -271,9 +271,8 @@ class EdgePNAConv(MessagePassing):
             # Target terms vary along the o axis (fwd) / i axis (bwd); source terms the other.
             t_o = torch.stack([a_t, b_t], dim=1)  # [B, 2, n_o, d]
             t_i = torch.stack([b_s, a_s], dim=1)  # [B, 2, n_i, d]
-            if native:
-                g = nn.functional.linear(e, self.film.weight)  # the kernel adds the bias
-                s_o, s_i = _native.message_stats(g, self.film.bias, t_o, t_i)
+            if native:  # the FiLM GEMM and its bias happen inside the kernel
+                s_o, s_i = _native.film_message_stats(e, self.film.weight, self.film.bias, t_o, t_i)
                 stats[k + 1].append(_split4(s_o))  # to layer k+1, over sources i
                 stats[k].append(_split4(s_i))  # to layer k, over targets o
                 continue
@@ -310,12 +309,16 @@ class EdgePNAConv(MessagePassing):
             t_o = torch.stack([v_t, u_t], dim=1)
             t_i = torch.stack([u_s, v_s], dim=1)
             if native:
-                # the bias joins the per-node term (no pass over the edges to add it)
-                h = nn.functional.linear(e, self.edge_lin.weight)
-                act = _native.edge_activation(h, t_o + self.edge_lin.bias, t_i)
-            else:
-                h = self.edge_lin(e)
-                act = nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
+                # both GEMMs, the activation and the residual in one kernel; edge_lin's bias
+                # joins the per-node term (no pass over the edges to add it)
+                w_out, b_out = self.edge_out.weight, self.edge_out.bias
+                t_o = t_o + self.edge_lin.bias
+                new_edges.append(
+                    _native.edge_update(e, self.edge_lin.weight, t_o, t_i, w_out, b_out)
+                )
+                continue
+            h = self.edge_lin(e)
+            act = nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
             new_edges.append(e + self.edge_out(act))
         return x_new, new_edges
 

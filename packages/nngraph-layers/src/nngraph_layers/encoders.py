@@ -144,29 +144,34 @@ def _vec(value: Tensor | None, default: Tensor) -> Tensor:
 
 def _fourier(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
     proj = (2 * math.pi) * (x @ freqs)
-    return proj, torch.cat([proj.sin(), proj.cos()], dim=-1)
+    return proj.sin(), proj.cos()
 
 
 class _FourierLinear(torch.autograd.Function):
-    """``Linear([sin(2 pi x B), cos(2 pi x B)])`` that saves ``x`` instead of the features."""
+    """``Linear([sin(2 pi x B), cos(2 pi x B)])`` that saves ``x`` instead of the features (and
+    multiplies the sines and the cosines by their halves of the weight: no concatenation)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, freqs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        _, feats = _fourier(x, freqs)
+        sin, cos = _fourier(x, freqs)
+        w_sin, w_cos = weight.chunk(2, dim=1)
+        out = nn.functional.linear(sin, w_sin, bias)
+        out.view(-1, out.shape[-1]).addmm_(cos.view(-1, cos.shape[-1]), w_cos.t())
         ctx.save_for_backward(x, freqs, weight)
-        return nn.functional.linear(feats, weight, bias)
+        return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         x, freqs, weight = ctx.saved_tensors
-        proj, feats = _fourier(x, freqs)
+        sin, cos = _fourier(x, freqs)
+        f = sin.shape[-1]
         d2 = dout.reshape(-1, dout.shape[-1])
-        dweight = d2.t() @ feats.reshape(-1, feats.shape[-1])
+        dweight = torch.cat([d2.t() @ sin.reshape(-1, f), d2.t() @ cos.reshape(-1, f)], dim=1)
         dbias = d2.sum(0)
         dx = None
         if ctx.needs_input_grad[0]:
-            dsin, dcos = (dout @ weight).chunk(2, dim=-1)
-            dproj = dsin * proj.cos() - dcos * proj.sin()
+            w_sin, w_cos = weight.chunk(2, dim=1)
+            dproj = (dout @ w_sin) * cos - (dout @ w_cos) * sin
             dx = (2 * math.pi) * (dproj @ freqs.t())
         return dx, None, dweight, dbias
 
