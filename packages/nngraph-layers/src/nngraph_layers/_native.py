@@ -208,14 +208,14 @@ def reference_residual_layer_norm(
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    sizes = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
+    sizes: list[Any] = [i32, i64, i64, i64, i64]  # threads, B, n_o, n_i, d
     # threads, B, N, n_o, n_i, src_off, dst_off, A, H, d_e, scale
-    attn = [i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    attn: list[Any] = [i32, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.ngt_attn_fwd.argtypes = [*attn, *[p] * 12]
     lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 14]
     lib.ngt_attn_fwd.restype = lib.ngt_attn_bwd.restype = ctypes.c_int
     # threads, B, n_o, n_i, d, d_e
-    sizes6 = [i32, i64, i64, i64, i64, i64]
+    sizes6: list[Any] = [i32, i64, i64, i64, i64, i64]
     lib.ngnn_msg_fwd.argtypes = [*sizes6, *[p] * 9]
     lib.ngnn_msg_bwd.argtypes = [*sizes6, *[p] * 15]
     lib.ngnn_edge_fwd.argtypes = [*sizes, *[p] * 7]
@@ -227,7 +227,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ngt_edge_fwd.restype = lib.ngt_edge_bwd.restype = None
     u32, f32 = ctypes.c_uint32, ctypes.c_float
     # threads, R, C, Z, bias, Res, seed, thresh, scale, gamma, ...
-    ln = [i32, i64, i64, p, p, p, u32, u32, f32, p]
+    ln: list[Any] = [i32, i64, i64, p, p, p, u32, u32, f32, p]
     lib.res_ln_fwd.argtypes = [*ln, p, f32, p, p]
     lib.res_ln_bwd.argtypes = [*ln, p, p, p, p, p]
     lib.res_ln_fwd.restype = None
@@ -271,9 +271,11 @@ def _self_check() -> None:
     for fn, ref, args, consts, weights in cases:
         exact = tuple(t.detach().double().requires_grad_() for t in args)
         out, want = _flat(fn(*args, *consts)), _flat(ref(*exact, *consts))
-        grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), args)
+        loss = torch.stack([(o * w).sum() for o, w in zip(out, weights, strict=True)]).sum()
+        grads = torch.autograd.grad(loss, args)
         wd = [w.double() for w in weights]
-        exact_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(want, wd)), exact)
+        loss64 = torch.stack([(o * w).sum() for o, w in zip(want, wd, strict=True)]).sum()
+        exact_grads = torch.autograd.grad(loss64, exact)
         for x, y in zip([*grads, *out], [*exact_grads, *want], strict=True):
             tol = 1e-4 * (1.0 + float(y.detach().abs().max()))
             checks.append(torch.allclose(x.detach().double(), y.detach(), rtol=1e-4, atol=tol))
@@ -549,7 +551,7 @@ def residual_layer_norm(
     0 when not training). The mask comes from a 32-bit hash of each element's index and a seed
     drawn from torch's default generator (so ``torch.manual_seed`` reproduces it): a different
     mask than ``torch.nn.Dropout`` would draw, with the same distribution."""
-    if norm.weight is None or norm.bias is None:
+    if not norm.elementwise_affine or norm.bias is None:
         raise ValueError("residual_layer_norm needs a LayerNorm with an affine weight and bias")
     seed = int(torch.randint(0, 2**32, (1,), dtype=torch.int64)) if p > 0 else 0
     return _res_ln(z, bias, res, norm.weight, norm.bias, norm.eps, p, seed)

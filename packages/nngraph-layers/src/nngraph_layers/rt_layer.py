@@ -122,11 +122,13 @@ class EdgeUpdate(nn.Module):
     def _finish_native(self, edge_attr: Tensor, h: Tensor) -> Tensor:
         """:meth:`_finish` with bias + dropout + residual + LayerNorm as one kernel pass each
         (:func:`nngraph_layers._native.residual_layer_norm`; its own dropout masks)."""
+        first, act, second, drop = self.mlp
+        assert isinstance(second, nn.Linear) and isinstance(drop, Dropout)
         p0 = self.dropout.p if self.training else 0.0
-        p1 = self.mlp[3].p if self.training else 0.0
+        p1 = drop.p if self.training else 0.0
         if max(p0, p1) >= 1.0:
             return self._finish(edge_attr, h)
-        lin_out, first, act, second = self.lin_out, self.mlp[0], self.mlp[1], self.mlp[2]
+        lin_out = self.lin_out
         e = _native.residual_layer_norm(
             F.linear(h, lin_out.weight), lin_out.bias, edge_attr, self.norm0, p0
         )
