@@ -477,3 +477,42 @@ def test_residual_layer_norm_module_form(native: None) -> None:
         _native.residual_layer_norm(z, b, r, norm, 1.0)
     with pytest.raises(ValueError, match="affine"):
         _native.residual_layer_norm(z, b, r, torch.nn.LayerNorm(8, elementwise_affine=False))
+
+
+# -- Fourier features ---------------------------------------------------------------------------------
+def test_fourier_sincos_on_a_dense_grid(native: None) -> None:
+    """Against the float64 sine / cosine of the same float32 argument: |t| up to 2e4 on the
+    polynomial path, beyond 1e5 through libm, NaN and Inf passed on."""
+    import math
+
+    t = torch.cat([torch.linspace(-2e4, 2e4, 400_001), torch.linspace(-3, 3, 10_001)])
+    t = torch.cat([t, torch.tensor([2e5, -3e7, float("nan"), float("inf")])])
+    x = (t / (2 * math.pi)).view(-1, 1)
+    sin, cos = _native.fourier_sincos(x, torch.ones(1, 1))
+    arg = (x * (2 * math.pi)).double()  # the float32 argument the kernel sees
+    finite = torch.isfinite(arg)
+    assert float((sin.double() - arg.sin())[finite].abs().max()) < 2e-7
+    assert float((cos.double() - arg.cos())[finite].abs().max()) < 2e-7
+    assert torch.isnan(sin[-2:]).all() and torch.isnan(cos[-2:]).all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 600), k=st.integers(1, 9), f=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_fourier_features_native_equals_torch(
+    native: None, n: int, k: int, f: int, seed: int
+) -> None:
+    """The module in float32 (kernel) against float64 (torch), output and every gradient."""
+    from nngraph_layers import FourierFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ff = FourierFeatures(k, 5, num_frequencies=f, sigma=3.0)
+    ff64 = FourierFeatures(k, 5, num_frequencies=f).double()
+    ff64.load_state_dict(ff.state_dict())
+    x = torch.randn(n, k, generator=g).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out, ref = ff(x), ff64(x64)
+    w = torch.randn(n, 5, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (x, *ff.parameters()))
+    exact = torch.autograd.grad((ref * w.double()).sum(), (x64, *ff64.parameters()))
+    _close_to_exact((out, *grads), (ref, *exact), tol=1e-5)

@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 7
+#define KERNEL_VERSION 8
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -1088,6 +1088,82 @@ int ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t de,
                 failed = 1;
         }
         free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- random Fourier features: sin and cos of 2 pi x B ------------------------------------- */
+
+/* sin and cos of t sharing one range reduction: t = j pi/2 + r with |r| <= pi/4 (pi/2 in three
+ * parts, Cody-Waite, exact for |j| < 2^12 and accurate to ~1e-7 absolute for |t| < 1e5), then
+ * minimax-style Taylor polynomials on r and the quadrant j mod 4. Larger |t| (and NaN / Inf) are
+ * redone with libm by the caller. */
+static inline void sincos_poly(float t, float *s, float *c) {
+    const float j = (t * 0.636619772367581343f + 12582912.0f) - 12582912.0f; /* round(t 2/pi) */
+    float r = t - j * 1.5703125f;
+    r = r - j * 4.83751296997070312e-4f;
+    r = r - j * 7.54978995489188216e-8f;
+    const float r2 = r * r;
+    float ps = -1.9515295891e-4f;
+    ps = ps * r2 + 8.3321608736e-3f;
+    ps = ps * r2 - 1.6666654611e-1f;
+    const float sr = r + r * r2 * ps;
+    float pc = 2.443315711809948e-5f;
+    pc = pc * r2 - 1.388731625493765e-3f;
+    pc = pc * r2 + 4.166664568298827e-2f;
+    const float cr = 1.0f - 0.5f * r2 + r2 * r2 * pc;
+    const int32_t q = (int32_t)j & 3;
+    const float sa = (q & 1) ? cr : sr, ca = (q & 1) ? sr : cr;
+    *s = (q & 2) ? -sa : sa;
+    *c = ((q + 1) & 2) ? -ca : ca;
+}
+
+static NOINLINE void fourier_rows(int64_t r0, int64_t r1, int64_t K, int64_t F,
+                                  const float *RESTRICT X, const float *RESTRICT B,
+                                  float *RESTRICT S, float *RESTRICT Co, float *RESTRICT t) {
+    for (int64_t n = r0; n < r1; n++) {
+        for (int64_t f = 0; f < F; f++) t[f] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float x = 6.28318530717958648f * X[n * K + k];
+            IVDEP
+            for (int64_t f = 0; f < F; f++) t[f] += x * B[k * F + f];
+        }
+        float *RESTRICT s = S + n * F, *RESTRICT co = Co + n * F;
+        int big = 0;
+        IVDEP
+        for (int64_t f = 0; f < F; f++) {
+            sincos_poly(t[f], s + f, co + f);
+            big |= !(fabsf(t[f]) < 1e5f);
+        }
+        if (big) {
+            for (int64_t f = 0; f < F; f++) {
+                if (!(fabsf(t[f]) < 1e5f)) {
+                    s[f] = sinf(t[f]);
+                    co[f] = cosf(t[f]);
+                }
+            }
+        }
+    }
+}
+
+/* X [N,K], B [K,F] -> S = sin(2 pi X B), C = cos(2 pi X B) [N,F]. Returns -1 when scratch
+ * memory ran out. */
+int fourier_sincos(int threads, int64_t N, int64_t K, int64_t F, const float *RESTRICT X,
+                   const float *RESTRICT B, float *RESTRICT S, float *RESTRICT Co) {
+    const int64_t block = 256, nblk = (N + block - 1) / block;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *t = (float *)malloc(sizeof(float) * (size_t)F);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < nblk; i++) {
+            if (t)
+                fourier_rows(i * block, (i + 1) * block < N ? (i + 1) * block : N, K, F, X, B, S,
+                             Co, t);
+            else
+                failed = 1;
+        }
+        free(t);
     }
     return failed ? -1 : 0;
 }

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
+from . import _native
 from ._graph import edge_layer, edge_valid_mask, hidden_layer_slot
 
 __all__ = ["FourierFeatures", "ProbeProjection", "WeightNormalizer"]
@@ -143,6 +144,10 @@ def _vec(value: Tensor | None, default: Tensor) -> Tensor:
 
 
 def _fourier(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
+    """``sin``, ``cos`` of ``2 pi x B``: the C kernel for float32 CPU tensors (one range
+    reduction for both, ~4x faster than torch's two calls), else torch."""
+    if _native.use_native("auto", [x, freqs]):
+        return _native.fourier_sincos(x, freqs)
     proj = (2 * math.pi) * (x @ freqs)
     return proj.sin(), proj.cos()
 
