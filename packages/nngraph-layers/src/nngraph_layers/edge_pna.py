@@ -239,7 +239,7 @@ class EdgePNAConv(MessagePassing):
 
     # -- dense fast path ----------------------------------------------------------------------
     def forward_dense(
-        self, x: Tensor, edges: Sequence[Tensor], widths: Sequence[int]
+        self, x: Tensor, edges: Sequence[Tensor], widths: Sequence[int], update_edges: bool = True
     ) -> tuple[Tensor, list[Tensor]]:
         r"""The same layer for ``B`` graphs of one architecture, without an edge index.
 
@@ -253,6 +253,8 @@ class EdgePNAConv(MessagePassing):
             x: ``[B, N, d]`` node features, nodes layer by layer.
             edges: per parameterised layer ``[B, 2, n_{l+1}, n_l, d_e]``.
             widths: :math:`(n_0, \dots, n_L)`.
+            update_edges: ``False`` returns the edges unchanged (for a last layer whose edges
+                nobody reads).
 
         Returns:
             ``(x' [B, N, d], edges')`` in the same layout.
@@ -296,8 +298,14 @@ class EdgePNAConv(MessagePassing):
                     total, total_sq, mn, mx, deg_t, self.aggregators, self.scalers, self.avg_log_deg
                 )
             )
-        x_new = self._update_nodes(x, torch.cat(aggs, dim=1))
-        if not self.edge_update:
+        # lin_update([x, agg]) without concatenating: the aggregate half of the weight per node
+        # layer, then one narrow concatenation (12x narrower than the aggregates)
+        d = x.shape[-1]
+        w = self.lin_update.weight
+        h = torch.cat([nn.functional.linear(agg, w[:, d:]) for agg in aggs], dim=1)
+        h = h + nn.functional.linear(x, w[:, :d], self.lin_update.bias)
+        x_new = x + self.dropout(nn.functional.silu(self.norm(h)))
+        if not (self.edge_update and update_edges):
             return x_new, list(edges)
         u = self.edge_src(x_new)
         v = self.edge_dst(x_new)

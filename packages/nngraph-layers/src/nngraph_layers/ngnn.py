@@ -190,8 +190,11 @@ class NGGNN(GraphModel):
         xd = x.view(b, t.num_nodes, -1)
         e3 = e.view(b, t.num_edges, -1)
         edges = dense_edges(e3, e3, t)
-        for conv in self.convs:
-            xd, edges = conv.forward_dense(xd, edges, widths)
+        invariant = isinstance(self.head, InvariantHead)
+        for k, conv in enumerate(self.convs):
+            # the invariant head reads only nodes: the last layer's edge update is skipped
+            last = k == len(self.convs) - 1
+            xd, edges = conv.forward_dense(xd, edges, widths, update_edges=not (invariant and last))
         x_out = xd.reshape(-1, xd.shape[-1])
         if isinstance(self.head, InvariantHead):
             return x_out, e  # edge features unused by the invariant head
