@@ -58,58 +58,80 @@ def _float64(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return tuple(t.detach().double().requires_grad_() for t in inputs)
 
 
+#: NG-GNN layers: node-layer widths (2 to 4 layers, single nodes included), channels, edge width
+LAYERS = {
+    "widths": st.lists(st.integers(1, 6), min_size=2, max_size=4).map(tuple),
+    "b": st.integers(1, 3),
+    "d": st.integers(1, 37),
+    "seed": st.integers(0, 2**16),
+}
+
+
+def _blocks(g: torch.Generator, b: int, widths: tuple[int, ...], de: float, scale: float = 1.0):  # type: ignore[no-untyped-def]
+    return [
+        (torch.randn(b, 2, widths[k + 1], widths[k], int(de), generator=g) * scale).requires_grad_()
+        for k in range(len(widths) - 1)
+    ]
+
+
 @settings(max_examples=25, deadline=None)
-@given(**SIZES, de=st.one_of(st.just(32), st.integers(1, 37)))
-def test_film_message_stats_equals_torch(
-    native: None, b: int, no: int, ni: int, d: int, de: int, seed: int
+@given(**LAYERS, de=st.one_of(st.just(32), st.integers(1, 37)))
+def test_layer_message_stats_equals_torch(
+    native: None, widths: tuple[int, ...], b: int, d: int, de: int, seed: int
 ) -> None:
-    """The FiLM GEMM + message statistics: values and gradients of all five inputs, any sizes
-    (widths not a multiple of the vector width, single nodes)."""
+    """All blocks of a layer: the FiLM GEMM, messages and every node's statistics over both of
+    its blocks; values and gradients of the weights, node terms and every block's edges."""
     g = torch.Generator().manual_seed(seed)
-    shapes = ((b, 2, no, ni, de), (2 * d, de), (2 * d,), (b, 2, no, d), (b, 2, ni, d))
-    scales = (1.0, de**-0.5, 1.0, 1.0, 1.0)
-    inputs = tuple(
-        (torch.randn(*s, generator=g) * f).requires_grad_() for s, f in zip(shapes, scales)
+    n = sum(widths)
+    edges = _blocks(g, b, widths, de)
+    w = (torch.randn(2 * d, de, generator=g) * de**-0.5).requires_grad_()
+    bias, a, bn = (
+        torch.randn(*s, generator=g).requires_grad_() for s in ((2 * d,), (b, n, d), (b, n, d))
     )
+    inputs = (w, bias, a, bn, *edges)
     exact = _float64(inputs)
-    weights = (torch.randn(b, no, 4, d, generator=g), torch.randn(b, ni, 4, d, generator=g))
-    out = _native.film_message_stats(*inputs)
-    ref = _native.reference_film_message_stats(*exact)
+    weight = torch.randn(b, n, 4, d, generator=g)
+    out = _native.layer_message_stats(edges, w, bias, a, bn, widths)
+    ref = _native.reference_layer_message_stats(exact[4:], *exact[:4], widths)
+    _close_to_exact((out,), (ref,))
+    _close_to_exact(_grads((out,), (weight,), inputs), _grads((ref,), (weight.double(),), exact))
+
+
+@settings(max_examples=25, deadline=None)
+@given(**LAYERS, scale=st.sampled_from([1.0, 10.0, 60.0]))
+def test_layer_edge_update_equals_torch(
+    native: None, widths: tuple[int, ...], b: int, d: int, scale: float, seed: int
+) -> None:
+    """All blocks of a layer: both GEMMs, SiLU through the polynomial exponential (also far in
+    the tails), bias and residual; values and gradients of everything."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(widths)
+    edges = _blocks(g, b, widths, d, scale)
+    w_edge, w_out = ((torch.randn(d, d, generator=g) * d**-0.5).requires_grad_() for _ in range(2))
+    b_out = torch.randn(d, generator=g).requires_grad_()
+    u, v = ((torch.randn(b, n, d, generator=g) * scale).requires_grad_() for _ in range(2))
+    inputs = (w_edge, w_out, b_out, u, v, *edges)
+    exact = _float64(inputs)
+    weights = tuple(torch.randn(e.shape, generator=g) for e in edges)
+    out = tuple(_native.layer_edge_update(edges, *inputs[:5], widths))
+    ref = tuple(_native.reference_layer_edge_update(exact[5:], *exact[:5], widths))
     _close_to_exact(out, ref)
     wd = tuple(w.double() for w in weights)
     _close_to_exact(_grads(out, weights, inputs), _grads(ref, wd, exact))
 
 
-@settings(max_examples=25, deadline=None)
-@given(**SIZES, scale=st.sampled_from([1.0, 10.0, 60.0]))
-def test_edge_update_equals_torch(
-    native: None, b: int, no: int, ni: int, d: int, scale: float, seed: int
-) -> None:
-    """Both GEMMs, SiLU through the polynomial exponential (also far in the tails), bias and
-    residual: values and gradients of all six inputs."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = ((b, 2, no, ni, d), (d, d), (b, 2, no, d), (b, 2, ni, d), (d, d), (d,))
-    scales = (scale, d**-0.5, scale, scale, d**-0.5, 1.0)
-    inputs = tuple(
-        (torch.randn(*s, generator=g) * f).requires_grad_() for s, f in zip(shapes, scales)
-    )
-    exact = _float64(inputs)
-    weights = (torch.randn(b, 2, no, ni, d, generator=g),)
-    out = _native.edge_update(*inputs)
-    ref = _native.reference_edge_update(*exact)
-    _close_to_exact((out,), (ref,))
-    wd = (weights[0].double(),)
-    _close_to_exact(_grads((out,), weights, inputs), _grads((ref,), wd, exact))
-
-
 def test_silu_on_a_dense_grid_of_inputs(native: None) -> None:
-    """The exponential's polynomial over the whole float range that matters (and beyond): the
-    edge update with zero edges and identity output map is SiLU of the node terms."""
+    """The exponential's polynomial over the whole float range that matters (and beyond): with
+    zero edges and an identity output map the edge update of a source's edge is SiLU of the
+    source's node term."""
     x = torch.linspace(-120.0, 120.0, 240_002)
+    widths = (x.numel(), 1)
     e = torch.zeros(1, 2, 1, x.numel(), 1)
     eye, zero = torch.ones(1, 1), torch.zeros(1)
-    t_o, t_i = torch.zeros(1, 2, 1, 1), x.view(1, 1, -1, 1).expand(1, 2, -1, 1)
-    got = _native.edge_update(e, eye, t_o, t_i, eye, zero)[0, 0, 0, :, 0].double()
+    u = torch.cat([x, torch.zeros(1)]).view(1, -1, 1)  # sender terms: the sources' values
+    v = torch.zeros_like(u)
+    (out,) = _native.layer_edge_update([e], eye, eye, zero, u, v, widths)
+    got = out[0, 0, 0, :, 0].double()  # direction 0: source i -> the target
     want = torch.nn.functional.silu(x.double())
     err = (got - want).abs() / want.abs().clamp(min=1e-30)
     assert float(err[want.abs() > 1e-30].max()) < 1e-6
@@ -118,17 +140,20 @@ def test_silu_on_a_dense_grid_of_inputs(native: None) -> None:
 def test_min_max_gradient_goes_to_the_argument(native: None) -> None:
     """The min / max gradient reaches exactly the message that is the min / max: three sources
     with one-hot edges, so the FiLM beta of source i is w[1, i] (gamma 0)."""
+    widths = (3, 1)
     e = torch.zeros(1, 2, 1, 3, 3)
     e[0, :, 0] = torch.eye(3)
     w = torch.zeros(2, 3)
     w[1] = torch.tensor([0.5, -2.0, 3.0])
     w.requires_grad_()
-    bias = torch.zeros(2)
-    t_o, t_i = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 3, 1)
-    s_o, _ = _native.film_message_stats(e, w, bias, t_o, t_i)
-    assert s_o[0, 0, :, 0].tolist() == [1.5, 0.25 + 4.0 + 9.0, -2.0, 3.0]
-    (s_o[0, 0, 2, 0] + 10 * s_o[0, 0, 3, 0]).backward()  # min + 10 max
-    assert w.grad is not None and w.grad[1].tolist() == [0.0, 1.0, 10.0]
+    a, bn = torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)
+    stats = _native.layer_message_stats([e], w, torch.zeros(2), a, bn, widths)
+    target = stats[0, 3]  # node 3: the target, over its three sources
+    assert target[:, 0].tolist() == [1.5, 0.25 + 4.0 + 9.0, -2.0, 3.0]
+    (target[2, 0] + 10 * target[3, 0]).backward()  # min + 10 max
+    # only the target's statistics are in the loss: the sources' messages get no gradient
+    assert w.grad is not None
+    assert torch.equal(w.grad[1], torch.tensor([0.0, 1.0, 10.0]))
 
 
 def _layer_inputs(seed: int, b: int = 3, d: int = 6, de: int = 5):  # type: ignore[no-untyped-def]

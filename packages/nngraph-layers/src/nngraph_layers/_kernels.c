@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KERNEL_VERSION 8
+#define KERNEL_VERSION 9
 #define RESTRICT __restrict__
 #define NOINLINE __attribute__((noinline))
 /* the channel loops write only through restrict pointers; this tells compilers that give up on
@@ -817,129 +817,8 @@ int res_ln_bwd(int threads, int64_t R, int64_t C, const float *RESTRICT Z,
     return failed ? -1 : 0;
 }
 
-/* ---- NG-GNN message statistics and edge update, with the per-edge GEMMs inside ---------- */
+/* ---- NG-GNN helpers ------------------------------------------------------------------------ */
 
-/* The message statistics with the FiLM GEMM done here: the rows
- * (o, i = 0..n_i-1) of one target o and direction are n_i consecutive rows of E [B,2,no,ni,de],
- * so their FiLM rows G = E Wf^T ([n_i, 2d]) are computed into a small buffer, used and dropped
- * (the backward recomputes them and does the FiLM GEMM's backward itself: dE = dG Wf,
- * dWf += dG^T E). Wt is Wf transposed ([de, 2d]). */
-static NOINLINE void msg_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t d, int64_t de,
-                                  const float *RESTRICT E, const float *RESTRICT Wt,
-                                  const float *RESTRICT C, const float *RESTRICT To,
-                                  const float *RESTRICT Ti, float *RESTRICT So,
-                                  int32_t *RESTRICT Io, float *RESTRICT Si, int32_t *RESTRICT Ii,
-                                  float *RESTRICT g0, float *RESTRICT g1) {
-    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    float *si = Si + b * ni * 4 * d;
-    int32_t *ii = Ii + b * ni * 2 * d;
-    for (int64_t i = 0; i < ni; i++) stats_init(d, si + i * 4 * d, ii + i * 2 * d);
-    for (int64_t o = 0; o < no; o++) {
-        float *so = So + (b * no + o) * 4 * d;
-        int32_t *io = Io + (b * no + o) * 2 * d;
-        stats_init(d, so, io);
-        rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 0) * no + o) * ni * de, Wt, g0);
-        rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 1) * no + o) * ni * de, Wt, g1);
-        for (int64_t i = 0; i < ni; i++) {
-            msg_row_fwd(d, g0 + i * 2 * d, cg, cb, To + ((b * 2 + 0) * no + o) * d,
-                        Ti + ((b * 2 + 0) * ni + i) * d, so, io, (int32_t)i);
-            msg_row_fwd(d, g1 + i * 2 * d, cg, cb, To + ((b * 2 + 1) * no + o) * d,
-                        Ti + ((b * 2 + 1) * ni + i) * d, si + i * 4 * d, ii + i * 2 * d,
-                        (int32_t)o);
-        }
-    }
-}
-
-/* E [B,2,no,ni,de], Wt [de,2d], C [2d], To [B,2,no,d], Ti [B,2,ni,d] -> So [B,no,4,d],
- * Io [B,no,2,d] (argmin, argmax over i), Si [B,ni,4,d], Ii [B,ni,2,d]. Returns -1 when scratch
- * memory ran out. */
-int ngnn_msg_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d, int64_t de,
-                  const float *RESTRICT E, const float *RESTRICT Wt, const float *RESTRICT C,
-                  const float *RESTRICT To, const float *RESTRICT Ti, float *RESTRICT So,
-                  int32_t *RESTRICT Io, float *RESTRICT Si, int32_t *RESTRICT Ii) {
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * ni * d));
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) {
-            if (g)
-                msg_fwd_one(b, no, ni, d, de, E, Wt, C, To, Ti, So, Io, Si, Ii, g, g + 2 * ni * d);
-            else
-                failed = 1;
-        }
-        free(g);
-    }
-    return failed ? -1 : 0;
-}
-
-static NOINLINE void msg_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t d, int64_t de,
-                                  const float *RESTRICT E, const float *RESTRICT W,
-                                  const float *RESTRICT Wt, const float *RESTRICT C,
-                                  const float *RESTRICT To, const float *RESTRICT Ti,
-                                  const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
-                                  const float *RESTRICT dSo, const float *RESTRICT dSi,
-                                  float *RESTRICT dE, float *RESTRICT dW, float *RESTRICT dcg,
-                                  float *RESTRICT dcb, float *RESTRICT dTo, float *RESTRICT dTi,
-                                  float *RESTRICT g, float *RESTRICT dg) {
-    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
-    memset(dTo + b * 2 * no * d, 0, sizeof(float) * 2 * no * d);
-    memset(dTi + b * 2 * ni * d, 0, sizeof(float) * 2 * ni * d);
-    memset(dcg, 0, sizeof(float) * d);
-    memset(dcb, 0, sizeof(float) * d);
-    memset(dW, 0, sizeof(float) * 2 * d * de);
-    for (int64_t o = 0; o < no; o++) {
-        for (int64_t r = 0; r < 2; r++) {
-            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
-            rows_times_wt(ni, de, 2 * d, E + row0 * de, Wt, g);
-            for (int64_t i = 0; i < ni; i++) {
-                /* direction 0 was reduced into node o over i, direction 1 into node i over o */
-                int64_t node = r == 0 ? b * no + o : b * ni + i;
-                const float *ds = (r == 0 ? dSo : dSi) + node * 4 * d;
-                const int32_t *ix = (r == 0 ? Io : Ii) + node * 2 * d;
-                msg_row_bwd(d, g + i * 2 * d, cg, cb, To + ((b * 2 + r) * no + o) * d,
-                            Ti + ((b * 2 + r) * ni + i) * d, ds, ix, (int32_t)(r == 0 ? i : o),
-                            dg + i * 2 * d, dcg, dcb, dTo + ((b * 2 + r) * no + o) * d,
-                            dTi + ((b * 2 + r) * ni + i) * d);
-            }
-            memset(dE + row0 * de, 0, sizeof(float) * (size_t)(ni * de));
-            rows_times_w(ni, 2 * d, de, dg, W, dE + row0 * de);
-            accumulate_gt_x(ni, 2 * d, de, dg, E + row0 * de, dW);
-        }
-    }
-}
-
-/* Gradient of ngnn_msg_fwd: dSo, dSi -> dE [B,2,no,ni,de], dWp [B,2d,de] and dC [B,2d] (per
- * graph), dTo, dTi (all overwritten). W is Wf ([2d, de]). Returns -1 when scratch ran out. */
-int ngnn_msg_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t d, int64_t de,
-                  const float *RESTRICT E, const float *RESTRICT W, const float *RESTRICT Wt,
-                  const float *RESTRICT C, const float *RESTRICT To, const float *RESTRICT Ti,
-                  const int32_t *RESTRICT Io, const int32_t *RESTRICT Ii,
-                  const float *RESTRICT dSo, const float *RESTRICT dSi, float *RESTRICT dE,
-                  float *RESTRICT dWp, float *RESTRICT dC, float *RESTRICT dTo,
-                  float *RESTRICT dTi) {
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * ni * d));
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) {
-            if (g)
-                msg_bwd_one(b, no, ni, d, de, E, W, Wt, C, To, Ti, Io, Ii, dSo, dSi, dE,
-                             dWp + b * 2 * d * de, dC + b * 2 * d, dC + b * 2 * d + d, dTo, dTi,
-                             g, g + 2 * ni * d);
-            else
-                failed = 1;
-        }
-        free(g);
-    }
-    return failed ? -1 : 0;
-}
-
-/* The edge update with both of its GEMMs inside, per block of the n_i rows of one (b, r, o):
- *   H = E We^T, A = silu(H + To[b,r,o] + Ti[b,r,i]), out = E + A Wo^T + bo
- * (We: edge_lin [de,de] with its bias moved into To; Wo, bo: edge_out). The backward
- * recomputes H and A. Wte, Wto: the transposed weights. */
 static inline __attribute__((always_inline)) void edge_act(int64_t n, int64_t de,
                                                             const float *RESTRICT H,
                                                             const float *RESTRICT t,
@@ -963,46 +842,6 @@ static inline __attribute__((always_inline)) void add_bias_residual(int64_t n,
     for (int64_t c = 0; c < n; c++) y[c] += e[c] + bias[c];
 }
 
-static NOINLINE void edge_fwd_one(int64_t b, int64_t no, int64_t ni, int64_t de,
-                                   const float *RESTRICT E, const float *RESTRICT Wte,
-                                   const float *RESTRICT Wto, const float *RESTRICT bo,
-                                   const float *RESTRICT To, const float *RESTRICT Ti,
-                                   float *RESTRICT out, float *RESTRICT h, float *RESTRICT a) {
-    for (int64_t r = 0; r < 2; r++) {
-        for (int64_t o = 0; o < no; o++) {
-            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
-            const float *RESTRICT e = E + row0 * de;
-            float *RESTRICT y = out + row0 * de;
-            rows_times_wt(ni, de, de, e, Wte, h);
-            edge_act(ni, de, h, To + ((b * 2 + r) * no + o) * de, Ti + (b * 2 + r) * ni * de, a);
-            rows_times_wt(ni, de, de, a, Wto, y);
-            for (int64_t i = 0; i < ni; i++) add_bias_residual(de, e + i * de, bo, y + i * de);
-        }
-    }
-}
-
-/* E [B,2,no,ni,de], Wte, Wto [de,de] (transposed edge_lin / edge_out weights), bo [de],
- * To [B,2,no,de] (edge_lin's bias included), Ti [B,2,ni,de] -> out [B,2,no,ni,de]. */
-int ngnn_edge_fwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t de,
-                   const float *RESTRICT E, const float *RESTRICT Wte,
-                   const float *RESTRICT Wto, const float *RESTRICT bo,
-                   const float *RESTRICT To, const float *RESTRICT Ti, float *RESTRICT out) {
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        float *buf = (float *)malloc(sizeof(float) * (size_t)(2 * ni * de));
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) {
-            if (buf)
-                edge_fwd_one(b, no, ni, de, E, Wte, Wto, bo, To, Ti, out, buf, buf + ni * de);
-            else
-                failed = 1;
-        }
-        free(buf);
-    }
-    return failed ? -1 : 0;
-}
-
 static inline __attribute__((always_inline)) void add_row(int64_t n, const float *RESTRICT x,
                                                           float *RESTRICT acc) {
     IVDEP
@@ -1024,66 +863,268 @@ static inline __attribute__((always_inline)) void silu_grad_row(
     }
 }
 
-static NOINLINE void edge_bwd_one(int64_t b, int64_t no, int64_t ni, int64_t de,
-                                   const float *RESTRICT E, const float *RESTRICT We,
-                                   const float *RESTRICT Wte, const float *RESTRICT Wo,
-                                   const float *RESTRICT To,
-                                   const float *RESTRICT Ti, const float *RESTRICT dout,
-                                   float *RESTRICT dE, float *RESTRICT dWe, float *RESTRICT dWo,
-                                   float *RESTRICT dbo, float *RESTRICT dTo,
-                                   float *RESTRICT dTi, float *RESTRICT h, float *RESTRICT a,
-                                   float *RESTRICT da) {
-    memset(dTo + b * 2 * no * de, 0, sizeof(float) * (size_t)(2 * no * de));
-    memset(dTi + b * 2 * ni * de, 0, sizeof(float) * (size_t)(2 * ni * de));
-    memset(dWe, 0, sizeof(float) * (size_t)(de * de));
-    memset(dWo, 0, sizeof(float) * (size_t)(de * de));
-    memset(dbo, 0, sizeof(float) * (size_t)de);
-    for (int64_t r = 0; r < 2; r++) {
+/* ---- NG-GNN: a whole layer's message statistics and edge update -------------------------- */
+
+/* One NG-GNN layer of an MLP graph: L blocks, block k joining node layer k (w[k] nodes from
+ * off[k]) to node layer k+1, with edges Es[k] = [B,2,w[k+1],w[k],de] (direction 0: source
+ * i -> target o, direction 1: o -> i). Messages j -> r use the node terms of the whole graph:
+ *     m = (beta + cb) + (gamma + cg) * (A[r] + Bn[j]),   (gamma | beta) = E Wf^T
+ * and every node's four statistics (sum, sum of squares, min, max) [B,N,4,d] gather its
+ * messages from both of its blocks, with the sender's node index as the min / max argument
+ * (I [B,N,2,d]). The FiLM rows of a target's ni edges per direction are computed into a small
+ * buffer (G = E Wf^T, Wt = Wf^T [de,2d]), used and dropped; the backward recomputes them. */
+static NOINLINE void lmsg_fwd_one(int64_t b, int64_t L, const int64_t *w, const int64_t *off,
+                                  int64_t N, int64_t d, int64_t de, const float *const *Es,
+                                  const float *RESTRICT Wt, const float *RESTRICT C,
+                                  const float *RESTRICT A, const float *RESTRICT Bn,
+                                  float *RESTRICT S, int32_t *RESTRICT I, float *RESTRICT g0,
+                                  float *RESTRICT g1) {
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    const float *a = A + b * N * d, *bn = Bn + b * N * d;
+    float *s = S + b * N * 4 * d;
+    int32_t *ix = I + b * N * 2 * d;
+    for (int64_t n = 0; n < N; n++) stats_init(d, s + n * 4 * d, ix + n * 2 * d);
+    for (int64_t k = 0; k < L; k++) {
+        const int64_t ni = w[k], no = w[k + 1], so = off[k], to = off[k + 1];
+        const float *E = Es[k];
         for (int64_t o = 0; o < no; o++) {
-            const int64_t row0 = ((b * 2 + r) * no + o) * ni;
-            const float *RESTRICT e = E + row0 * de;
-            const float *RESTRICT gy = dout + row0 * de;
-            const float *RESTRICT t = To + ((b * 2 + r) * no + o) * de;
-            const float *RESTRICT ti = Ti + (b * 2 + r) * ni * de;
-            float *RESTRICT dt = dTo + ((b * 2 + r) * no + o) * de;
-            float *RESTRICT dti = dTi + (b * 2 + r) * ni * de;
-            float *RESTRICT de_ = dE + row0 * de;
-            rows_times_wt(ni, de, de, e, Wte, h);
-            edge_act(ni, de, h, t, ti, a);
-            /* through edge_out: dA = dY Wo, dWo += dY^T A, dbo += sum dY */
-            memset(da, 0, sizeof(float) * (size_t)(ni * de));
-            rows_times_w(ni, de, de, gy, Wo, da);
-            accumulate_gt_x(ni, de, de, gy, a, dWo);
-            for (int64_t i = 0; i < ni; i++) add_row(de, gy + i * de, dbo);
-            /* through silu: dH = dA silu'(x), overwriting h; node-term sums */
-            for (int64_t i = 0; i < ni; i++)
-                silu_grad_row(de, h + i * de, t, ti + i * de, da + i * de, dt, dti + i * de);
-            /* through edge_lin and the residual: dE = dY + dH We, dWe += dH^T E */
-            memcpy(de_, gy, sizeof(float) * (size_t)(ni * de));
-            rows_times_w(ni, de, de, h, We, de_);
-            accumulate_gt_x(ni, de, de, h, e, dWe);
+            const int64_t ro = to + o;
+            rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 0) * no + o) * ni * de, Wt, g0);
+            rows_times_wt(ni, de, 2 * d, E + ((b * 2 + 1) * no + o) * ni * de, Wt, g1);
+            for (int64_t i = 0; i < ni; i++) {
+                const int64_t ri = so + i;
+                /* direction 0: i -> o, into node o; direction 1: o -> i, into node i */
+                msg_row_fwd(d, g0 + i * 2 * d, cg, cb, a + ro * d, bn + ri * d, s + ro * 4 * d,
+                            ix + ro * 2 * d, (int32_t)ri);
+                msg_row_fwd(d, g1 + i * 2 * d, cg, cb, a + ri * d, bn + ro * d, s + ri * 4 * d,
+                            ix + ri * 2 * d, (int32_t)ro);
+            }
         }
     }
 }
 
-/* Gradient of ngnn_edge_fwd: dout -> dE [B,2,no,ni,de], per graph dWe, dWo [B,de,de] and dbo
- * [B,de], dTo, dTi (all overwritten). We, Wo: the weights ([de,de], out x in), Wte: We^T. */
-int ngnn_edge_bwd(int threads, int64_t B, int64_t no, int64_t ni, int64_t de,
-                   const float *RESTRICT E, const float *RESTRICT We, const float *RESTRICT Wte,
-                   const float *RESTRICT Wo, const float *RESTRICT To, const float *RESTRICT Ti,
-                   const float *RESTRICT dout, float *RESTRICT dE, float *RESTRICT dWe,
-                   float *RESTRICT dWo, float *RESTRICT dbo, float *RESTRICT dTo,
-                   float *RESTRICT dTi) {
+/* w [L+1], off [L+1] (node layer widths and offsets), Es [L] edge tensors, Wt [de,2d], C [2d],
+ * A, Bn [B,N,d] -> S [B,N,4,d], I [B,N,2,d]. Returns -1 when scratch memory ran out. */
+int ngnn_layer_msg_fwd(int threads, int64_t B, int64_t L, const int64_t *w, const int64_t *off,
+                       int64_t N, int64_t d, int64_t de, const float *const *Es,
+                       const float *RESTRICT Wt, const float *RESTRICT C,
+                       const float *RESTRICT A, const float *RESTRICT Bn, float *RESTRICT S,
+                       int32_t *RESTRICT I) {
+    int64_t wmax = 1;
+    for (int64_t k = 0; k <= L; k++) wmax = w[k] > wmax ? w[k] : wmax;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *buf = (float *)malloc(sizeof(float) * (size_t)(3 * ni * de));
+        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * wmax * d));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (g)
+                lmsg_fwd_one(b, L, w, off, N, d, de, Es, Wt, C, A, Bn, S, I, g, g + 2 * wmax * d);
+            else
+                failed = 1;
+        }
+        free(g);
+    }
+    return failed ? -1 : 0;
+}
+
+static NOINLINE void lmsg_bwd_one(int64_t b, int64_t L, const int64_t *w, const int64_t *off,
+                                  int64_t N, int64_t d, int64_t de, const float *const *Es,
+                                  const float *RESTRICT W, const float *RESTRICT Wt,
+                                  const float *RESTRICT C, const float *RESTRICT A,
+                                  const float *RESTRICT Bn, const int32_t *RESTRICT I,
+                                  const float *RESTRICT dS, float *const *dEs,
+                                  float *RESTRICT dW, float *RESTRICT dcg, float *RESTRICT dcb,
+                                  float *RESTRICT dA, float *RESTRICT dBn, float *RESTRICT g,
+                                  float *RESTRICT dg) {
+    const float *RESTRICT cg = C, *RESTRICT cb = C + d;
+    const float *a = A + b * N * d, *bn = Bn + b * N * d;
+    const float *ds = dS + b * N * 4 * d;
+    const int32_t *ix = I + b * N * 2 * d;
+    float *da = dA + b * N * d, *dbn = dBn + b * N * d;
+    memset(da, 0, sizeof(float) * (size_t)(N * d));
+    memset(dbn, 0, sizeof(float) * (size_t)(N * d));
+    memset(dcg, 0, sizeof(float) * (size_t)d);
+    memset(dcb, 0, sizeof(float) * (size_t)d);
+    memset(dW, 0, sizeof(float) * (size_t)(2 * d * de));
+    for (int64_t k = 0; k < L; k++) {
+        const int64_t ni = w[k], no = w[k + 1], so = off[k], to = off[k + 1];
+        const float *E = Es[k];
+        float *dE = dEs[k];
+        for (int64_t o = 0; o < no; o++) {
+            for (int64_t r = 0; r < 2; r++) {
+                const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+                rows_times_wt(ni, de, 2 * d, E + row0 * de, Wt, g);
+                for (int64_t i = 0; i < ni; i++) {
+                    const int64_t recv = r == 0 ? to + o : so + i, send = r == 0 ? so + i : to + o;
+                    msg_row_bwd(d, g + i * 2 * d, cg, cb, a + recv * d, bn + send * d,
+                                ds + recv * 4 * d, ix + recv * 2 * d, (int32_t)send,
+                                dg + i * 2 * d, dcg, dcb, da + recv * d, dbn + send * d);
+                }
+                memset(dE + row0 * de, 0, sizeof(float) * (size_t)(ni * de));
+                rows_times_w(ni, 2 * d, de, dg, W, dE + row0 * de);
+                accumulate_gt_x(ni, 2 * d, de, dg, E + row0 * de, dW);
+            }
+        }
+    }
+}
+
+/* Gradient of ngnn_layer_msg_fwd: dS [B,N,4,d] -> dEs [L] (each like its Es), dWp [B,2d,de]
+ * and dC [B,2d] (per graph), dA, dBn [B,N,d] (all overwritten). W = Wf [2d,de]. */
+int ngnn_layer_msg_bwd(int threads, int64_t B, int64_t L, const int64_t *w, const int64_t *off,
+                       int64_t N, int64_t d, int64_t de, const float *const *Es,
+                       const float *RESTRICT W, const float *RESTRICT Wt,
+                       const float *RESTRICT C, const float *RESTRICT A,
+                       const float *RESTRICT Bn, const int32_t *RESTRICT I,
+                       const float *RESTRICT dS, float *const *dEs, float *RESTRICT dWp,
+                       float *RESTRICT dC, float *RESTRICT dA, float *RESTRICT dBn) {
+    int64_t wmax = 1;
+    for (int64_t k = 0; k <= L; k++) wmax = w[k] > wmax ? w[k] : wmax;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *g = (float *)malloc(sizeof(float) * (size_t)(4 * wmax * d));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (g)
+                lmsg_bwd_one(b, L, w, off, N, d, de, Es, W, Wt, C, A, Bn, I, dS, dEs,
+                             dWp + b * 2 * d * de, dC + b * 2 * d, dC + b * 2 * d + d, dA, dBn,
+                             g, g + 2 * wmax * d);
+            else
+                failed = 1;
+        }
+        free(g);
+    }
+    return failed ? -1 : 0;
+}
+
+/* The edge update of every block of a layer:
+ *     out = E + silu(E We^T + V[receiver] + U[sender]) Wo^T + bo
+ * (V with edge_lin's bias included), computed per (direction, target) block of ni rows with
+ * both GEMMs inside; the backward recomputes their outputs. Wte, Wto: transposed weights. */
+static inline __attribute__((always_inline)) void ledge_terms(int64_t b, int64_t N, int64_t de,
+                                                              int64_t r, int64_t so, int64_t to,
+                                                              int64_t o, const float *U,
+                                                              const float *V, const float **t,
+                                                              const float **rows) {
+    /* direction 0 (i -> o): receiver o (V), senders i (U); direction 1 (o -> i): the reverse */
+    *t = (r == 0 ? V : U) + (b * N + to + o) * de;
+    *rows = (r == 0 ? U : V) + (b * N + so) * de;
+}
+
+static NOINLINE void ledge_fwd_one(int64_t b, int64_t L, const int64_t *w, const int64_t *off,
+                                   int64_t N, int64_t de, const float *const *Es,
+                                   const float *RESTRICT Wte, const float *RESTRICT Wto,
+                                   const float *RESTRICT bo, const float *RESTRICT U,
+                                   const float *RESTRICT V, float *const *Outs, float *RESTRICT h,
+                                   float *RESTRICT a) {
+    for (int64_t k = 0; k < L; k++) {
+        const int64_t ni = w[k], no = w[k + 1], so = off[k], to = off[k + 1];
+        for (int64_t r = 0; r < 2; r++) {
+            for (int64_t o = 0; o < no; o++) {
+                const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+                const float *e = Es[k] + row0 * de, *t, *rows;
+                float *y = Outs[k] + row0 * de;
+                ledge_terms(b, N, de, r, so, to, o, U, V, &t, &rows);
+                rows_times_wt(ni, de, de, e, Wte, h);
+                edge_act(ni, de, h, t, rows, a);
+                rows_times_wt(ni, de, de, a, Wto, y);
+                for (int64_t i = 0; i < ni; i++) add_bias_residual(de, e + i * de, bo, y + i * de);
+            }
+        }
+    }
+}
+
+/* Es [L], Wte, Wto [de,de], bo [de], U, V [B,N,de] -> Outs [L] (each like its Es). */
+int ngnn_layer_edge_fwd(int threads, int64_t B, int64_t L, const int64_t *w, const int64_t *off,
+                        int64_t N, int64_t de, const float *const *Es, const float *RESTRICT Wte,
+                        const float *RESTRICT Wto, const float *RESTRICT bo,
+                        const float *RESTRICT U, const float *RESTRICT V, float *const *Outs) {
+    int64_t wmax = 1;
+    for (int64_t k = 0; k <= L; k++) wmax = w[k] > wmax ? w[k] : wmax;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = (float *)malloc(sizeof(float) * (size_t)(2 * wmax * de));
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             if (buf)
-                edge_bwd_one(b, no, ni, de, E, We, Wte, Wo, To, Ti, dout, dE,
-                              dWe + b * de * de, dWo + b * de * de, dbo + b * de, dTo, dTi, buf,
-                              buf + ni * de, buf + 2 * ni * de);
+                ledge_fwd_one(b, L, w, off, N, de, Es, Wte, Wto, bo, U, V, Outs, buf,
+                              buf + wmax * de);
+            else
+                failed = 1;
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+static NOINLINE void ledge_bwd_one(int64_t b, int64_t L, const int64_t *w, const int64_t *off,
+                                   int64_t N, int64_t de, const float *const *Es,
+                                   const float *RESTRICT We, const float *RESTRICT Wte,
+                                   const float *RESTRICT Wo, const float *RESTRICT U,
+                                   const float *RESTRICT V, const float *const *dOuts, float *const *dEs,
+                                   float *RESTRICT dWe, float *RESTRICT dWo, float *RESTRICT dbo,
+                                   float *RESTRICT dU, float *RESTRICT dV, float *RESTRICT h,
+                                   float *RESTRICT a, float *RESTRICT da) {
+    memset(dU + b * N * de, 0, sizeof(float) * (size_t)(N * de));
+    memset(dV + b * N * de, 0, sizeof(float) * (size_t)(N * de));
+    memset(dWe, 0, sizeof(float) * (size_t)(de * de));
+    memset(dWo, 0, sizeof(float) * (size_t)(de * de));
+    memset(dbo, 0, sizeof(float) * (size_t)de);
+    for (int64_t k = 0; k < L; k++) {
+        const int64_t ni = w[k], no = w[k + 1], so = off[k], to = off[k + 1];
+        for (int64_t r = 0; r < 2; r++) {
+            for (int64_t o = 0; o < no; o++) {
+                const int64_t row0 = ((b * 2 + r) * no + o) * ni;
+                const float *e = Es[k] + row0 * de, *gy = dOuts[k] + row0 * de, *t, *rows;
+                float *de_ = dEs[k] + row0 * de;
+                ledge_terms(b, N, de, r, so, to, o, U, V, &t, &rows);
+                /* the gradients of the same node terms */
+                float *dt = (r == 0 ? dV : dU) + (b * N + to + o) * de;
+                float *drows = (r == 0 ? dU : dV) + (b * N + so) * de;
+                rows_times_wt(ni, de, de, e, Wte, h);
+                edge_act(ni, de, h, t, rows, a);
+                /* through edge_out: dA = dY Wo, dWo += dY^T A, dbo += sum dY */
+                memset(da, 0, sizeof(float) * (size_t)(ni * de));
+                rows_times_w(ni, de, de, gy, Wo, da);
+                accumulate_gt_x(ni, de, de, gy, a, dWo);
+                for (int64_t i = 0; i < ni; i++) add_row(de, gy + i * de, dbo);
+                /* through silu (dH overwrites h) and the node terms */
+                for (int64_t i = 0; i < ni; i++)
+                    silu_grad_row(de, h + i * de, t, rows + i * de, da + i * de, dt,
+                                  drows + i * de);
+                /* through edge_lin and the residual: dE = dY + dH We, dWe += dH^T E */
+                memcpy(de_, gy, sizeof(float) * (size_t)(ni * de));
+                rows_times_w(ni, de, de, h, We, de_);
+                accumulate_gt_x(ni, de, de, h, e, dWe);
+            }
+        }
+    }
+}
+
+/* Gradient of ngnn_layer_edge_fwd: dOuts [L] -> dEs [L], per graph dWe, dWo [B,de,de] and dbo
+ * [B,de], dU, dV [B,N,de] (all overwritten). We, Wo: the weights ([de,de], out x in), Wte:
+ * We^T. */
+int ngnn_layer_edge_bwd(int threads, int64_t B, int64_t L, const int64_t *w, const int64_t *off,
+                        int64_t N, int64_t de, const float *const *Es, const float *RESTRICT We,
+                        const float *RESTRICT Wte, const float *RESTRICT Wo,
+                        const float *RESTRICT U, const float *RESTRICT V,
+                        const float *const *dOuts, float *const *dEs,
+                        float *RESTRICT dWe, float *RESTRICT dWo, float *RESTRICT dbo,
+                        float *RESTRICT dU, float *RESTRICT dV) {
+    int64_t wmax = 1;
+    for (int64_t k = 0; k <= L; k++) wmax = w[k] > wmax ? w[k] : wmax;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *buf = (float *)malloc(sizeof(float) * (size_t)(3 * wmax * de));
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (buf)
+                ledge_bwd_one(b, L, w, off, N, de, Es, We, Wte, Wo, U, V, dOuts, dEs,
+                              dWe + b * de * de, dWo + b * de * de, dbo + b * de, dU, dV, buf,
+                              buf + wmax * de, buf + 2 * wmax * de);
             else
                 failed = 1;
         }

@@ -7,12 +7,13 @@ the per-edge (per-pair) rows each way, the small per-edge GEMMs included (their 
 computed a block of rows at a time into cache-resident buffers and never stored; the backward
 recomputes them):
 
-- :func:`film_message_stats`: the FiLM GEMM and messages :math:`m = \beta + \gamma \odot (t_o +
-  t_i)` of both edge directions of one weight matrix, and their sum, sum of squares, min and
-  max per receiving node (the backward routes the min / max gradient through the saved argmin /
-  argmax);
-- :func:`edge_update`: NG-GNN's edge update :math:`\mathbf e + \mathbf W_o\,\mathrm{SiLU}(
-  \mathbf W_e \mathbf e + t_o + t_i) + \mathbf b_o` (both GEMMs, bias and residual);
+- :func:`layer_message_stats`: for all blocks of an NG-GNN layer, the FiLM GEMM and messages
+  :math:`m = \beta + \gamma \odot (a_r + b_j)` of both edge directions, and each node's sum,
+  sum of squares, min and max over all its messages (the backward routes the min / max
+  gradient through the saved argmin / argmax);
+- :func:`layer_edge_update`: NG-GNN's edge update :math:`\mathbf e + \mathbf W_o\,\mathrm{SiLU}(
+  \mathbf W_e \mathbf e + v_r + u_j) + \mathbf b_o` of all blocks of a layer (both GEMMs, bias
+  and residual);
 - :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
   both directions (pair terms, scores, softmax numerators and denominators, the
   attention-weighted values and pair features per receiver);
@@ -51,15 +52,15 @@ __all__ = [
     "available",
     "available_or_warn",
     "edge_gelu",
-    "edge_update",
-    "film_message_stats",
     "fourier_sincos",
+    "layer_edge_update",
+    "layer_message_stats",
     "load",
     "reference_attention_block",
     "reference_edge_activation",
     "reference_edge_gelu",
-    "reference_edge_update",
-    "reference_film_message_stats",
+    "reference_layer_edge_update",
+    "reference_layer_message_stats",
     "reference_message_stats",
     "reference_residual_layer_norm",
     "residual_layer_norm",
@@ -70,7 +71,7 @@ __all__ = [
 #: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
 Kernel = Literal["auto", "native", "torch"]
 
-_VERSION = 8  # KERNEL_VERSION in the C source
+_VERSION = 9  # KERNEL_VERSION in the C source
 _SOURCE = Path(__file__).with_name("_kernels.c")
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
@@ -215,14 +216,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ngt_attn_fwd.argtypes = [*attn, *[p] * 12]
     lib.ngt_attn_bwd.argtypes = [*attn, *[p] * 14]
     lib.ngt_attn_fwd.restype = lib.ngt_attn_bwd.restype = ctypes.c_int
-    # threads, B, n_o, n_i, d, d_e
-    sizes6: list[Any] = [i32, i64, i64, i64, i64, i64]
-    lib.ngnn_msg_fwd.argtypes = [*sizes6, *[p] * 9]
-    lib.ngnn_msg_bwd.argtypes = [*sizes6, *[p] * 15]
-    lib.ngnn_edge_fwd.argtypes = [*sizes, *[p] * 7]
-    lib.ngnn_edge_bwd.argtypes = [*sizes, *[p] * 13]
-    for name in ("ngnn_msg_fwd", "ngnn_msg_bwd", "ngnn_edge_fwd", "ngnn_edge_bwd"):
-        getattr(lib, name).restype = ctypes.c_int
+    # threads, B, L, widths*, offsets*, N, d, (d_e)
+    layer: list[Any] = [i32, i64, i64, p, p, i64, i64]
+    lib.ngnn_layer_msg_fwd.argtypes = [*layer, i64, *[p] * 7]
+    lib.ngnn_layer_msg_bwd.argtypes = [*layer, i64, *[p] * 13]
+    lib.ngnn_layer_edge_fwd.argtypes = [*layer, *[p] * 7]
+    lib.ngnn_layer_edge_bwd.argtypes = [*layer, *[p] * 13]
+    for name in ("msg_fwd", "msg_bwd", "edge_fwd", "edge_bwd"):
+        getattr(lib, f"ngnn_layer_{name}").restype = ctypes.c_int
     lib.ngt_edge_fwd.argtypes = [*sizes, *[p] * 4]
     lib.ngt_edge_bwd.argtypes = [*sizes, *[p] * 7]
     lib.ngt_edge_fwd.restype = lib.ngt_edge_bwd.restype = None
@@ -249,19 +250,29 @@ def _self_check() -> None:
     def rnd(*shape: int, grad: bool = True) -> Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_(grad)
 
-    bias, t_o, t_i, h = rnd(2 * d), rnd(b, 2, no, d), rnd(b, 2, ni, d), rnd(b, 2, no, ni, d)
+    t_o, t_i, h = rnd(b, 2, no, d), rnd(b, 2, ni, d), rnd(b, 2, no, ni, d)
+    # NG-GNN layers of widths 2-3-4-1 (the weights enter as constants)
+    widths = (2, 3, 4, 1)
+    blocks5 = [rnd(b, 2, widths[k + 1], widths[k], 5) for k in range(3)]
+    blocks_d = [rnd(b, 2, widths[k + 1], widths[k], d) for k in range(3)]
+    wf, bf = rnd(2 * d, 5, grad=False) * 0.5, rnd(2 * d, grad=False)
+    we, wo, bo = (rnd(d, d, grad=False) * 0.4, rnd(d, d, grad=False) * 0.4, rnd(d, grad=False))
     # attention: A = 8 over 2 heads, d_e = 3, sources at nodes 1..5, targets at 6..8 of 10
     heads, a, de, n = 2, 8, 3, 10
     w_pair, e, qkv = rnd(3 * a, de), rnd(b, 2, no, ni, de), rnd(b, n, 3 * a)
     attn_w = [rnd(*s, grad=False) for s in ((b, no, heads), (b, no, a), (b, no, heads, de))]
     attn_w += [rnd(*s, grad=False) for s in ((b, ni, heads), (b, ni, a), (b, ni, heads, de))]
     cases: list[tuple[Any, Any, tuple[Tensor, ...], tuple[Any, ...], tuple[Tensor, ...]]] = [
-        (film_message_stats, reference_film_message_stats,
-         (rnd(b, 2, no, ni, 5), rnd(2 * d, 5), bias, t_o, t_i), (),
-         (rnd(b, no, 4, d, grad=False), rnd(b, ni, 4, d, grad=False))),
-        (edge_update, reference_edge_update,
-         (rnd(b, 2, no, ni, d), rnd(d, d), t_o, t_i, rnd(d, d), rnd(d)), (),
-         (rnd(b, 2, no, ni, d, grad=False),)),
+        (lambda a_, b_, *es: layer_message_stats(es, wf, bf, a_, b_, widths),
+         lambda a_, b_, *es: reference_layer_message_stats(
+             es, wf.to(a_.dtype), bf.to(a_.dtype), a_, b_, widths),
+         (rnd(b, sum(widths), d), rnd(b, sum(widths), d), *blocks5), (),
+         (rnd(b, sum(widths), 4, d, grad=False),)),
+        (lambda u_, v_, *es: tuple(layer_edge_update(es, we, wo, bo, u_, v_, widths)),
+         lambda u_, v_, *es: tuple(reference_layer_edge_update(
+             es, we.to(u_.dtype), wo.to(u_.dtype), bo.to(u_.dtype), u_, v_, widths)),
+         (rnd(b, sum(widths), d), rnd(b, sum(widths), d), *blocks_d), (),
+         tuple(rnd(*t.shape, grad=False) for t in blocks_d)),
         (attention_block, reference_attention_block, (e, w_pair, qkv), (1, 6, heads, 0.3),
          (attn_w[0], *attn_w[:3], attn_w[3], *attn_w[3:])),
         (edge_gelu, reference_edge_gelu, (rnd(b, 2, no, ni, 2 * d), t_o, t_i), (),
@@ -565,128 +576,217 @@ def residual_layer_norm(
     return _res_ln(z, bias, res, norm.weight, norm.bias, norm.eps, p, seed)
 
 
-def reference_film_message_stats(
-    e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The torch formula of :func:`film_message_stats`: :func:`reference_message_stats` of the
-    FiLM GEMM ``e @ w_film.T`` (``e [B, 2, n_o, n_i, d_e]``, ``w_film [2d, d_e]``)."""
-    return reference_message_stats(torch.nn.functional.linear(e, w_film), bias, t_o, t_i)
+def _offsets(widths: Sequence[int]) -> list[int]:
+    out = [0]
+    for w in widths:
+        out.append(out[-1] + w)
+    return out
 
 
-def reference_edge_update(
-    e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
-) -> Tensor:
-    """The torch formula of :func:`edge_update`: ``e + Linear_out(silu(e @ w_edge.T + t_o +
-    t_i))`` with the node terms broadcast as in :func:`reference_edge_activation`."""
-    act = reference_edge_activation(torch.nn.functional.linear(e, w_edge), t_o, t_i)
-    return e + torch.nn.functional.linear(act, w_out, b_out)
+def reference_layer_message_stats(
+    edges: Sequence[Tensor], w_film: Tensor, bias: Tensor, a: Tensor, b: Tensor,
+    widths: Sequence[int],
+) -> Tensor:  # fmt: skip
+    """The torch formula of :func:`layer_message_stats`: per block the FiLM GEMM and
+    :func:`reference_message_stats` with the node terms of its targets and sources, each node's
+    statistics then combined over its (one or two) blocks.
+
+    Args:
+        edges: per block ``l`` the edges ``[B, 2, n_{l+1}, n_l, d_e]`` (direction 0: source ->
+            target); w_film: ``[2d, d_e]``; bias: ``[2d]``.
+        a, b: ``[B, N, d]`` the receiver and sender terms of every node (a message
+            :math:`j \to r` is :math:`\beta + \\gamma \\odot (a_r + b_j)`).
+        widths: the node layers' widths.
+
+    Returns:
+        ``[B, N, 4, d]``: sum, sum of squares, min and max of each node's messages.
+    """
+    off = _offsets(widths)
+    parts: list[list[Tensor]] = [[] for _ in widths]
+    for k, e in enumerate(edges):
+        src, dst = slice(off[k], off[k + 1]), slice(off[k + 1], off[k + 2])
+        t_o = torch.stack([a[:, dst], b[:, dst]], dim=1)
+        t_i = torch.stack([b[:, src], a[:, src]], dim=1)
+        g = torch.nn.functional.linear(e, w_film)
+        s_o, s_i = reference_message_stats(g, bias, t_o, t_i)
+        parts[k + 1].append(s_o)
+        parts[k].append(s_i)
+    merged = []
+    for node_parts in parts:
+        st = node_parts[0]
+        for other in node_parts[1:]:
+            st = torch.cat(
+                [st[:, :, :2] + other[:, :, :2], torch.minimum(st[:, :, 2:3], other[:, :, 2:3]),
+                 torch.maximum(st[:, :, 3:], other[:, :, 3:])], dim=2,
+            )  # fmt: skip
+        merged.append(st)
+    return torch.cat(merged, dim=1)
 
 
-class _FilmMessageStats(torch.autograd.Function):
+def reference_layer_edge_update(
+    edges: Sequence[Tensor], w_edge: Tensor, w_out: Tensor, b_out: Tensor, u: Tensor, v: Tensor,
+    widths: Sequence[int],
+) -> list[Tensor]:  # fmt: skip
+    """The torch formula of :func:`layer_edge_update`: per block
+    ``e + Linear_out(silu(e @ w_edge.T + v[receiver] + u[sender]))`` (``u``, ``v`` ``[B, N, d_e]``;
+    ``v`` includes edge_lin's bias)."""
+    off = _offsets(widths)
+    out = []
+    for k, e in enumerate(edges):
+        src, dst = slice(off[k], off[k + 1]), slice(off[k + 1], off[k + 2])
+        t_o = torch.stack([v[:, dst], u[:, dst]], dim=1)
+        t_i = torch.stack([u[:, src], v[:, src]], dim=1)
+        act = reference_edge_activation(torch.nn.functional.linear(e, w_edge), t_o, t_i)
+        out.append(e + torch.nn.functional.linear(act, w_out, b_out))
+    return out
+
+
+def _layout(widths: Sequence[int]) -> tuple[Any, Any, int]:
+    """ctypes arrays of the widths and node offsets, and the node count."""
+    off = _offsets(widths)
+    n = len(widths)
+    return (ctypes.c_int64 * n)(*widths), (ctypes.c_int64 * (n + 1))(*off), off[-1]
+
+
+def _pointers(tensors: Sequence[Tensor]) -> Any:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _check_edges(edges: Sequence[Tensor], b: int, widths: Sequence[int], de: int) -> None:
+    if len(edges) != len(widths) - 1:
+        raise ValueError(f"{len(edges)} edge blocks for {len(widths)} node layers")
+    for k, e in enumerate(edges):
+        _check(f"edges[{k}]", e, (b, 2, widths[k + 1], widths[k], de))
+
+
+class _LayerMessageStats(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        b, _, no, ni, de = e.shape
-        d = w_film.shape[0] // 2
-        _check("e", e, (b, 2, no, ni, de))
+        ctx: Any, widths: tuple[int, ...], w_film: Tensor, bias: Tensor, a: Tensor, b: Tensor,
+        *edges: Tensor,
+    ) -> Tensor:  # fmt: skip
+        bsz, n, d = a.shape
+        de = w_film.shape[1]
+        ws, off, total = _layout(widths)
+        if total != n:
+            raise ValueError(f"layer_message_stats: widths {widths} do not sum to {n} nodes")
         _check("w_film", w_film, (2 * d, de))
         _check("bias", bias, (2 * d,))
-        _check("t_o", t_o, (b, 2, no, d))
-        _check("t_i", t_i, (b, 2, ni, d))
-        e, w, bias = e.contiguous(), w_film.contiguous(), bias.contiguous()
-        t_o, t_i, wt = t_o.contiguous(), t_i.contiguous(), w.t().contiguous()
-        s_o, s_i = e.new_empty(b, no, 4, d), e.new_empty(b, ni, 4, d)
-        i_o = torch.empty(b, no, 2, d, dtype=torch.int32)
-        i_i = torch.empty(b, ni, 2, d, dtype=torch.int32)
-        rc = _lib().ngnn_msg_fwd(
-            torch.get_num_threads(), b, no, ni, d, de, e.data_ptr(), wt.data_ptr(),
-            bias.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), s_o.data_ptr(), i_o.data_ptr(),
-            s_i.data_ptr(), i_i.data_ptr(),
+        _check("a", a, (bsz, n, d))
+        _check("b", b, (bsz, n, d))
+        _check_edges(edges, bsz, widths, de)
+        es = [e.contiguous() for e in edges]
+        w, bias, a, b = w_film.contiguous(), bias.contiguous(), a.contiguous(), b.contiguous()
+        wt = w.t().contiguous()
+        stats = a.new_empty(bsz, n, 4, d)
+        args = torch.empty(bsz, n, 2, d, dtype=torch.int32)
+        rc = _lib().ngnn_layer_msg_fwd(
+            torch.get_num_threads(), bsz, len(es), ws, off, n, d, de, _pointers(es),
+            wt.data_ptr(), bias.data_ptr(), a.data_ptr(), b.data_ptr(), stats.data_ptr(),
+            args.data_ptr(),
         )  # fmt: skip
         if rc != 0:
-            raise MemoryError("film_message_stats: the kernel could not allocate scratch memory")
-        ctx.save_for_backward(e, w, wt, bias, t_o, t_i, i_o, i_i)
-        return s_o, s_i
+            raise MemoryError("layer_message_stats: the kernel could not allocate scratch memory")
+        ctx.widths = widths
+        ctx.save_for_backward(w, wt, bias, a, b, args, *es)
+        return stats
 
     @staticmethod
-    def backward(ctx: Any, ds_o: Tensor, ds_i: Tensor) -> tuple[Tensor, ...]:
-        e, w, wt, bias, t_o, t_i, i_o, i_i = ctx.saved_tensors
-        b, _, no, ni, de = e.shape
-        d = w.shape[0] // 2
-        ds_o, ds_i = ds_o.contiguous(), ds_i.contiguous()
-        d_e, dt_o, dt_i = torch.empty_like(e), torch.empty_like(t_o), torch.empty_like(t_i)
-        d_w, d_bias = e.new_empty(b, 2 * d, de), e.new_empty(b, 2 * d)  # per graph
-        rc = _lib().ngnn_msg_bwd(
-            torch.get_num_threads(), b, no, ni, d, de, e.data_ptr(), w.data_ptr(),
-            wt.data_ptr(), bias.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), i_o.data_ptr(),
-            i_i.data_ptr(), ds_o.data_ptr(), ds_i.data_ptr(), d_e.data_ptr(), d_w.data_ptr(),
-            d_bias.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+    def backward(ctx: Any, d_stats: Tensor) -> tuple[Tensor | None, ...]:
+        w, wt, bias, a, b, args, *es = ctx.saved_tensors
+        bsz, n, d = a.shape
+        de = w.shape[1]
+        ws, off, _ = _layout(ctx.widths)
+        d_stats = d_stats.contiguous()
+        d_es = [torch.empty_like(e) for e in es]
+        d_w, d_bias = a.new_empty(bsz, 2 * d, de), a.new_empty(bsz, 2 * d)  # per graph
+        d_a, d_b = torch.empty_like(a), torch.empty_like(b)
+        rc = _lib().ngnn_layer_msg_bwd(
+            torch.get_num_threads(), bsz, len(es), ws, off, n, d, de, _pointers(es),
+            w.data_ptr(), wt.data_ptr(), bias.data_ptr(), a.data_ptr(), b.data_ptr(),
+            args.data_ptr(), d_stats.data_ptr(), _pointers(d_es), d_w.data_ptr(),
+            d_bias.data_ptr(), d_a.data_ptr(), d_b.data_ptr(),
         )  # fmt: skip
         if rc != 0:
-            raise MemoryError("film_message_stats: the kernel could not allocate scratch memory")
-        return d_e, d_w.sum(0), d_bias.sum(0), dt_o, dt_i
+            raise MemoryError("layer_message_stats: the kernel could not allocate scratch memory")
+        return (None, d_w.sum(0), d_bias.sum(0), d_a, d_b, *d_es)
 
 
-def film_message_stats(
-    e: Tensor, w_film: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
-) -> tuple[Tensor, Tensor]:
-    """:func:`message_stats` of the FiLM GEMM ``e @ w_film.T``, with that GEMM done inside the
-    kernel a target's rows at a time (its ``[B, 2, n_o, n_i, 2d]`` output never goes to
-    memory; the backward recomputes it). Differentiable in all five inputs."""
-    out: tuple[Tensor, Tensor] = _FilmMessageStats.apply(e, w_film, bias, t_o, t_i)
+def layer_message_stats(
+    edges: Sequence[Tensor], w_film: Tensor, bias: Tensor, a: Tensor, b: Tensor,
+    widths: Sequence[int],
+) -> Tensor:  # fmt: skip
+    """:func:`reference_layer_message_stats` by the C kernel, all blocks of a layer in one call:
+    the FiLM GEMM inside (its output never stored; the backward recomputes it), each node's
+    statistics over both of its blocks gathered directly (the min / max argument is the sending
+    node; its gradient goes to the first one). Differentiable in everything but ``widths``."""
+    out: Tensor = _LayerMessageStats.apply(tuple(widths), w_film, bias, a, b, *edges)
     return out
 
 
-class _EdgeUpdate(torch.autograd.Function):
+class _LayerEdgeUpdate(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
-    ) -> Tensor:
-        b, _, no, ni, de = e.shape
+        ctx: Any, widths: tuple[int, ...], w_edge: Tensor, w_out: Tensor, b_out: Tensor,
+        u: Tensor, v: Tensor, *edges: Tensor,
+    ) -> tuple[Tensor, ...]:  # fmt: skip
+        bsz, n, de = u.shape
+        ws, off, total = _layout(widths)
+        if total != n:
+            raise ValueError(f"layer_edge_update: widths {widths} do not sum to {n} nodes")
         for name, t, shape in (
-            ("e", e, (b, 2, no, ni, de)), ("w_edge", w_edge, (de, de)), ("t_o", t_o, (b, 2, no, de)),
-            ("t_i", t_i, (b, 2, ni, de)), ("w_out", w_out, (de, de)), ("b_out", b_out, (de,)),
+            ("w_edge", w_edge, (de, de)), ("w_out", w_out, (de, de)), ("b_out", b_out, (de,)),
+            ("u", u, (bsz, n, de)), ("v", v, (bsz, n, de)),
         ):  # fmt: skip
             _check(name, t, shape)
-        e, t_o, t_i, b_out = e.contiguous(), t_o.contiguous(), t_i.contiguous(), b_out.contiguous()
-        we, wo = w_edge.contiguous(), w_out.contiguous()
+        _check_edges(edges, bsz, widths, de)
+        es = [e.contiguous() for e in edges]
+        we, wo, b_out = w_edge.contiguous(), w_out.contiguous(), b_out.contiguous()
+        u, v = u.contiguous(), v.contiguous()
         wte, wto = we.t().contiguous(), wo.t().contiguous()
-        out = torch.empty_like(e)
-        rc = _lib().ngnn_edge_fwd(
-            torch.get_num_threads(), b, no, ni, de, e.data_ptr(), wte.data_ptr(), wto.data_ptr(),
-            b_out.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), out.data_ptr(),
+        outs = [torch.empty_like(e) for e in es]
+        rc = _lib().ngnn_layer_edge_fwd(
+            torch.get_num_threads(), bsz, len(es), ws, off, n, de, _pointers(es), wte.data_ptr(),
+            wto.data_ptr(), b_out.data_ptr(), u.data_ptr(), v.data_ptr(), _pointers(outs),
         )  # fmt: skip
         if rc != 0:
-            raise MemoryError("edge_update: the kernel could not allocate scratch memory")
-        ctx.save_for_backward(e, we, wte, wo, t_o, t_i)
-        return out
+            raise MemoryError("layer_edge_update: the kernel could not allocate scratch memory")
+        ctx.widths = widths
+        ctx.save_for_backward(we, wte, wo, u, v, *es)
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, ...]:
-        e, we, wte, wo, t_o, t_i = ctx.saved_tensors
-        b, _, no, ni, de = e.shape
-        dout = dout.contiguous()
-        d_e, dt_o, dt_i = torch.empty_like(e), torch.empty_like(t_o), torch.empty_like(t_i)
-        d_we, d_wo, d_bo = e.new_empty(b, de, de), e.new_empty(b, de, de), e.new_empty(b, de)
-        rc = _lib().ngnn_edge_bwd(
-            torch.get_num_threads(), b, no, ni, de, e.data_ptr(), we.data_ptr(), wte.data_ptr(),
-            wo.data_ptr(), t_o.data_ptr(), t_i.data_ptr(), dout.data_ptr(), d_e.data_ptr(),
-            d_we.data_ptr(), d_wo.data_ptr(), d_bo.data_ptr(), dt_o.data_ptr(), dt_i.data_ptr(),
+    def backward(ctx: Any, *d_outs: Tensor) -> tuple[Tensor | None, ...]:
+        we, wte, wo, u, v, *es = ctx.saved_tensors
+        bsz, n, de = u.shape
+        ws, off, _ = _layout(ctx.widths)
+        gys = [g.contiguous() for g in d_outs]
+        d_es = [torch.empty_like(e) for e in es]
+        d_we, d_wo, d_bo = u.new_empty(bsz, de, de), u.new_empty(bsz, de, de), u.new_empty(bsz, de)
+        d_u, d_v = torch.empty_like(u), torch.empty_like(v)
+        rc = _lib().ngnn_layer_edge_bwd(
+            torch.get_num_threads(), bsz, len(es), ws, off, n, de, _pointers(es), we.data_ptr(),
+            wte.data_ptr(), wo.data_ptr(), u.data_ptr(), v.data_ptr(), _pointers(gys),
+            _pointers(d_es), d_we.data_ptr(), d_wo.data_ptr(), d_bo.data_ptr(), d_u.data_ptr(),
+            d_v.data_ptr(),
         )  # fmt: skip
         if rc != 0:
-            raise MemoryError("edge_update: the kernel could not allocate scratch memory")
-        return d_e, d_we.sum(0), dt_o, dt_i, d_wo.sum(0), d_bo.sum(0)
+            raise MemoryError("layer_edge_update: the kernel could not allocate scratch memory")
+        return (None, d_we.sum(0), d_wo.sum(0), d_bo.sum(0), d_u, d_v, *d_es)
 
 
-def edge_update(
-    e: Tensor, w_edge: Tensor, t_o: Tensor, t_i: Tensor, w_out: Tensor, b_out: Tensor
-) -> Tensor:
-    """:func:`reference_edge_update` by the C kernel: both GEMMs, the activation, the bias and
-    the residual in one pass over the edges (and one backward, which recomputes the GEMMs'
-    outputs). Differentiable in all six inputs."""
-    out: Tensor = _EdgeUpdate.apply(e, w_edge, t_o, t_i, w_out, b_out)
-    return out
+def layer_edge_update(
+    edges: Sequence[Tensor], w_edge: Tensor, w_out: Tensor, b_out: Tensor, u: Tensor, v: Tensor,
+    widths: Sequence[int],
+) -> list[Tensor]:  # fmt: skip
+    """:func:`reference_layer_edge_update` by the C kernel, all blocks of a layer in one call:
+    both GEMMs, the activation, the bias and the residual in one pass over the edges (and one
+    backward, which recomputes the GEMMs' outputs). Differentiable in everything but
+    ``widths``."""
+    out: tuple[Tensor, ...] = _LayerEdgeUpdate.apply(
+        tuple(widths), w_edge, w_out, b_out, u, v, *edges
+    )
+    return list(out)
 
 
 def fourier_sincos(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:

@@ -234,7 +234,11 @@ class EdgePNAConv(MessagePassing):
         )
 
     def _update_nodes(self, x: Tensor, agg: Tensor) -> Tensor:
-        h = self.lin_update(torch.cat([x, agg], dim=-1))
+        # lin_update([x, agg]) as two products: no concatenation of the wide aggregates
+        d, w = x.shape[-1], self.lin_update.weight
+        h = nn.functional.linear(agg, w[:, d:]) + nn.functional.linear(
+            x, w[:, :d], self.lin_update.bias
+        )
         return x + self.dropout(nn.functional.silu(self.norm(h)))
 
     # -- dense fast path ----------------------------------------------------------------------
@@ -265,6 +269,8 @@ class EdgePNAConv(MessagePassing):
         native = self._use_native(x, edges)
         a = self.lin_dst(x)
         b = self.lin_src(x)
+        if native:
+            return self._forward_dense_native(x, a, b, edges, widths, update_edges)
         n_layers = len(widths)
         stats: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = [[] for _ in range(n_layers)]
         for k, e in enumerate(edges):
@@ -273,11 +279,6 @@ class EdgePNAConv(MessagePassing):
             # Target terms vary along the o axis (fwd) / i axis (bwd); source terms the other.
             t_o = torch.stack([a_t, b_t], dim=1)  # [B, 2, n_o, d]
             t_i = torch.stack([b_s, a_s], dim=1)  # [B, 2, n_i, d]
-            if native:  # the FiLM GEMM and its bias happen inside the kernel
-                s_o, s_i = _native.film_message_stats(e, self.film.weight, self.film.bias, t_o, t_i)
-                stats[k + 1].append(_split4(s_o))  # to layer k+1, over sources i
-                stats[k].append(_split4(s_i))  # to layer k, over targets o
-                continue
             gamma, beta = self.film(e).chunk(2, dim=-1)
             m = torch.addcmul(beta, gamma, t_o.unsqueeze(3) + t_i.unsqueeze(2))  # [B,2,n_o,n_i,d]
             fwd, bwd = m[:, 0], m[:, 1]
@@ -298,13 +299,7 @@ class EdgePNAConv(MessagePassing):
                     total, total_sq, mn, mx, deg_t, self.aggregators, self.scalers, self.avg_log_deg
                 )
             )
-        # lin_update([x, agg]) without concatenating: the aggregate half of the weight per node
-        # layer, then one narrow concatenation (12x narrower than the aggregates)
-        d = x.shape[-1]
-        w = self.lin_update.weight
-        h = torch.cat([nn.functional.linear(agg, w[:, d:]) for agg in aggs], dim=1)
-        h = h + nn.functional.linear(x, w[:, :d], self.lin_update.bias)
-        x_new = x + self.dropout(nn.functional.silu(self.norm(h)))
+        x_new = self._update_nodes(x, torch.cat(aggs, dim=1))
         if not (self.edge_update and update_edges):
             return x_new, list(edges)
         u = self.edge_src(x_new)
@@ -316,18 +311,39 @@ class EdgePNAConv(MessagePassing):
             # fwd edge i -> o: source term on i, target on o; bwd edge o -> i: the reverse.
             t_o = torch.stack([v_t, u_t], dim=1)
             t_i = torch.stack([u_s, v_s], dim=1)
-            if native:
-                # both GEMMs, the activation and the residual in one kernel; edge_lin's bias
-                # joins the per-node term (no pass over the edges to add it)
-                w_out, b_out = self.edge_out.weight, self.edge_out.bias
-                t_o = t_o + self.edge_lin.bias
-                new_edges.append(
-                    _native.edge_update(e, self.edge_lin.weight, t_o, t_i, w_out, b_out)
-                )
-                continue
             h = self.edge_lin(e)
             act = nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
             new_edges.append(e + self.edge_out(act))
+        return x_new, new_edges
+
+    def _forward_dense_native(
+        self,
+        x: Tensor,
+        a: Tensor,
+        b: Tensor,
+        edges: Sequence[Tensor],
+        widths: Sequence[int],
+        update_edges: bool,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`forward_dense` through the C kernels: one call for all blocks' messages and
+        statistics (every node's over both of its blocks), node update in torch on all nodes at
+        once, one call for all blocks' edge updates."""
+        stats = _native.layer_message_stats(
+            edges, self.film.weight, self.film.bias, a, b, widths
+        )  # [B, N, 4, d]
+        deg = _degrees(widths, x)
+        total, total_sq, mn, mx = stats.unbind(2)
+        agg = pna_combine(
+            total, total_sq, mn, mx, deg, self.aggregators, self.scalers, self.avg_log_deg
+        )
+        x_new = self._update_nodes(x, agg)
+        if not (self.edge_update and update_edges):
+            return x_new, list(edges)
+        u = self.edge_src(x_new)
+        v = self.edge_dst(x_new) + self.edge_lin.bias  # edge_lin's bias joins the node term
+        new_edges = _native.layer_edge_update(
+            edges, self.edge_lin.weight, self.edge_out.weight, self.edge_out.bias, u, v, widths
+        )
         return x_new, new_edges
 
     def _use_native(self, x: Tensor, edges: Sequence[Tensor] = ()) -> bool:
@@ -346,9 +362,10 @@ def _reduce(m: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return m.sum(dim), (m * m).sum(dim), m.amin(dim), m.amax(dim)
 
 
-def _split4(s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``[B, n, 4, d]`` statistics of the native kernel -> sum, sum of squares, min, max."""
-    return s[:, :, 0], s[:, :, 1], s[:, :, 2], s[:, :, 3]
+def _degrees(widths: Sequence[int], like: Tensor) -> Tensor:
+    """``[1, N, 1]`` in-degree of every node of a bidirectional neural graph."""
+    counts = [float(_count(layer, widths)) for layer, w in enumerate(widths) for _ in range(w)]
+    return torch.tensor(counts, dtype=like.dtype, device=like.device).view(1, -1, 1)
 
 
 def _count(layer: int, widths: Sequence[int]) -> int:
