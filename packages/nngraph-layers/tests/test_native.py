@@ -541,3 +541,38 @@ def test_fourier_features_native_equals_torch(
     grads = torch.autograd.grad((out * w).sum(), (x, *ff.parameters()))
     exact = torch.autograd.grad((ref * w.double()).sum(), (x64, *ff64.parameters()))
     _close_to_exact((out, *grads), (ref, *exact), tol=1e-5)
+
+
+def test_ngt_kernels_are_independent_of_the_thread_count(native: None) -> None:
+    """The NG-T kernels split their work by graph or by fixed row blocks: one and two threads
+    give bit-identical outputs and gradients (torch's own GEMMs need not, so the kernels are
+    compared on their own)."""
+    g = torch.Generator().manual_seed(4)
+    b, no, ni, a, h, de, n = 5, 4, 3, 12, 3, 6, 9
+    e, w, qkv = (
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((b, 2, no, ni, de), (3 * a, de), (b, n, 3 * a))
+    )
+    pair, t_o, t_i = (
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((b, 2, no, ni, 2 * de), (b, 2, no, de), (b, 2, ni, de))
+    )
+    z, bias, res, lw, lb = (
+        torch.randn(*s, generator=g).requires_grad_()
+        for s in ((700, de), (de,), (700, de), (de,), (de,))
+    )
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs = [*_native.attention_block(e, w, qkv, 1, 5, h, 0.4)]
+            outs.append(_native.edge_gelu(pair, t_o, t_i))
+            outs.append(_native._res_ln(z, bias, res, lw, lb, 1e-5, 0.2, 77))
+            loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outs)
+            grads = torch.autograd.grad(loss, (e, w, qkv, pair, t_o, t_i, z, bias, res, lw, lb))
+            results.append([*outs, *grads])
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(*results, strict=True):
+        assert torch.equal(x, y)
