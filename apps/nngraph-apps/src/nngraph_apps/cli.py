@@ -314,13 +314,7 @@ def main(args: Sequence[str] | None = None) -> int:
     ConfigError.last = None
     try:
         argv = _resolve_configs(argv)
-        # the arguments go in through args= (configs resolved); with sys.argv set as well
-        # LightningCLI warns about providing both
-        saved, sys.argv = sys.argv, sys.argv[:1]
-        try:
-            cli = NNGraphCLI(args=argv)
-        finally:
-            sys.argv = saved
+        cli = NNGraphCLI(args=argv)
     except SIGTERMException:
         print(
             "nngraph-train: SIGTERM: saved a resumable checkpoint (checkpoints/last.ckpt); "
