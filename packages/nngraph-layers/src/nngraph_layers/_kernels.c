@@ -244,78 +244,55 @@ static void rows_times_wt(int64_t n, int64_t K, int64_t M, const float *RESTRICT
     }
 }
 
-/* D[j, 0:K] += sum_d G[j, d] W[d, 0:K] for the n rows of G [n, M] (W [M, K]); eight rows at a
- * time share the loads of W (16 accumulators for K = 32). */
-static void rows_times_w(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
-                         const float *RESTRICT W, float *RESTRICT D) {
-    int64_t j = 0;
+/* Out[p, 0:K] += sum_q S[p * sp + q * sq] Y[q, 0:K] for p < np, q < nq (Y [nq, K]): the two
+ * backward GEMMs of the per-edge layers are this product with different strides. Eight rows of
+ * Out at a time share the loads of Y (16 accumulators for K = 32). */
+static void strided_rows_times(int64_t np, int64_t nq, int64_t K, const float *RESTRICT S,
+                               int64_t sp, int64_t sq, const float *RESTRICT Y,
+                               float *RESTRICT Out) {
+    int64_t p = 0;
     if (K == 32) {
-        for (; j + 8 <= n; j += 8) {
+        for (; p + 8 <= np; p += 8) {
             vf16 a[8][2];
             for (int r = 0; r < 8; r++) {
-                a[r][0] = VL(D + (j + r) * K);
-                a[r][1] = VL(D + (j + r) * K + 16);
+                a[r][0] = VL(Out + (p + r) * K);
+                a[r][1] = VL(Out + (p + r) * K + 16);
             }
-            for (int64_t d = 0; d < M; d++) {
-                const vf16 w0 = VL(W + d * K), w1 = VL(W + d * K + 16);
+            for (int64_t q = 0; q < nq; q++) {
+                const vf16 y0 = VL(Y + q * K), y1 = VL(Y + q * K + 16);
                 for (int r = 0; r < 8; r++) {
-                    const float s = G[(j + r) * M + d];
-                    a[r][0] += s * w0;
-                    a[r][1] += s * w1;
+                    const float s = S[(p + r) * sp + q * sq];
+                    a[r][0] += s * y0;
+                    a[r][1] += s * y1;
                 }
             }
             for (int r = 0; r < 8; r++) {
-                VS(D + (j + r) * K, a[r][0]);
-                VS(D + (j + r) * K + 16, a[r][1]);
+                VS(Out + (p + r) * K, a[r][0]);
+                VS(Out + (p + r) * K + 16, a[r][1]);
             }
         }
     }
-    for (; j < n; j++) {
-        float *RESTRICT dj = D + j * K;
-        for (int64_t d = 0; d < M; d++) {
-            const float s = G[j * M + d];
-            const float *RESTRICT w = W + d * K;
+    for (; p < np; p++) {
+        float *RESTRICT out = Out + p * K;
+        for (int64_t q = 0; q < nq; q++) {
+            const float s = S[p * sp + q * sq];
+            const float *RESTRICT y = Y + q * K;
             IVDEP
-            for (int64_t c = 0; c < K; c++) dj[c] += s * w[c];
+            for (int64_t c = 0; c < K; c++) out[c] += s * y[c];
         }
     }
 }
 
-/* Acc[d, 0:K] += sum_j G[j, d] X[j, 0:K] (the weight gradient): eight d at a time share the
- * loads of X (16 accumulators for K = 32). */
-static void accumulate_gt_x(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
-                            const float *RESTRICT X, float *RESTRICT Acc) {
-    int64_t d = 0;
-    if (K == 32) {
-        for (; d + 8 <= M; d += 8) {
-            vf16 a[8][2];
-            for (int r = 0; r < 8; r++) {
-                a[r][0] = VL(Acc + (d + r) * K);
-                a[r][1] = VL(Acc + (d + r) * K + 16);
-            }
-            for (int64_t j = 0; j < n; j++) {
-                const vf16 x0 = VL(X + j * K), x1 = VL(X + j * K + 16);
-                for (int r = 0; r < 8; r++) {
-                    const float s = G[j * M + d + r];
-                    a[r][0] += s * x0;
-                    a[r][1] += s * x1;
-                }
-            }
-            for (int r = 0; r < 8; r++) {
-                VS(Acc + (d + r) * K, a[r][0]);
-                VS(Acc + (d + r) * K + 16, a[r][1]);
-            }
-        }
-    }
-    for (; d < M; d++) {
-        float *RESTRICT acc = Acc + d * K;
-        for (int64_t j = 0; j < n; j++) {
-            const float s = G[j * M + d];
-            const float *RESTRICT x = X + j * K;
-            IVDEP
-            for (int64_t c = 0; c < K; c++) acc[c] += s * x[c];
-        }
-    }
+/* D[j, 0:K] += sum_d G[j, d] W[d, 0:K] for the n rows of G [n, M] (W [M, K]). */
+static inline void rows_times_w(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
+                                const float *RESTRICT W, float *RESTRICT D) {
+    strided_rows_times(n, M, K, G, M, 1, W, D);
+}
+
+/* Acc[d, 0:K] += sum_j G[j, d] X[j, 0:K] (the weight gradient; G [n, M], X [n, K]). */
+static inline void accumulate_gt_x(int64_t n, int64_t M, int64_t K, const float *RESTRICT G,
+                                   const float *RESTRICT X, float *RESTRICT Acc) {
+    strided_rows_times(M, n, K, G, 1, M, X, Acc);
 }
 
 /* the ns pair rows of a receiver: rows row0 + j * rstride of E, gathered into Eb [ns, de] */
