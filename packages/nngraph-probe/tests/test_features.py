@@ -242,3 +242,42 @@ def test_mixed_batch_outputs_and_dtype() -> None:
     c = ngt.NetworkRecipe("mlp", (2, 3, 3), ("tanh",), (True, True)).build(0)
     with pytest.raises(ngc.ShapeMismatchError):
         probe.outputs(ngc.batch([ngc.from_module(m) for m in (a, c)]))
+
+
+def test_generated_probes_are_a_deep_linear_map_of_latent_codes() -> None:
+    gen = ProbeFeatures((2,), 48, generator_latent=16, generator_hidden=8, seed=3)
+    assert gen.generated and gen.learned and gen.num_probes == 48
+    assert "probes" not in dict(gen.named_parameters()) | dict(gen.named_buffers())
+    x = gen.probes
+    assert x.shape == (48, 2)
+    # exactly G(z) = W2 (W1 z + b1) + b2: no activation between the two layers
+    w1, b1 = gen.generator[0].weight, gen.generator[0].bias
+    w2, b2 = gen.generator[1].weight, gen.generator[1].bias
+    torch.testing.assert_close(x, (gen.latent @ w1.T + b1) @ w2.T + b2)
+    # the initial draw's statistics (uniform in [-1, 1]: mean 0, std 0.577) per coordinate
+    ref = ProbeFeatures((2,), 48, seed=3).probes
+    torch.testing.assert_close(x.detach().mean(0), ref.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.detach().std(0), ref.std(0), atol=1e-5, rtol=1e-5)
+    # same seed, same probes; another seed, other probes
+    assert torch.equal(
+        ProbeFeatures((2,), 48, generator_latent=16, generator_hidden=8, seed=3).probes, x
+    )
+    assert not torch.equal(ProbeFeatures((2,), 48, generator_latent=16, seed=4).probes, x)
+
+
+def test_generated_probes_train_through_the_generator() -> None:
+    net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 3))
+    template = ngc.GraphTemplate.from_module(net)
+    gen = ProbeFeatures.for_graphs(template, 12, generator_latent=4)
+    params = template.flatten(net).unsqueeze(0).repeat(2, 1)
+    gen(params, template).square().sum().backward()
+    for name, p in gen.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+    state = gen.state_dict()
+    assert set(state) == {"latent", "generator.0.weight", "generator.0.bias",
+                          "generator.1.weight", "generator.1.bias"}  # fmt: skip
+    again = ProbeFeatures.for_graphs(template, 12, generator_latent=4, seed=9)
+    again.load_state_dict(state)
+    assert torch.equal(again.probes, gen.probes)
+    with pytest.raises(ValueError, match="generator sizes"):
+        ProbeFeatures((2,), 4, generator_latent=0)

@@ -13,6 +13,7 @@ from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
 from .errors import ConfigError
 from .models import MODELS, build_model
+from .predict import InputFileError, Predictions, load_inputs, predict
 from .report import aggregate_runs, write_aggregate, write_report
 from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
 
@@ -21,12 +22,14 @@ __version__ = "0.1.0"
 __all__ = [
     "MODELS",
     "ConfigError",
+    "InputFileError",
     "InrClassificationTask",
     "InrDataModule",
     "InrEditingTask",
     "InrTask",
     "NNGraphCLI",
     "NonFiniteLossError",
+    "Predictions",
     "SigtermCheckpoint",
     "TensorLoader",
     "TimeBudget",
@@ -38,7 +41,9 @@ __all__ = [
     "default_zoo_dir",
     "inr_template",
     "list_configs",
+    "load_inputs",
     "main",
+    "predict",
     "write_aggregate",
     "write_report",
 ]

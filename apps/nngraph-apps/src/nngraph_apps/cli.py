@@ -7,6 +7,7 @@ Examples::
     nngraph-train fit --config mnist5k_ngnn.yaml --ckpt_path last  # resume an interrupted run
     nngraph-train test --config mnist5k_ngnn.yaml --ckpt_path runs/mnist5k_ngnn/checkpoints/last.ckpt
     nngraph-train --list-configs
+    nngraph-train predict runs/mnist5k_ngnn/checkpoints/last.ckpt my_inr.pth --out preds.json
 
 Every run writes into ``--run_dir`` (default ``runs/<config name>``): ``checkpoints/`` (the best
 validation checkpoint and ``last.ckpt``), ``logs/csv`` and ``logs/tb`` (TensorBoard),
@@ -303,6 +304,37 @@ def _aggregate(argv: list[str]) -> int:
     return 0
 
 
+def _predict(argv: list[str]) -> int:
+    """``nngraph-train predict CKPT FILE... [--out FILE]``: label INRs with a trained classifier."""
+    import argparse
+
+    from .predict import InputFileError, predict, write_predictions
+
+    parser = argparse.ArgumentParser(
+        prog="nngraph-train predict",
+        description="Classify INRs (state-dict .pth/.pt/.safetensors files, or .safetensors "
+        "batches with one 'params' tensor [B, P]) with a checkpoint of nngraph-train fit.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint (.ckpt) of a classifier")
+    parser.add_argument("inputs", nargs="+", type=Path, help="INR files")
+    parser.add_argument("--out", type=Path, default=None, help="write the predictions as JSON")
+    parser.add_argument("--batch_size", type=int, default=256)
+    a = parser.parse_args(argv)
+    try:
+        result = predict(a.checkpoint, a.inputs, batch_size=a.batch_size)
+    except (InputFileError, ConfigError) as e:
+        print(f"nngraph-train predict: error: {e}", file=sys.stderr)
+        return 2
+    records = result.to_json()
+    if a.out is not None:
+        write_predictions(a.out, result)
+    for r in records:
+        print(f"{r['source']}\t{r['label']}\t{r['probability']:.4f}")
+    if a.out is not None:
+        print(f"predictions: {a.out} ({len(records)} networks)")
+    return 0
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``nngraph-train``."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -311,6 +343,8 @@ def main(args: Sequence[str] | None = None) -> int:
         return 0
     if argv[:1] == ["aggregate"]:
         return _aggregate(argv[1:])
+    if argv[:1] == ["predict"]:
+        return _predict(argv[1:])
     ConfigError.last = None
     try:
         argv = _resolve_configs(argv)

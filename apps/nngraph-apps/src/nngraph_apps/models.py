@@ -32,6 +32,7 @@ def build_model(
     use_probes: bool = False,
     num_probes: int = 64,
     learned_probes: bool = False,
+    probe_generator: int | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build model ``name`` for graphs of ``template``.
@@ -43,7 +44,8 @@ def build_model(
         head: ``"invariant"`` (classification) or ``"equivariant"`` (editing; ngnn / ngt only).
         dropout: dropout of the model (paper: 0.2).
         use_probes: graph models add projected probe features (``num_probes`` per node).
-        num_probes, learned_probes: probe settings of ``probe_mlp`` (its own probes).
+        num_probes, learned_probes, probe_generator: probe settings of ``probe_mlp`` (its own
+            probes; `probe_generator` is the latent width of generated probes).
         kwargs: further constructor arguments of the model class.
     """
     kw = dict(kwargs or {})
@@ -89,7 +91,7 @@ def build_model(
 
         return ProbeMLP.for_graphs(
             template, num_outputs, num_probes=num_probes, learned=learned_probes,
-            dropout=dropout, **kw,
+            dropout=dropout, generator_latent=probe_generator, **kw,
         )  # fmt: skip
     except TypeError as e:
         raise ModelConfigError(f"bad model_kwargs for {name!r}: {e}") from e

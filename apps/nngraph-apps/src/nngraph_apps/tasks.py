@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 import nngraph_core as ngc
 import nngraph_datasets as nds
-from nngraph_probe import ProbeFeatures
+from nngraph_probe import ProbeFeatures, ProbeMLP
 
 from .data import inr_template
 from .errors import ConfigError
@@ -63,6 +63,11 @@ class InrTask(pl.LightningModule):
         num_outputs: int = 10,
         inr_hidden: int = 32,
         inr_w0: float = 30.0,
+        probe_generator: int | None = None,
+        probe_branch: bool = False,
+        branch_hidden: list[int] | None = None,
+        branch_loss: float = 0.0,
+        graph_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,6 +90,7 @@ class InrTask(pl.LightningModule):
             use_probes=bool(hp["use_probes"]),
             num_probes=hp["num_probes"],
             learned_probes=hp["learned_probes"],
+            probe_generator=hp.get("probe_generator"),
             kwargs=hp["model_kwargs"],
         )
         self.probe: ProbeFeatures | None = None
@@ -95,6 +101,24 @@ class InrTask(pl.LightningModule):
                 init=hp["probe_init"],
                 learned=hp["learned_probes"],
                 grid_size=(28, 28) if hp["probe_init"] == "grid" else None,
+                generator_latent=hp.get("probe_generator"),
+            )
+        self.branch: ProbeMLP | None = None
+        if hp.get("probe_branch"):
+            if self.probe is None or self.head != "invariant":
+                raise ConfigError(
+                    "probe_branch needs a graph model (ngnn, ngt) with use_probes: true and an "
+                    "invariant head (classification)"
+                )
+            if not 0.0 <= float(hp.get("graph_drop", 0.0)) < 1.0:
+                raise ConfigError(f"graph_drop must be in [0, 1), got {hp['graph_drop']}")
+            # The probe-only reader as a second readout that shares the probe inputs.
+            self.branch = ProbeMLP(
+                self.probe,
+                self.template.spec.widths[-1],
+                hp["num_outputs"],
+                hidden=tuple(hp.get("branch_hidden") or (256, 256)),
+                dropout=hp["dropout"],
             )
 
     def configure_losses(self) -> None:
@@ -130,7 +154,17 @@ class InrTask(pl.LightningModule):
         return batch
 
     def forward(self, params: Tensor) -> Any:
-        return self.model(self.graphs(params))
+        if self.branch is None:
+            return self.model(self.graphs(params))
+        graph, function = self.branch_outputs(params)
+        return graph + function
+
+    def branch_outputs(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """With `probe_branch`: the graph model's and the probe reader's outputs, unsummed."""
+        if self.branch is None:
+            raise ConfigError("branch_outputs needs probe_branch: true")
+        batch = self.graphs(params)
+        return self.model(batch), self.branch(batch)
 
     # -- optimiser --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -223,6 +257,16 @@ class InrClassificationTask(InrTask):
         num_outputs: classes.
         inr_hidden: hidden width of the INR architecture (benchmark: 32).
         inr_w0: sine frequency of the INR architecture (benchmark: 30).
+        probe_generator: latent width of ProbeGen-style generated probes (a shared deep linear
+            generator of per-probe latent codes) instead of free learned probes; `None`: off.
+        probe_branch: graph models: add the probe-only reader (an MLP on the output nodes'
+            values at the probes, sharing the probe inputs) as a second readout whose logits
+            are added to the graph model's.
+        branch_hidden: hidden widths of that reader (default `[256, 256]`).
+        branch_loss: weight of each readout's own cross-entropy added to the loss of the sum
+            (deep supervision), so neither readout leans on the other; 0: off.
+        graph_drop: probability of dropping the graph readout of an INR in training (the kept
+            ones scaled by $1/(1-p)$), so the probe reader must classify on its own.
     """
 
     head = "invariant"
@@ -240,6 +284,14 @@ class InrClassificationTask(InrTask):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(k)
+        # with probe_branch: the accuracy of each readout alone
+        self.branch_acc = nn.ModuleDict(
+            {
+                f"{split}_{part}": MulticlassAccuracy(k, average="micro")
+                for split in ("val", "test")
+                for part in ("graph", "probe")
+            }
+        )
         self.confusion: np.ndarray | None = None
 
     def check_data(self, dm: Any) -> None:
@@ -250,8 +302,27 @@ class InrClassificationTask(InrTask):
             )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self(batch["params"])
-        loss = self.criterion(logits, batch["label"])
+        labels = batch["label"]
+        if self.branch is None:
+            logits = self(batch["params"])
+            loss = self.criterion(logits, labels)
+        else:
+            graph, function = self.branch_outputs(batch["params"])
+            drop = float(self.hparams["graph_drop"])
+            if drop > 0:
+                # drop the graph readout of whole INRs (inverted: kept ones scaled by 1/(1-p))
+                keep = torch.rand(len(labels), 1, device=graph.device) >= drop
+                graph_used = graph * keep.to(graph.dtype) / (1.0 - drop)
+            else:
+                graph_used = graph
+            logits = graph_used + function
+            loss = self.criterion(logits, labels)
+            aux = float(self.hparams["branch_loss"])
+            if aux > 0:
+                # each readout also learns on its own (deep supervision)
+                loss = loss + aux * (
+                    self.criterion(graph, labels) + self.criterion(function, labels)
+                )
         self._check_loss(loss)
         self.train_acc(logits.detach(), batch["label"])
         b = len(batch["label"])
@@ -261,7 +332,15 @@ class InrClassificationTask(InrTask):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], acc: Any, loss_m: Any, prefix: str) -> Tensor:
-        logits = self(batch["params"])
+        if self.branch is None:
+            logits = self(batch["params"])
+        else:
+            graph, function = self.branch_outputs(batch["params"])
+            logits = graph + function
+            for name, part in (("graph", graph), ("probe", function)):
+                metric = self.branch_acc[f"{prefix}_{name}"]
+                metric(part, batch["label"])
+                self.log(f"{prefix}/acc_{name}", metric, on_epoch=True, batch_size=len(part))
         loss = self.criterion(logits, batch["label"])
         b = len(batch["label"])
         acc(logits, batch["label"])

@@ -79,13 +79,15 @@ class ProbeMLP(nn.Module):
         seed: int = 0,
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
+        generator_latent: int | None = None,
     ) -> ProbeMLP:
         """A probe MLP for networks of ``template_or_spec`` (see :class:`ProbeFeatures` for the
         probe options; ``init="grid"`` with ``grid_size=(28, 28)`` probes an INR on its pixels)."""
         spec = resolve_spec(template_or_spec)
         probes = ProbeFeatures.for_graphs(
-            spec, num_probes, init=init, learned=learned, grid_size=grid_size, seed=seed
-        )
+            spec, num_probes, init=init, learned=learned, grid_size=grid_size, seed=seed,
+            generator_latent=generator_latent,
+        )  # fmt: skip
         return cls(probes, spec.widths[-1], num_outputs, hidden=hidden, dropout=dropout)
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:

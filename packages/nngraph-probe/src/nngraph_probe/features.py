@@ -17,7 +17,7 @@ Permuting hidden neurons permutes the rows of :math:`p` the same way, so a model
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,13 @@ class ProbeFeatures(nn.Module):
         grid_size: ``(H, W)`` for ``init="grid"`` (default ``(28, 28)``; ``(n,)`` for 1-D inputs).
         seed: seed of the ``torch.Generator`` that draws the probes (fixed probes are reproducible).
         probes: explicit initial probes ``[K, *input_shape]`` (overrides ``init``).
+        generator_latent: generate the probes (ProbeGen, Kahana et al., ICLR 2025) instead of
+            learning them freely: probe ``k`` is $G(\mathbf{z}_k)$ with a learned latent code
+            $\mathbf{z}_k \in \mathbb{R}^{\text{latent}}$ and a shared deep *linear* generator
+            $G = \mathrm{Linear} \circ \mathrm{Linear}$ (no activation), which couples the probes
+            and regularises them. At construction the generated probes have the mean and std of
+            the ``init`` draw. Implies trained probes (``learned`` is ignored).
+        generator_hidden: width of the generator's hidden layer.
 
     Shapes:
         - input: a :class:`~nngraph_core.GraphBatch` of ``B`` graphs with ``N`` nodes each (or
@@ -110,11 +117,14 @@ class ProbeFeatures(nn.Module):
         grid_size: Sequence[int] | None = None,
         seed: int = 0,
         probes: Tensor | None = None,
+        generator_latent: int | None = None,
+        generator_hidden: int = 32,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.init = init
-        self.learned = learned
+        self.learned = learned or generator_latent is not None
+        self.generated = generator_latent is not None
         if probes is None:
             probes = self._initial_probes(num_probes, init, low, high, grid_size, seed)
         elif tuple(probes.shape[1:]) != self.input_shape:
@@ -123,10 +133,38 @@ class ProbeFeatures(nn.Module):
             )
         if not probes.is_floating_point():
             probes = probes.float()
-        if learned:
+        if generator_latent is not None:
+            self._build_generator(probes, generator_latent, generator_hidden, seed)
+        elif learned:
             self.probes = nn.Parameter(probes.detach().clone())
         else:
             self.register_buffer("probes", probes.detach().clone())
+
+    def _build_generator(self, initial: Tensor, latent: int, hidden: int, seed: int) -> None:
+        if latent < 1 or hidden < 1:
+            raise ValueError(f"generator sizes must be >= 1, got latent={latent}, hidden={hidden}")
+        gen = torch.Generator().manual_seed(seed + 1)
+        k, d = initial.shape[0], initial[0].numel()
+        self.latent = nn.Parameter(torch.randn(k, latent, generator=gen, dtype=initial.dtype))
+        first, last = nn.Linear(latent, hidden), nn.Linear(hidden, d)
+        with torch.no_grad():
+            for lin in (first, last):
+                bound = 1.0 / lin.in_features**0.5
+                lin.weight.copy_((torch.rand(lin.weight.shape, generator=gen) * 2 - 1) * bound)
+                lin.bias.zero_()
+            # match the mean and std of the initial draw (per input coordinate)
+            out = last(first(self.latent))
+            flat = initial.reshape(k, d)
+            scale = flat.std(0) / out.std(0).clamp_min(1e-12) if k > 1 else torch.ones(d)
+            last.weight.mul_(scale.unsqueeze(1))
+            last.bias.copy_(flat.mean(0) - (out * scale).mean(0))
+        self.generator = nn.Sequential(first, last).to(initial.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        # generated probes are a function of the latent codes, recomputed at every access
+        if name == "probes" and "generator" in self._modules:
+            return self.generator(self.latent).reshape(-1, *self.input_shape)
+        return super().__getattr__(name)
 
     def _initial_probes(
         self,
@@ -174,12 +212,14 @@ class ProbeFeatures(nn.Module):
     @property
     def num_probes(self) -> int:
         """``K``."""
+        if self.generated:
+            return int(self.latent.shape[0])
         return int(self.probes.shape[0])
 
     def extra_repr(self) -> str:
         return (
             f"num_probes={self.num_probes}, input_shape={self.input_shape}, init={self.init!r}, "
-            f"learned={self.learned}"
+            f"learned={self.learned}, generated={self.generated}"
         )
 
     # -- dense computations (one architecture) --------------------------------------------------

@@ -1,0 +1,234 @@
+"""Ablations of INR classification at an equal training budget: every variant x every seed.
+
+    python benchmarks/ablate_cls.py --list                       # the variants
+    python benchmarks/ablate_cls.py --variants probe_mlp,ngnn,ngnn_branch --seeds 0 1 2 --minutes 5
+    python benchmarks/ablate_cls.py --summary-only               # table + plot of what has run
+
+Each run is `nngraph-train fit --config <config> <args> --seed_everything <seed>
+--trainer.max_time <budget> --num_threads 1` in its own process (`--jobs` at once, one torch
+thread each), on the cached zoo of the config (built on first use), with model selection on
+validation accuracy and the test at the best validation checkpoint, as every `nngraph-train` run.
+Runs already finished (a `results.json` in their folder) are not run again, so the script can be
+stopped and restarted. The summary (`summary.md`, `summary.json`, `summary.png` in `--out`) gives
+per variant: test accuracy per seed, mean +- std, epochs reached, and the best validation
+accuracy; the machine (CPU model, fp32 GEMM rate measured when the summary is written) heads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _machine import cpu_model, gemm_gflops
+
+# name -> (config, extra CLI arguments, what it is)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "probe_mlp": ("mnist5k_probe_mlp", [], "probe-only MLP, 64 learned probes"),
+    "ngnn": ("mnist5k_ngnn", [], "NG-GNN + 64 learned probes (the paper's model)"),
+    "ngnn_branch": (
+        "mnist5k_ngnn",
+        ["--model.probe_branch", "true"],
+        "NG-GNN + probes, probe reader as a second readout (logits summed)",
+    ),
+    "ngnn_branch_aux": (
+        "mnist5k_ngnn",
+        ["--model.probe_branch", "true", "--model.branch_loss", "1.0"],
+        "... + each readout's own loss (deep supervision)",
+    ),
+    "ngnn_branch_drop": (
+        "mnist5k_ngnn",
+        ["--model.probe_branch", "true", "--model.graph_drop", "0.5"],
+        "... + graph readout dropped for half of the INRs in training",
+    ),
+    "ngnn_branch_aux_drop": (
+        "mnist5k_ngnn",
+        [
+            "--model.probe_branch",
+            "true",
+            "--model.branch_loss",
+            "1.0",
+            "--model.graph_drop",
+            "0.5",
+        ],
+        "... + deep supervision + graph readout dropped for half of the INRs",
+    ),
+    "ngt": ("mnist5k_ngt", [], "NG-T + 64 learned probes (sparse attention)"),
+    "ngt_branch_aux": (
+        "mnist5k_ngt",
+        ["--model.probe_branch", "true", "--model.branch_loss", "1.0"],
+        "NG-T + probes, probe readout branch + deep supervision",
+    ),
+}
+
+
+def parse_extra(text: str) -> tuple[str, tuple[str, list[str], str]]:
+    """``name=config:arg1,arg2,...`` -> a variant defined on the command line."""
+    name, _, rest = text.partition("=")
+    config, _, args = rest.partition(":")
+    extra = [a for a in args.split(",") if a]
+    return name, (config, extra, " ".join(extra) or config)
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
+    config, extra, _ = VARIANTS[name]
+    run_dir = args.out / f"{name}-seed{seed}"
+    if (run_dir / "results.json").exists():
+        return run_dir
+    minutes = int(args.minutes)
+    seconds = round((args.minutes - minutes) * 60)
+    cmd = [
+        "nngraph-train", "fit", "--config", config, *extra,
+        "--seed_everything", str(seed),
+        "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--num_threads", str(args.threads),
+        "--run_dir", str(run_dir),
+        *args.cli,
+    ]  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(run_dir / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    took = time.time() - started
+    state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+    print(f"[ablate] {name} seed {seed}: {state} in {took / 60:.1f} min", flush=True)
+    return run_dir
+
+
+def _best_val(run_dir: Path) -> float | None:
+    best = None
+    for csv in sorted(run_dir.glob("logs/**/metrics.csv")):
+        header, *rows = csv.read_text().splitlines()
+        cols = header.split(",")
+        if "val/acc" not in cols:
+            continue
+        i = cols.index("val/acc")
+        for row in rows:
+            cells = row.split(",")
+            if i < len(cells) and cells[i]:
+                v = float(cells[i])
+                best = v if best is None else max(best, v)
+    return best
+
+
+def summarize(args: argparse.Namespace, names: list[str]) -> None:
+    rows = []
+    for name in names:
+        per_seed = []
+        for seed in args.seeds:
+            f = args.out / f"{name}-seed{seed}" / "results.json"
+            if not f.exists():
+                continue
+            r = json.loads(f.read_text())
+            test = r["test"]
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "test_acc": test.get("test/acc"),
+                    "test_acc_graph": test.get("test/acc_graph"),
+                    "test_acc_probe": test.get("test/acc_probe"),
+                    "val_acc": _best_val(f.parent),
+                    "epochs": r["epochs"],
+                    "steps": r["steps"],
+                    "inrs_per_s": r.get("train_inrs_per_second"),
+                }
+            )
+        if per_seed:
+            rows.append({"variant": name, "what": VARIANTS[name][2], "runs": per_seed})
+    machine = {"cpu": cpu_model(), "fp32_gflops": round(gemm_gflops(), 1)}
+    out = {"machine": machine, "minutes": args.minutes, "threads": args.threads, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(out, indent=2))
+    lines = [
+        f"Machine: {machine['cpu']}, fp32 GEMM {machine['fp32_gflops']} GFLOP/s (2 threads, "
+        f"measured when this summary was written); {args.minutes} min of training per run, "
+        f"{args.threads} torch thread(s), {args.jobs} runs at a time.",
+        "",
+        "| variant | what | test acc per seed | **mean ± std** | best val (mean) | epochs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        accs = [100 * r["test_acc"] for r in row["runs"] if r["test_acc"] is not None]
+        vals = [100 * r["val_acc"] for r in row["runs"] if r["val_acc"] is not None]
+        mean = statistics.mean(accs) if accs else float("nan")
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        row["mean"], row["std"] = mean, std
+        seeds = " / ".join(f"{a:.1f}" for a in accs)
+        epochs = " / ".join(str(r["epochs"]) for r in row["runs"])
+        val = f"{statistics.mean(vals):.1f}" if vals else "—"
+        lines.append(
+            f"| `{row['variant']}` | {row['what']} | {seeds} | **{mean:.1f} ± {std:.1f}** "
+            f"| {val} | {epochs} |"
+        )
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(rows, args.out / "summary.png", args.minutes)
+
+
+def _plot(rows: list[dict[str, object]], path: Path, minutes: float) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for i, row in enumerate(rows):
+        accs = [100 * r["test_acc"] for r in row["runs"]]  # type: ignore[attr-defined, index]
+        ax.barh(i, row["mean"], color="#7aa6d6")  # type: ignore[arg-type]
+        ax.plot(accs, [i] * len(accs), "k.", ms=6)
+    ax.set_yticks(range(len(rows)), [str(r["variant"]) for r in rows])
+    ax.invert_yaxis()
+    lo = min(min(100 * r["test_acc"] for r in row["runs"]) for row in rows)  # type: ignore[attr-defined, index]
+    ax.set_xlim(max(0.0, lo - 5), 100)
+    ax.set_xlabel(f"test accuracy (%), {minutes:g} min of training; dots: seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--variants", default="probe_mlp,ngnn,ngnn_branch_aux")
+    ap.add_argument("--define", action="append", default=[], metavar="NAME=CONFIG:ARGS",
+                    help="an extra variant, e.g. x=mnist5k_ngnn:--model.dropout,0.3")  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--minutes", type=float, default=5.0, help="training time per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("cli", nargs="*", help="further nngraph-train arguments (after --)")
+    args = ap.parse_args()
+    for text in args.define:
+        name, variant = parse_extra(text)
+        VARIANTS[name] = variant
+    if args.list:
+        for name, (config, extra, what) in VARIANTS.items():
+            print(f"{name:24s} {config:20s} {' '.join(extra):60s} {what}")
+        return
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; --list shows them")
+    if not args.summary_only:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        # seeds outermost, so a partial run has every variant at seed 0 first
+        todo = [(n, s) for s in args.seeds for n in names]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda ns: run_one(ns[0], ns[1], args), todo))
+    summarize(args, names)
+
+
+if __name__ == "__main__":
+    main()
