@@ -59,6 +59,23 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
         ],
         "... + deep supervision + graph readout dropped for half of the INRs",
     ),
+    "ngnn_bw": (
+        "mnist5k_ngnn",
+        ["--model.probe_branch", "true", "--model.branch_warmup_steps", "8000"],
+        "NG-GNN + probes + probe readout; the probe reader alone for the first 8,000 steps",
+    ),
+    "ngnn_bw_aux": (
+        "mnist5k_ngnn",
+        [
+            "--model.probe_branch",
+            "true",
+            "--model.branch_warmup_steps",
+            "8000",
+            "--model.branch_loss",
+            "1.0",
+        ],
+        "... + deep supervision",
+    ),
     "ngt": ("mnist5k_ngt", [], "NG-T + 64 learned probes (sparse attention)"),
     "ngt_branch_aux": (
         "mnist5k_ngt",

@@ -133,3 +133,40 @@ def test_branch_needs_graph_model_with_probes() -> None:
             model="ngnn", model_kwargs={"hidden_channels": 8, "num_layers": 1},
             probe_branch=True, graph_drop=1.0,
         )  # fmt: skip
+
+
+def test_branch_warmup_trains_the_probe_reader_alone_first(
+    tiny_args: list[str], tmp_path: Path
+) -> None:
+    from conftest import TINY
+
+    zoo = tiny_args[tiny_args.index("--data.zoo_dir") + 1]
+    common = ["fit", "--config", "mnist5k_ngnn", *TINY, "--data.zoo_dir", zoo,
+              "--model.probe_branch", "true", "--model.branch_hidden", "[16]",
+              "--model.branch_warmup_steps", "4", "--test_after_fit", "false",
+              "--trainer.max_epochs", "-1"]  # fmt: skip
+    early, late = tmp_path / "early", tmp_path / "late"
+    assert main([*common, "--run_dir", str(early), "--trainer.max_steps", "3"]) == 0
+    assert main([*common, "--run_dir", str(late), "--trainer.max_steps", "7"]) == 0
+    untrained = InrClassificationTask(
+        model="ngnn", model_kwargs={"hidden_channels": 8, "num_layers": 1}, num_probes=8,
+        probe_branch=True, branch_hidden=[16], branch_warmup_steps=4,
+    )  # fmt: skip
+    a = InrClassificationTask.load_from_checkpoint(early / "checkpoints" / "last.ckpt",
+                                                   weights_only=True)  # fmt: skip
+    b = InrClassificationTask.load_from_checkpoint(late / "checkpoints" / "last.ckpt",
+                                                   weights_only=True)  # fmt: skip
+    assert not bool(a.graph_on) and bool(b.graph_on)
+    # the graph readout starts at zero and is not touched during the warm-up
+    head = a.model.head.mlp[-1]
+    assert float(head.weight.abs().sum()) == 0.0
+    assert float(b.model.head.mlp[-1].weight.abs().sum()) > 0.0
+    params = torch.randn(3, untrained.template.num_params) * 0.05
+    graph, function = a.eval().branch_outputs(params)
+    assert float(graph.abs().sum()) == 0.0 and float(function.abs().sum()) > 0.0
+    # during the warm-up only the probe reader (and the probes) got gradients: AdamW keeps
+    # state for exactly the parameters it stepped
+    state = torch.load(early / "checkpoints" / "last.ckpt", weights_only=True)
+    stepped = set(state["optimizer_states"][0]["state"])
+    names = [n for n, _ in a.named_parameters()]
+    assert {names[i] for i in stepped} == {n for n in names if n.startswith(("branch.", "probe."))}

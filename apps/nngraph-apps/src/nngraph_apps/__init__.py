@@ -8,12 +8,13 @@
   ``nngraph_apps/configs`` (``nngraph-train --list-configs``).
 """
 
+from .augment import Augmentation, augment_params
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer
 from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
 from .errors import ConfigError
+from .inference import InputFileError, Predictions, load_inputs, predict
 from .models import MODELS, build_model
-from .predict import InputFileError, Predictions, load_inputs, predict
 from .report import aggregate_runs, write_aggregate, write_report
 from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "Augmentation",
     "ConfigError",
     "InputFileError",
     "InrClassificationTask",
@@ -36,6 +38,7 @@ __all__ = [
     "Timer",
     "__version__",
     "aggregate_runs",
+    "augment_params",
     "build_model",
     "config_path",
     "default_zoo_dir",

@@ -308,7 +308,7 @@ def _predict(argv: list[str]) -> int:
     """``nngraph-train predict CKPT FILE... [--out FILE]``: label INRs with a trained classifier."""
     import argparse
 
-    from .predict import InputFileError, predict, write_predictions
+    from .inference import InputFileError, predict, write_predictions
 
     parser = argparse.ArgumentParser(
         prog="nngraph-train predict",

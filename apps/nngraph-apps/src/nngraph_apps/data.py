@@ -29,6 +29,7 @@ from torch import Tensor
 import nngraph_core as ngc
 import nngraph_datasets as nds
 
+from .augment import Augmentation, augment_params
 from .errors import ConfigError
 
 __all__ = ["OFFLINE_SOURCES", "InrDataModule", "TensorLoader", "default_zoo_dir", "inr_template"]
@@ -221,7 +222,10 @@ class InrDataModule(pl.LightningDataModule):
         targets: ``None`` (classification) or ``"dilated"`` (editing targets; also loads images).
         batch_size: INRs per batch (paper: 128).
         eval_batch_size: batch size of validation and test (default ``batch_size``).
-        seed: seed of the zoo build and of the shuffling.
+        seed: seed of the zoo build, of the shuffling and of the augmentation.
+        augment: training-time augmentation of the flat batches (geometric, noise, symmetries;
+            see [`Augmentation`][nngraph_apps.Augmentation]), e.g. `--data.augment.rotation 10`;
+            `None`: off.
     """
 
     def __init__(
@@ -238,9 +242,13 @@ class InrDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         seed: int = 0,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # plain numbers in checkpoints (they load with weights_only=True)
+        self.hparams["augment"] = augment.describe() if augment is not None else None
+        self.augment = augment if augment is not None and augment.active else None
         if source not in (*OFFLINE_SOURCES, "published"):
             raise DataConfigError(
                 f"unknown source {source!r}: use one of {', '.join(OFFLINE_SOURCES)} or "
@@ -374,6 +382,23 @@ class InrDataModule(pl.LightningDataModule):
     @property
     def train_params(self) -> Tensor:
         return self.splits["train"]["params"]
+
+    @property
+    def spec(self) -> ngc.NetworkSpec:
+        """The architecture of the zoo's INRs."""
+        arch = self.manifest["architecture"]
+        return inr_template(int(arch["layers"][1]), float(arch.get("w0", 30.0))).spec
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+        params = batch["params"]
+        gen = torch.Generator(device=params.device)
+        gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        return {**batch, "params": augment_params(params, self.spec, self.augment, gen)}
 
     # -- loaders ----------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:

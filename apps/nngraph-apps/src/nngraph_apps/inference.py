@@ -156,7 +156,7 @@ def predict(
 
     Args:
         checkpoint: a checkpoint written by `nngraph-train fit` (`checkpoints/*.ckpt`).
-        inputs: files (see [`load_inputs`][nngraph_apps.predict.load_inputs]) or flat
+        inputs: files (see [`load_inputs`][nngraph_apps.load_inputs]) or flat
             parameters `[B, P]`.
         batch_size: networks per forward pass.
 

@@ -68,6 +68,8 @@ class InrTask(pl.LightningModule):
         branch_hidden: list[int] | None = None,
         branch_loss: float = 0.0,
         graph_drop: float = 0.0,
+        branch_warmup_steps: int = 0,
+        canonicalize: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +114,14 @@ class InrTask(pl.LightningModule):
                 )
             if not 0.0 <= float(hp.get("graph_drop", 0.0)) < 1.0:
                 raise ConfigError(f"graph_drop must be in [0, 1), got {hp['graph_drop']}")
+            # Whether the graph readout is in use yet (a buffer: checkpoints and predict know).
+            warm = int(hp.get("branch_warmup_steps", 0))
+            self.register_buffer("graph_on", torch.tensor(warm <= 0))
+            # The graph readout starts at zero: the sum starts as the probe reader, and the graph
+            # model learns what the probe reader gets wrong.
+            last = [m for m in self.model.head.modules() if isinstance(m, nn.Linear)][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
             # The probe-only reader as a second readout that shares the probe inputs.
             self.branch = ProbeMLP(
                 self.probe,
@@ -148,6 +158,8 @@ class InrTask(pl.LightningModule):
 
     def graphs(self, params: Tensor) -> ngc.GraphBatch:
         """Flat parameters ``[B, P]`` -> a template batch (with probe features when used)."""
+        if self.hparams.get("canonicalize"):
+            params = ngc.canonicalize(self.template.spec, params)
         batch = self.template.batch(params)
         if self.probe is not None:
             self.probe.attach(batch)
@@ -164,7 +176,15 @@ class InrTask(pl.LightningModule):
         if self.branch is None:
             raise ConfigError("branch_outputs needs probe_branch: true")
         batch = self.graphs(params)
-        return self.model(batch), self.branch(batch)
+        function = self.branch(batch)
+        if not bool(self.graph_on):  # branch warm-up: the probe reader alone
+            return torch.zeros_like(function), function
+        return self.model(batch), function
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        warm = int(self.hparams.get("branch_warmup_steps", 0))
+        if self.branch is not None and not bool(self.graph_on) and self.global_step >= warm:
+            self.graph_on.fill_(True)
 
     # -- optimiser --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -237,7 +257,7 @@ class InrTask(pl.LightningModule):
 
 
 class InrClassificationTask(InrTask):
-    """Classify INRs by the class of the image they represent (cross-entropy, accuracy).
+    r"""Classify INRs by the class of the image they represent (cross-entropy, accuracy).
 
     Args:
         model: ``ngnn``, ``ngt``, ``flat_mlp``, ``deepsets``, ``nfn`` or ``probe_mlp``.
@@ -261,12 +281,21 @@ class InrClassificationTask(InrTask):
             generator of per-probe latent codes) instead of free learned probes; `None`: off.
         probe_branch: graph models: add the probe-only reader (an MLP on the output nodes'
             values at the probes, sharing the probe inputs) as a second readout whose logits
-            are added to the graph model's.
+            are added to the graph model's. The graph model's last linear layer starts at zero,
+            so the sum starts as the probe reader and the graph model learns corrections.
         branch_hidden: hidden widths of that reader (default `[256, 256]`).
         branch_loss: weight of each readout's own cross-entropy added to the loss of the sum
             (deep supervision), so neither readout leans on the other; 0: off.
         graph_drop: probability of dropping the graph readout of an INR in training (the kept
             ones scaled by $1/(1-p)$), so the probe reader must classify on its own.
+        branch_warmup_steps: with `probe_branch`, train the probe reader alone for this many
+            optimiser steps (~30x cheaper per step than a graph model) before the graph readout
+            joins; 0: both from the start.
+        canonicalize: map every input network to its canonical form
+            ([`canonicalize`][nngraph_core.canonicalize]: sine phases in $[0, \pi/2]$, hidden
+            neurons sorted) before the model reads it, in fit, test and predict alike, so the
+            model is invariant to sign flips, phase shifts and hidden permutations by
+            construction.
     """
 
     head = "invariant"
@@ -318,7 +347,7 @@ class InrClassificationTask(InrTask):
             logits = graph_used + function
             loss = self.criterion(logits, labels)
             aux = float(self.hparams["branch_loss"])
-            if aux > 0:
+            if aux > 0 and bool(self.graph_on):
                 # each readout also learns on its own (deep supervision)
                 loss = loss + aux * (
                     self.criterion(graph, labels) + self.criterion(function, labels)
@@ -338,6 +367,8 @@ class InrClassificationTask(InrTask):
             graph, function = self.branch_outputs(batch["params"])
             logits = graph + function
             for name, part in (("graph", graph), ("probe", function)):
+                if name == "graph" and not bool(self.graph_on):
+                    continue
                 metric = self.branch_acc[f"{prefix}_{name}"]
                 metric(part, batch["label"])
                 self.log(f"{prefix}/acc_{name}", metric, on_epoch=True, batch_size=len(part))
@@ -394,6 +425,13 @@ class InrEditingTask(InrTask):
     def check_data(self, dm: Any) -> None:
         if dm.targets != "dilated":
             raise ConfigError("the editing task needs --data.targets dilated")
+        aug = getattr(dm, "augment", None)
+        if aug is not None and aug.changes_function:
+            raise ConfigError(
+                "editing takes only the function-preserving augmentations (augment.signs, "
+                "augment.phases, augment.permute): geometric maps and noise change the input "
+                "image but not its dilated target"
+            )
         self._image_size = dm.image_size
 
     def render(self, params: Tensor) -> Tensor:
