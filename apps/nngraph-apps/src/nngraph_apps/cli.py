@@ -227,6 +227,9 @@ class NNGraphCLI(LightningCLI):
                 and task.hparams.get("model") in ("ngnn", "ngt")
             ),
             "num_parameters": sum(p.numel() for p in task.parameters()),
+            # with probe_branch: whether the tested checkpoint already used the graph readout
+            # (a checkpoint from the branch warm-up is the probe reader alone)
+            "graph_readout_on": bool(task.graph_on) if hasattr(task, "graph_on") else None,
             "source": dm.source,
             "zoo_dir": str(dm.zoo_dir),
             "split_sizes": {k: len(v["params"]) for k, v in dm.splits.items()},
