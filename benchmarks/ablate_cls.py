@@ -77,12 +77,51 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
         "... + deep supervision",
     ),
     "ngt": ("mnist5k_ngt", [], "NG-T + 64 learned probes (sparse attention)"),
+    "ngt_bw": (
+        "mnist5k_ngt",
+        ["--model.probe_branch", "true", "--model.branch_warmup_steps", "8000"],
+        "NG-T + probes + probe readout; the probe reader alone for the first 8,000 steps",
+    ),
     "ngt_branch_aux": (
         "mnist5k_ngt",
         ["--model.probe_branch", "true", "--model.branch_loss", "1.0"],
         "NG-T + probes, probe readout branch + deep supervision",
     ),
 }
+
+
+# The augmentation of the results table: mild geometric maps + sign / phase flips (the paper
+# code's magnitudes, 45 degrees / 0.25 / 20%, cost 15-20 points in a budget of minutes).
+AUG = [
+    "--data.augment.rotation", "10", "--data.augment.translation", "0.05",
+    "--data.augment.scale", "0.05", "--data.augment.signs", "true",
+    "--data.augment.phases", "true",
+]  # fmt: skip
+CANON = ["--model.canonicalize", "true"]
+for _base in ("probe_mlp", "ngnn", "ngnn_bw", "ngt", "ngt_bw"):
+    _config, _extra, _what = VARIANTS[_base]
+    VARIANTS[f"{_base}_aug"] = (_config, [*_extra, *AUG], f"{_what}; augmentation")
+    VARIANTS[f"{_base}_aug_canon"] = (
+        _config, [*_extra, *AUG, *CANON], f"{_what}; augmentation + canonical inputs"
+    )  # fmt: skip
+for _base in ("ngnn_bw", "probe_mlp", "probe_mlp_aug"):
+    _config, _extra, _what = VARIANTS[_base]
+    VARIANTS[f"{_base}_fixed"] = (
+        _config, [*_extra, "--model.learned_probes", "false"], f"{_what}; fixed probes"
+    )  # fmt: skip
+    VARIANTS[f"{_base}_gen"] = (
+        _config, [*_extra, "--model.probe_generator", "32"], f"{_what}; generated probes"
+    )  # fmt: skip
+VARIANTS["ngt_dense"] = (
+    "mnist5k_ngt",
+    ["--model.model_kwargs", "{attention: dense}"],
+    "NG-T + 64 learned probes, dense attention over all node pairs (as the paper)",
+)
+VARIANTS["ngt_bw_dense"] = (
+    "mnist5k_ngt",
+    [*VARIANTS["ngt_bw"][1], "--model.model_kwargs", "{attention: dense}"],
+    "NG-T as ngt_bw, dense attention over all node pairs",
+)
 
 
 def parse_extra(text: str) -> tuple[str, tuple[str, list[str], str]]:
