@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 VERSION = "3.2.2"
-INTEGRITY = (
-    "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="
-)
+INTEGRITY = "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "docs-vendor" / f"mathjax-{VERSION}"
 DEST = "assets/vendor/mathjax"
@@ -69,7 +67,7 @@ def _fetch() -> None:
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12
                 tar.extractall(tmp, filter="data")
             else:  # pragma: no cover - older Pythons; the tarball's hash was checked above
-                tar.extractall(tmp)  # noqa: S202
+                tar.extractall(tmp)
         package = Path(tmp) / "package"
         staging = CACHE.with_name(CACHE.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
