@@ -170,22 +170,25 @@ def check_browser(site: Path, pages: list[str], shots: Path, chromium: str) -> l
             expected = len(re.findall(r'class="arithmatex"', static))
             shot = shots / f"{name}.png"
             shot.unlink(missing_ok=True)
+            command = [
+                chromium,
+                *CHROMIUM_FLAGS,
+                *NETWORK_OFF,
+                f"--screenshot={shot}",
+                "--dump-dom",
+            ]
             with tempfile.TemporaryDirectory() as profile:
-                run = subprocess.run(
-                    [
-                        chromium,
-                        *CHROMIUM_FLAGS,
-                        *NETWORK_OFF,
-                        f"--user-data-dir={profile}",
-                        f"--screenshot={shot}",
-                        "--dump-dom",
-                        f"http://127.0.0.1:{port}/{page}",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=180,
-                    check=False,
-                )
+                try:
+                    run = subprocess.run(
+                        [*command, f"--user-data-dir={profile}", f"http://127.0.0.1:{port}/{page}"],
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        check=False,
+                    )
+                except subprocess.TimeoutExpired:
+                    failures.append(f"{page}: chromium did not finish in 300 s")
+                    continue
             dom = run.stdout
             typeset = len(re.findall(r"<mjx-container\b", dom))
             # TeX errors, and macros MathJax does not know (drawn as their name in red)
