@@ -8,12 +8,14 @@ file. Every install goes through ``-c constraints.txt`` (torch is pinned there).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "virtualenv"
@@ -152,19 +154,43 @@ def tests_gpu(session: nox.Session) -> None:
         )
 
 
+def _apt_install(session: nox.Session, binary: str, *packages: str) -> None:
+    """Install Debian `packages` unless `binary` is on PATH; only warn where apt-get cannot."""
+    if shutil.which(binary):
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        session.warn(f"{binary} not found and apt-get is not usable here (install {packages})")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", *packages, external=True, env=env)
+    except CommandFailed:
+        session.warn(f"apt-get install {' '.join(packages)} failed")
+
+
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
-    """Build the mkdocs site strictly (``nox -s docs -- serve`` serves it instead)."""
+    """Build the mkdocs site strictly and check it (``nox -s docs -- serve`` serves it instead).
+
+    The build vendors MathJax from npm (tools/docs/vendor_mathjax.py). The check
+    (tools/docs/check_site.py) fails on Sphinx roles, RST directives or off-site scripts in the
+    built pages, and loads the concepts and layers pages in headless Chromium with the network
+    off: every formula must render; screenshots go to site/_checks/. Chromium is Debian's,
+    installed here where apt-get works; elsewhere the browser part is skipped with a message.
+    """
     session.install(*CONSTRAINTS, *_group("docs"))
     # mkdocstrings reads the sources statically (paths in mkdocs.yml); the packages are installed
     # without their heavy dependencies only so that their metadata is present.
     _install_packages(session, deps=False)
+    if not (ROOT / "build" / "docs-vendor").is_dir():
+        _apt_install(session, "npm", "npm")  # MathJax is taken from the npm registry once
     if session.posargs and session.posargs[0] == "serve":
         session.run("mkdocs", "serve", *session.posargs[1:], env=DOCS_ENV)
-    else:
-        session.run(
-            "mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=DOCS_ENV
-        )
+        return
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=DOCS_ENV)
+    _apt_install(session, "chromium", "chromium", "chromium-driver")
+    session.run("python", str(ROOT / "tools" / "docs" / "check_site.py"), "site")
 
 
 @nox.session(default=False)

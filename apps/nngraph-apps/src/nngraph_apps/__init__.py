@@ -1,11 +1,13 @@
 """nngraph-apps: training and evaluation on model zoos with PyTorch Lightning.
 
-* :class:`InrClassificationTask`, :class:`InrEditingTask` -- LightningModules (torchgeo order:
-  ``configure_models / configure_losses / configure_metrics``) for every model of nngraph-layers
-  and nngraph-probe, with or without probe features; the paper's recipe.
-* :class:`InrDataModule` -- an INR zoo of nngraph-datasets, fitted on first use if missing.
-* ``nngraph-train`` -- the LightningCLI (``fit``, ``validate``, ``test``) with YAML configs in
-  ``nngraph_apps/configs`` (``nngraph-train --list-configs``).
+* [`InrClassificationTask`][nngraph_apps.InrClassificationTask],
+  [`InrEditingTask`][nngraph_apps.InrEditingTask] -- LightningModules (torchgeo order:
+  `configure_models / configure_losses / configure_metrics`) for every model of nngraph-layers and
+  nngraph-probe, with or without probe features; the paper's recipe.
+* [`InrDataModule`][nngraph_apps.InrDataModule] -- an INR zoo of nngraph-datasets, fitted on first
+  use if missing.
+* `nngraph-train` -- the LightningCLI (`fit`, `validate`, `test`) with YAML configs in
+  `nngraph_apps/configs` (`nngraph-train --list-configs`).
 """
 
 from .augment import Augmentation, augment_params

@@ -15,12 +15,12 @@ __all__ = ["SigtermCheckpoint", "TimeBudget", "Timer", "process_start_time"]
 
 
 class SigtermCheckpoint(pl.Callback):
-    """On SIGTERM, save a resumable ``last.ckpt`` after the current training batch and exit.
+    """On SIGTERM, save a resumable `last.ckpt` after the current training batch and exit.
 
-    Lightning's signal handler sets ``trainer.received_sigterm``; this callback checks it after
+    Lightning's signal handler sets `trainer.received_sigterm`; this callback checks it after
     every training batch (a consistent point: the optimiser step is done), writes
-    ``<dirpath>/last.ckpt`` -- the file ``--ckpt_path last`` resumes from -- and raises
-    Lightning's ``SIGTERMException``, which ends the run (exit code 143 from the CLI).
+    `<dirpath>/last.ckpt` -- the file `--ckpt_path last` resumes from -- and raises
+    Lightning's `SIGTERMException`, which ends the run (exit code 143 from the CLI).
 
     Args:
         dirpath: the checkpoint folder (the ModelCheckpoint's).
@@ -80,7 +80,7 @@ class Timer(pl.Callback):
 
 
 def process_start_time() -> float:
-    """Unix time at which this process started (Linux ``/proc``; elsewhere: now)."""
+    """Unix time at which this process started (Linux `/proc`; elsewhere: now)."""
     try:
         stat = Path("/proc/self/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
@@ -94,16 +94,16 @@ def process_start_time() -> float:
 class TimeBudget(pl.Callback):
     """Stop training when a wall-clock budget for the WHOLE job is spent.
 
-    ``--trainer.max_time`` counts training only. This budget starts at ``start`` (a Unix time;
+    `--trainer.max_time` counts training only. This budget starts at `start` (a Unix time;
     default: when the process started), so fitting the INR zoo on first use, start-up and --
-    when ``nox`` passes its own start time -- creating the environment count as well. Training
-    stops after the first batch that ends with less than ``reserve`` seconds left (time kept for
+    when `nox` passes its own start time -- creating the environment count as well. Training
+    stops after the first batch that ends with less than `reserve` seconds left (time kept for
     the last validation, testing the best checkpoint and writing the report); Lightning then
-    validates once more and ends the fit as it does for ``max_time``.
+    validates once more and ends the fit as it does for `max_time`.
 
     Args:
         seconds: the budget.
-        start: Unix time at which it started (default: :func:`process_start_time`).
+        start: Unix time at which it started (default: `process_start_time`).
         reserve: seconds kept for what comes after training.
     """
 

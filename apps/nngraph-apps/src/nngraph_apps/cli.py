@@ -1,21 +1,23 @@
-"""``nngraph-train``: the LightningCLI of nngraph (``fit``, ``validate``, ``test``).
+"""`nngraph-train`: the LightningCLI of nngraph (`fit`, `validate`, `test`).
 
-Examples::
+For example:
 
-    nngraph-train fit --config mnist5k_ngnn.yaml                 # a config shipped in the app
-    nngraph-train fit --config mnist5k_ngnn.yaml --trainer.max_epochs 3 --run_dir runs/try
-    nngraph-train fit --config mnist5k_ngnn.yaml --ckpt_path last  # resume an interrupted run
-    nngraph-train test --config mnist5k_ngnn.yaml --ckpt_path runs/mnist5k_ngnn/checkpoints/last.ckpt
-    nngraph-train --list-configs
-    nngraph-train predict runs/mnist5k_ngnn/checkpoints/last.ckpt my_inr.pth --out preds.json
+```bash
+nngraph-train fit --config mnist5k_ngnn.yaml                 # a config shipped in the app
+nngraph-train fit --config mnist5k_ngnn.yaml --trainer.max_epochs 3 --run_dir runs/try
+nngraph-train fit --config mnist5k_ngnn.yaml --ckpt_path last  # resume an interrupted run
+nngraph-train test --config mnist5k_ngnn.yaml --ckpt_path runs/mnist5k_ngnn/checkpoints/last.ckpt
+nngraph-train --list-configs
+nngraph-train predict runs/mnist5k_ngnn/checkpoints/last.ckpt my_inr.pth --out preds.json
+```
 
-Every run writes into ``--run_dir`` (default ``runs/<config name>``): ``checkpoints/`` (the best
-validation checkpoint and ``last.ckpt``), ``logs/csv`` and ``logs/tb`` (TensorBoard),
-``results.json`` and ``report.md`` with PNG plots. ``fit`` ends by testing the best validation
-checkpoint (``--test_after_fit false`` skips it).
+Every run writes into `--run_dir` (default `runs/<config name>`): `checkpoints/` (the best
+validation checkpoint and `last.ckpt`), `logs/csv` and `logs/tb` (TensorBoard),
+`results.json` and `report.md` with PNG plots. `fit` ends by testing the best validation
+checkpoint (`--test_after_fit false` skips it).
 
 Exit codes: 0 done, 2 bad configuration or missing data, 3 non-finite loss, 143 stopped by
-SIGTERM (a resumable ``last.ckpt`` was saved).
+SIGTERM (a resumable `last.ckpt` was saved).
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ __all__ = ["NNGraphCLI", "config_path", "list_configs", "main"]
 
 
 def list_configs() -> list[str]:
-    """Names of the YAML configs shipped in ``nngraph_apps/configs``."""
+    """Names of the YAML configs shipped in `nngraph_apps/configs`."""
     root = resources.files("nngraph_apps") / "configs"
     return sorted(p.name for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def config_path(name: str) -> Path:
-    """Path of a shipped config (``mnist5k_ngnn`` or ``mnist5k_ngnn.yaml``)."""
+    """Path of a shipped config (`mnist5k_ngnn` or `mnist5k_ngnn.yaml`)."""
     fname = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
     path = Path(str(resources.files("nngraph_apps") / "configs" / fname))
     if not path.is_file():
@@ -63,7 +65,7 @@ def config_path(name: str) -> Path:
 
 
 def _resolve_configs(args: list[str]) -> list[str]:
-    """``--config NAME`` of a shipped config -> its path (a real file always wins)."""
+    """`--config NAME` of a shipped config -> its path (a real file always wins)."""
     out = list(args)
     for i, a in enumerate(out):
         value = None
@@ -80,8 +82,8 @@ def _resolve_configs(args: list[str]) -> list[str]:
 
 class NNGraphCLI(LightningCLI):
     """LightningCLI with the run folder, the standard callbacks and loggers, test-after-fit and
-    the report. Tasks: any :class:`~nngraph_apps.InrTask` (``--model InrClassificationTask`` or
-    ``InrEditingTask``); data: :class:`~nngraph_apps.InrDataModule`."""
+    the report. Tasks: any [`InrTask`][nngraph_apps.InrTask] (`--model InrClassificationTask` or
+    `InrEditingTask`); data: [`InrDataModule`][nngraph_apps.InrDataModule]."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
         self.timer = Timer()
@@ -282,7 +284,7 @@ def _print_table(results: dict[str, Any], report: Path) -> None:
 
 
 def _aggregate(argv: list[str]) -> int:
-    """``nngraph-train aggregate RUN_DIR... [--out DIR]``: mean ± std over runs (seeds)."""
+    """`nngraph-train aggregate RUN_DIR... [--out DIR]`: mean ± std over runs (seeds)."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -339,7 +341,7 @@ def _predict(argv: list[str]) -> int:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of ``nngraph-train``."""
+    """Entry point of `nngraph-train`."""
     argv = list(sys.argv[1:] if args is None else args)
     if "--list-configs" in argv:
         print("\n".join(list_configs()))

@@ -1,15 +1,15 @@
 """Data: INR zoos as Lightning data modules, with whole splits held in memory.
 
-A split of an INR zoo is small (``mnist-5k``: 4,000 x 1,185 floats = 19 MB; Fashion-MNIST's
-55,000 training INRs: 260 MB), so :class:`InrDataModule` reads every split once into one
-``[n, P]`` tensor and :class:`TensorLoader` serves batches by indexing it: no per-item
-``Dataset.__getitem__``, no collation, no worker processes.
+A split of an INR zoo is small (`mnist-5k`: 4,000 x 1,185 floats = 19 MB; Fashion-MNIST's
+55,000 training INRs: 260 MB), so [`InrDataModule`][nngraph_apps.InrDataModule] reads every split
+once into one `[n, P]` tensor and [`TensorLoader`][nngraph_apps.TensorLoader] serves batches by
+indexing it: no per-item `Dataset.__getitem__`, no collation, no worker processes.
 
-:class:`TensorLoader` is resumable in the middle of an epoch: the order of epoch ``e`` depends only
-on ``(seed, e)``, and its ``state_dict`` records the epoch and the batches already trained, so a
-run resumed from any checkpoint sees exactly the batches the uninterrupted run would have seen.
-Under DDP each rank takes every ``world_size``-th index of the shuffled (padded) order, like
-``DistributedSampler``.
+[`TensorLoader`][nngraph_apps.TensorLoader] is resumable in the middle of an epoch: the order of
+epoch `e` depends only on `(seed, e)`, and its `state_dict` records the epoch and the batches
+already trained, so a run resumed from any checkpoint sees exactly the batches the uninterrupted run
+would have seen. Under DDP each rank takes every `world_size`-th index of the shuffled (padded)
+order, like `DistributedSampler`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class DataConfigError(ConfigError):
 
 
 def default_zoo_dir(source: str, limit: int | None = None, steps: int | None = None) -> Path:
-    """Where a zoo of ``source`` is cached: ``$NNGRAPH_ZOOS/<source>[-n<limit>][-s<steps>]``
-    (default ``~/.cache/nngraph/zoos``)."""
+    """Where a zoo of `source` is cached: `$NNGRAPH_ZOOS/<source>[-n<limit>][-s<steps>]`
+    (default `~/.cache/nngraph/zoos`)."""
     root = Path(os.environ.get("NNGRAPH_ZOOS", Path.home() / ".cache" / "nngraph" / "zoos"))
     name = source + (f"-n{limit}" if limit else "") + (f"-s{steps}" if steps else "")
     return root.expanduser() / name
@@ -59,23 +59,24 @@ def inr_template(hidden: int = 32, w0: float = 30.0) -> ngc.GraphTemplate:
 
 class TensorLoader:
     """Batches of in-memory tensors by index: a resumable, DDP-aware replacement for
-    ``DataLoader(TensorDataset(...), shuffle=...)``.
+    `DataLoader(TensorDataset(...), shuffle=...)`.
 
-    Training order: batch ``j`` of epoch ``e`` is a function of ``(seed, e, j)`` only, and each
-    ``iter()`` starts where :attr:`position_fn` says training stands -- ``(epoch, batches of it
-    already trained)``, read from the trainer's restored progress counters -- so a run resumed
+    Training order: batch `j` of epoch `e` is a function of `(seed, e, j)` only, and each
+    `iter()` starts where `position_fn` says training stands -- `(epoch, batches of it
+    already trained)`, read from the trainer's restored progress counters -- so a run resumed
     from any checkpoint, even one written in the middle of an epoch, sees exactly the batches the
     uninterrupted run would have seen.
 
     Args:
-        tensors: equal-length tensors, yielded as dicts of ``[batch, ...]`` slices.
+        tensors: equal-length tensors, yielded as dicts of `[batch, ...]` slices.
         batch_size: INRs per batch (per process under DDP).
         shuffle: a new seeded order per epoch (training); otherwise the stored order.
         drop_last: drop the last incomplete batch.
         seed: base seed of the shuffle.
-        rank, world_size: this process's share under DDP (training pads to equal shares, like
-            ``DistributedSampler``; evaluation gives each rank a disjoint slice, no duplicates).
-        position_fn: returns ``(epoch, batches to skip)`` at the start of each ``iter()``
+        rank: this process's index under DDP (training pads to equal shares, like
+            `DistributedSampler`; evaluation gives each rank a disjoint slice, no duplicates).
+        world_size: the number of processes under DDP.
+        position_fn: returns `(epoch, batches to skip)` at the start of each `iter()`
             (default: count the epochs, skip nothing).
     """
 
@@ -193,35 +194,36 @@ class _Bar:
 
 
 class InrDataModule(pl.LightningDataModule):
-    """An INR zoo (``nngraph_datasets``) as train / val / test batches of flat parameters.
+    """An INR zoo (`nngraph_datasets`) as train / val / test batches of flat parameters.
 
-    Batches are dicts: ``params [B, P]`` (float32, state-dict order), ``label [B]`` and, with
-    ``targets``, ``image [B, H, W]`` (the source image) and ``target [B, H, W]`` (the dilated image
-    for ``targets="dilated"``). Tasks turn ``params`` into graphs (``template.batch(params)``).
+    Batches are dicts: `params [B, P]` (float32, state-dict order), `label [B]` and, with
+    `targets`, `image [B, H, W]` (the source image) and `target [B, H, W]` (the dilated image
+    for `targets="dilated"`). Tasks turn `params` into graphs (`template.batch(params)`).
 
-    A missing zoo of an offline source (``mnist-5k``, ``fashion-mnist``, ``mnist`` from IDX files,
-    ``digits``) is fitted on first use with :func:`nngraph_datasets.build_zoo` (with a progress
-    bar) into ``zoo_dir``, and reused afterwards; an interrupted build resumes. A zoo folder that
-    exists is used as it is, and must hold the requested source: nothing is silently replaced.
+    A missing zoo of an offline source (`mnist-5k`, `fashion-mnist`, `mnist` from IDX files,
+    `digits`) is fitted on first use with [`nngraph_datasets.build_zoo`][nngraph_datasets.build_zoo]
+    (with a progress bar) into `zoo_dir`, and reused afterwards; an interrupted build resumes. A zoo
+    folder that exists is used as it is, and must hold the requested source: nothing is silently
+    replaced.
 
     Args:
-        source: image source of the zoo (``mnist-5k`` default; ``fashion-mnist``; ``mnist``;
-            ``digits`` for tests) or ``published`` for a zoo converted from the published zips
-            (``nngraph-datasets convert``; then ``zoo_dir`` is required).
-        zoo_dir: the zoo folder (default :func:`default_zoo_dir`).
-        root: folder of the IDX files for ``fashion-mnist`` / ``mnist``.
+        source: image source of the zoo (`mnist-5k` default; `fashion-mnist`; `mnist`;
+            `digits` for tests) or `published` for a zoo converted from the published zips
+            (`nngraph-datasets convert`; then `zoo_dir` is required).
+        zoo_dir: the zoo folder (default [`default_zoo_dir`][nngraph_apps.default_zoo_dir]).
+        root: folder of the IDX files for `fashion-mnist` / `mnist`.
         limit: use (and fit) only this many INRs, each split shrunk in proportion.
         fit_steps: fitting steps per INR when the zoo is built (default: the benchmark recipe;
             few steps make tiny test zoos).
-        build: fit a missing zoo (``False``: a missing zoo is an error).
-        fit_kernel: the fitting step's kernel (``"auto"``: the fused C kernel when a C compiler
-            is found, else ``torch.compile``, else eager; see
-            :func:`nngraph_datasets.fit_inrs`).
-        fit_compile: the older switch: ``true`` / ``false`` mean ``fit_kernel`` ``"compiled"`` /
-            ``"eager"`` (``false`` saves the compile time for tiny zoos).
-        targets: ``None`` (classification) or ``"dilated"`` (editing targets; also loads images).
+        build: fit a missing zoo (`False`: a missing zoo is an error).
+        fit_kernel: the fitting step's kernel (`"auto"`: the fused C kernel when a C compiler
+            is found, else `torch.compile`, else eager; see
+            [`nngraph_datasets.fit_inrs`][nngraph_datasets.fit_inrs]).
+        fit_compile: the older switch: `true` / `false` mean `fit_kernel` `"compiled"` /
+            `"eager"` (`false` saves the compile time for tiny zoos).
+        targets: `None` (classification) or `"dilated"` (editing targets; also loads images).
         batch_size: INRs per batch (paper: 128).
-        eval_batch_size: batch size of validation and test (default ``batch_size``).
+        eval_batch_size: batch size of validation and test (default `batch_size`).
         seed: seed of the zoo build, of the shuffling and of the augmentation.
         augment: training-time augmentation of the flat batches (geometric, noise, symmetries;
             see [`Augmentation`][nngraph_apps.Augmentation]), e.g. `--data.augment.rotation 10`;

@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 def find_config_error(exc: BaseException) -> ConfigError | None:
-    """The :class:`ConfigError` behind ``exc`` (itself, a cause, or quoted by jsonargparse)."""
+    """The [`ConfigError`][nngraph_apps.ConfigError] behind `exc` (itself, a cause, or quoted by
+    jsonargparse)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ConfigError):

@@ -12,10 +12,10 @@ from .errors import ConfigError
 
 __all__ = ["GRAPH_MODELS", "MODELS", "build_model", "fit_normalization"]
 
-#: Models that read probe features from ``batch.probe_features`` (``use_probes``).
+#: Models that read probe features from `batch.probe_features` (`use_probes`).
 GRAPH_MODELS = ("ngnn", "ngt")
-#: Every model name the tasks accept.
 MODELS = ("ngnn", "ngt", "flat_mlp", "deepsets", "nfn", "probe_mlp")
+"""Every model name the tasks accept."""
 
 
 class ModelConfigError(ConfigError):
@@ -35,16 +35,16 @@ def build_model(
     probe_generator: int | None = None,
     kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build model ``name`` for graphs of ``template``.
+    """Build model `name` for graphs of `template`.
 
     Args:
-        name: one of :data:`MODELS`.
+        name: one of [`MODELS`][nngraph_apps.MODELS].
         template: the architecture of the networks the model reads.
         num_outputs: classes (invariant head).
-        head: ``"invariant"`` (classification) or ``"equivariant"`` (editing; ngnn / ngt only).
+        head: `"invariant"` (classification) or `"equivariant"` (editing; ngnn / ngt only).
         dropout: dropout of the model (paper: 0.2).
-        use_probes: graph models add projected probe features (``num_probes`` per node).
-        num_probes, learned_probes, probe_generator: probe settings of ``probe_mlp`` (its own
+        use_probes: graph models add projected probe features (`num_probes` per node).
+        num_probes, learned_probes, probe_generator: probe settings of `probe_mlp` (its own
             probes; `probe_generator` is the latent width of generated probes).
         kwargs: further constructor arguments of the model class.
     """
@@ -98,8 +98,8 @@ def build_model(
 
 
 def fit_normalization(model: nn.Module, template: ngc.GraphTemplate, params: Tensor) -> None:
-    """Fit a model's per-layer weight statistics on training parameters ``[n, P]`` (no-op for
-    models without one, e.g. ``probe_mlp``)."""
+    """Fit a model's per-layer weight statistics on training parameters `[n, P]` (no-op for
+    models without one, e.g. `probe_mlp`)."""
     if hasattr(model, "fit_normalizer"):
         model.fit_normalizer(template, params)
     elif hasattr(model, "fit_normalization"):

@@ -1,4 +1,4 @@
-"""Run reports: ``results.json``, ``report.md`` and PNG plots in the run folder."""
+"""Run reports: `results.json`, `report.md` and PNG plots in the run folder."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def read_metrics(csv_root: Path) -> list[dict[str, float]]:
-    """Every row of every ``metrics.csv`` under ``csv_root`` (versions of resumed runs in order),
+    """Every row of every `metrics.csv` under `csv_root` (versions of resumed runs in order),
     as floats; empty cells dropped."""
     rows: list[dict[str, float]] = []
     files = sorted(
@@ -158,7 +158,7 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) -> Path:
-    """Write ``results.json``, the plots and ``report.md`` into ``run_dir``; returns the report."""
+    """Write `results.json`, the plots and `report.md` into `run_dir`; returns the report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = read_metrics(run_dir / "logs" / "csv")
     plots: list[tuple[str, str]] = []
@@ -211,7 +211,7 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file renamed over ``path``)."""
+    """Write `text` atomically (a temporary file renamed over `path`)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -221,15 +221,15 @@ def aggregate_runs(run_dirs: list[Path]) -> dict[str, Any]:
     """Mean and standard deviation (over runs, ddof 1) of every test metric of finished runs.
 
     Args:
-        run_dirs: run folders, each with the ``results.json`` of a ``fit`` or ``test`` command
-            (typically one configuration with different ``seed_everything``).
+        run_dirs: run folders, each with the `results.json` of a `fit` or `test` command
+            (typically one configuration with different `seed_everything`).
 
     Returns:
-        ``{"runs": [...], "seeds": [...], "metrics": {name: {"mean", "std", "values"}}}``;
+        `{"runs": [...], "seeds": [...], "metrics": {name: {"mean", "std", "values"}}}`;
         a metric missing from a run is an error (the runs are not comparable).
 
     Raises:
-        FileNotFoundError: a folder has no ``results.json``.
+        FileNotFoundError: a folder has no `results.json`.
         ValueError: fewer than one run, or the runs differ in their metrics or configuration.
     """
     if not run_dirs:
@@ -270,7 +270,8 @@ def aggregate_runs(run_dirs: list[Path]) -> dict[str, Any]:
 
 
 def write_aggregate(out: Path, run_dirs: list[Path]) -> Path:
-    """:func:`aggregate_runs` -> ``out/aggregate.json`` and ``out/aggregate.md``; returns the
+    """[`aggregate_runs`][nngraph_apps.aggregate_runs] -> `out/aggregate.json` and
+    `out/aggregate.md`; returns the
     markdown file."""
     agg = aggregate_runs(run_dirs)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,14 @@
 """Lightning tasks on INR zoos: classification and editing (dilation).
 
-Each task follows torchgeo's order: ``__init__`` saves the hyper-parameters, then calls
-:meth:`configure_models`, :meth:`configure_losses` and :meth:`configure_metrics`. The optimiser is
+Each task follows torchgeo's order: `__init__` saves the hyper-parameters, then calls
+`configure_models`, `configure_losses` and `configure_metrics`. The optimiser is
 the paper's recipe (Kofinas et al., ICLR 2024): AdamW (lr 1e-3, weight decay 5e-4, amsgrad) with a
-linear learning-rate warm-up; gradient clipping is the Trainer's ``gradient_clip_val`` (10 for
+linear learning-rate warm-up; gradient clipping is the Trainer's `gradient_clip_val` (10 for
 classification, 1 for editing in the shipped configs).
 
-Batches from :class:`~nngraph_apps.InrDataModule` carry flat parameters ``[B, P]``; the task turns
-them into graphs with one gather (``template.batch(params)``) and, for graph models with
-``use_probes``, computes probe features inside the module (so learned probes are trained).
+Batches from [`InrDataModule`][nngraph_apps.InrDataModule] carry flat parameters `[B, P]`; the task
+turns them into graphs with one gather (`template.batch(params)`) and, for graph models with
+`use_probes`, computes probe features inside the module (so learned probes are trained).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class InrTask(pl.LightningModule):
 
     # -- torchgeo order ---------------------------------------------------------------------------
     def configure_models(self) -> None:
-        """The model and, for graph models with ``use_probes``, the probe-feature module."""
+        """The model and, for graph models with `use_probes`, the probe-feature module."""
         hp = self.hparams
         probes = hp["use_probes"] and hp["model"] in GRAPH_MODELS
         self.model = build_model(
@@ -157,7 +157,7 @@ class InrTask(pl.LightningModule):
         """Task-specific checks of the data module."""
 
     def graphs(self, params: Tensor) -> ngc.GraphBatch:
-        """Flat parameters ``[B, P]`` -> a template batch (with probe features when used)."""
+        """Flat parameters `[B, P]` -> a template batch (with probe features when used)."""
         if self.hparams.get("canonicalize"):
             params = ngc.canonicalize(self.template.spec, params)
         batch = self.template.batch(params)
@@ -260,15 +260,15 @@ class InrClassificationTask(InrTask):
     r"""Classify INRs by the class of the image they represent (cross-entropy, accuracy).
 
     Args:
-        model: ``ngnn``, ``ngt``, ``flat_mlp``, ``deepsets``, ``nfn`` or ``probe_mlp``.
-        model_kwargs: further constructor arguments of the model (e.g. ``hidden_channels``,
-            ``num_layers``; ``attention`` for ngt).
+        model: `ngnn`, `ngt`, `flat_mlp`, `deepsets`, `nfn` or `probe_mlp`.
+        model_kwargs: further constructor arguments of the model (e.g. `hidden_channels`,
+            `num_layers`; `attention` for ngt).
         use_probes: graph models add probe features (paper: K=64); ignored by baselines that do
-            not read them (must be ``false`` for them).
-        num_probes: ``K``.
+            not read them (must be `false` for them).
+        num_probes: `K`.
         learned_probes: train the probe inputs with the model.
-        probe_init: ``uniform`` (random points in [-1, 1]^2) or ``grid`` (the 28x28 pixel grid,
-            ``num_probes`` ignored).
+        probe_init: `uniform` (random points in [-1, 1]^2) or `grid` (the 28x28 pixel grid,
+            `num_probes` ignored).
         dropout: dropout of the model (paper: 0.2).
         lr: AdamW learning rate (paper: 1e-3).
         weight_decay: AdamW weight decay (paper: 5e-4).
@@ -398,13 +398,13 @@ class InrEditingTask(InrTask):
     """Edit INRs: dilate the image an INR represents (Kofinas et al., ICLR 2024, §5).
 
     The model's equivariant head predicts new parameters (input + scaled deltas); the loss is the
-    MSE between the edited INR's rendering (:func:`nngraph_datasets.render`, 28x28) and the dilated
-    source image. Logged metric: that MSE averaged per image, in units of 1e-2 (``*/mse``); the
-    test also reports the do-nothing baseline (the unedited INR against the target,
-    ``test/mse_identity``). Model selection on ``val/mse`` (lower is better).
+    MSE between the edited INR's rendering ([`nngraph_datasets.render`][nngraph_datasets.render],
+    28x28) and the dilated source image. Logged metric: that MSE averaged per image, in units of
+    1e-2 (`*/mse`); the test also reports the do-nothing baseline (the unedited INR against the
+    target, `test/mse_identity`). Model selection on `val/mse` (lower is better).
 
-    Arguments as :class:`InrClassificationTask` (``model`` must be ``ngnn`` or ``ngt``; paper recipe
-    for editing: warm-up 10,000 steps, gradient clip 1.0).
+    Arguments as [`InrClassificationTask`][nngraph_apps.InrClassificationTask] (`model` must be
+    `ngnn` or `ngt`; paper recipe for editing: warm-up 10,000 steps, gradient clip 1.0).
     """
 
     head = "equivariant"
@@ -473,7 +473,7 @@ class InrEditingTask(InrTask):
     def _collect_examples(
         self, batch: dict[str, Tensor], inputs: Tensor, pred: Tensor, first: bool
     ) -> None:
-        """Keep ``num_examples`` test examples for the report: one per class first (the test
+        """Keep `num_examples` test examples for the report: one per class first (the test
         split is stored class by class), in the order they come."""
         if first:
             self.examples = None

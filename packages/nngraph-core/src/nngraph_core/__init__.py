@@ -2,7 +2,8 @@
 
 Neurons (conv channels) become nodes carrying their bias; weights (conv kernels) become edges.
 The conversion is exact and invertible, respects the hidden-neuron permutation symmetry, and
-batches a whole zoo of one architecture with one gather (:class:`GraphTemplate`).
+batches a whole zoo of one architecture with one gather
+([`GraphTemplate`][nngraph_core.GraphTemplate]).
 """
 
 from .activations import Sine

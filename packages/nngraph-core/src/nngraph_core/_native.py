@@ -1,12 +1,12 @@
 """Build a C source file into a shared library on first use, cached per machine.
 
-Shared by the packages that ship fused CPU kernels as plain C (``nngraph_datasets._fused``: the
-INR fitting step; ``nngraph_layers._native``: the dense NG-GNN layer). The system C compiler
-(``$CC``, else ``cc`` / ``gcc`` / ``clang``) compiles the file once; the library is cached as
-``$NNGRAPH_CACHE/kernels/<prefix>-<hash>.so`` (``$NNGRAPH_CACHE`` defaults to
-``~/.cache/nngraph``, with a per-user temporary folder when that is not writable). The hash covers
+Shared by the packages that ship fused CPU kernels as plain C (`nngraph_datasets._fused`: the
+INR fitting step; `nngraph_layers._native`: the dense NG-GNN layer). The system C compiler
+(`$CC`, else `cc` / `gcc` / `clang`) compiles the file once; the library is cached as
+`$NNGRAPH_CACHE/kernels/<prefix>-<hash>.so` (`$NNGRAPH_CACHE` defaults to
+`~/.cache/nngraph`, with a per-user temporary folder when that is not writable). The hash covers
 the source, the flags, the compiler's version and the CPU, so a changed source, compiler or machine
-gets its own library. The library is written atomically (temporary file + ``os.replace``), so
+gets its own library. The library is written atomically (temporary file + `os.replace`), so
 concurrent processes never load a half-written file.
 
 Private: only stdlib; no torch.
@@ -45,7 +45,7 @@ class NativeBuildError(RuntimeError):
 
 
 def compiler() -> list[str] | None:
-    """The C compiler command (``$CC`` or the first of cc, gcc, clang on ``PATH``), or None."""
+    """The C compiler command (`$CC` or the first of cc, gcc, clang on `PATH`), or None."""
     env = os.environ.get("CC", "").strip()
     if env:
         cmd = shlex.split(env)
@@ -58,7 +58,7 @@ def compiler() -> list[str] | None:
 
 
 def cache_dir() -> Path:
-    """``$NNGRAPH_CACHE/kernels`` (``~/.cache/nngraph/kernels`` by default)."""
+    """`$NNGRAPH_CACHE/kernels` (`~/.cache/nngraph/kernels` by default)."""
     root = os.environ.get("NNGRAPH_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "nngraph"
     return base / "kernels"
@@ -79,7 +79,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def build(source: Path, prefix: str, cc: list[str]) -> Path:
-    """Compile ``source`` with ``cc`` (or find it in the cache); returns the library's path.
+    """Compile `source` with `cc` (or find it in the cache); returns the library's path.
 
     Raises:
         NativeBuildError: the compiler cannot run, every flag variant fails, or no cache folder
@@ -126,10 +126,10 @@ def build(source: Path, prefix: str, cc: list[str]) -> Path:
 
 
 def open_library(source: Path, prefix: str, cc: list[str] | None) -> ctypes.CDLL:
-    """:func:`build` ``source`` with ``cc`` (the caller's :func:`compiler`) and load it.
+    """`build` `source` with `cc` (the caller's `compiler`) and load it.
 
     Raises:
-        NativeBuildError: ``cc`` is None, the build fails, or the library cannot be loaded.
+        NativeBuildError: `cc` is None, the build fails, or the library cannot be loaded.
     """
     if cc is None:
         raise NativeBuildError("no C compiler found (looked for $CC, cc, gcc, clang)")

@@ -9,10 +9,10 @@ __all__ = ["Sine"]
 
 
 class Sine(nn.Module):
-    r"""Elementwise :math:`\sin(\omega_0 x)`, the SIREN nonlinearity (Sitzmann et al., 2020).
+    r"""Elementwise $\sin(\omega_0 x)$, the SIREN nonlinearity (Sitzmann et al., 2020).
 
     Args:
-        w0: the frequency factor :math:`\omega_0` (30 in SIREN and the INR benchmarks).
+        w0: the frequency factor $\omega_0$ (30 in SIREN and the INR benchmarks).
     """
 
     def __init__(self, w0: float = 30.0) -> None:

@@ -1,14 +1,16 @@
 """Batches of neural graphs.
 
-A :class:`GraphBatch` concatenates graphs PyG-style: node features ``[sum N, d_node]``, edge
-features ``[sum E, d_edge]``, an edge index with per-graph node offsets, and a ``batch`` vector
-giving each node's graph. Two ways to build one:
+A [`GraphBatch`][nngraph_core.GraphBatch] concatenates graphs PyG-style: node features
+`[sum N, d_node]`, edge features `[sum E, d_edge]`, an edge index with per-graph node offsets, and a
+`batch` vector giving each node's graph. Two ways to build one:
 
-* :meth:`GraphTemplate.batch <nngraph_core.GraphTemplate.batch>` for a zoo of ONE architecture:
+* [`GraphTemplate.batch`][nngraph_core.GraphTemplate.batch] for a zoo of ONE architecture:
   one gather; structure tensors (edge index, batch vector, node attributes) are produced lazily
-  from the template, and :meth:`GraphBatch.dense_nodes` / :meth:`GraphBatch.dense_edges` give
-  ``[B, N, d]`` / ``[B, E, d]`` views without a copy.
-* :func:`batch` for a list of graphs of any architectures (kernels re-padded to a common size).
+  from the template, and [`GraphBatch.dense_nodes`][nngraph_core.GraphBatch.dense_nodes] /
+  [`GraphBatch.dense_edges`][nngraph_core.GraphBatch.dense_edges] give `[B, N, d]` / `[B, E, d]`
+  views without a copy.
+* [`batch`][nngraph_core.batch.batch] for a list of graphs of any architectures (kernels re-padded
+  to a common size).
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ class GraphBatch:
     """A batch of neural graphs (see the module docstring for the layout).
 
     Attributes:
-        node_features: ``[sum N, d_node]``.
-        edge_features: ``[sum E, d_edge]``.
-        num_graphs: ``B``.
-        node_ptr, edge_ptr: ``[B + 1]`` offsets of each graph's nodes / edges.
-        template: the shared :class:`GraphTemplate` when all graphs have one architecture and
-            the batch came from :meth:`GraphTemplate.batch`, else ``None``.
+        node_features: `[sum N, d_node]`.
+        edge_features: `[sum E, d_edge]`.
+        num_graphs: `B`.
+        node_ptr, edge_ptr: `[B + 1]` offsets of each graph's nodes / edges.
+        template: the shared [`GraphTemplate`][nngraph_core.GraphTemplate] when all graphs have one
+            architecture and the batch came from
+            [`GraphTemplate.batch`][nngraph_core.GraphTemplate.batch], else `None`.
         specs: the architecture of every graph.
-        probe_features: optional ``[sum N, K]`` per-node features computed from forward passes
-            (set by ``nngraph_probe``); models use them when present. ``None`` by default.
+        probe_features: optional `[sum N, K]` per-node features computed from forward passes
+            (set by `nngraph_probe`); models use them when present. `None` by default.
     """
 
     def __init__(
@@ -68,7 +71,7 @@ class GraphBatch:
 
     @classmethod
     def from_template(cls, template: GraphTemplate, nodes: Tensor, edges: Tensor) -> GraphBatch:
-        """Wrap dense features ``[B, N, 1]`` / ``[B, E, d]`` of one architecture."""
+        """Wrap dense features `[B, N, 1]` / `[B, E, d]` of one architecture."""
         b = nodes.shape[0]
         dev = nodes.device
         return cls(
@@ -91,7 +94,7 @@ class GraphBatch:
 
     @property
     def edge_index(self) -> Tensor:
-        """``[2, sum E]`` with per-graph node offsets (built on first access for template batches)."""
+        """`[2, sum E]` with per-graph node offsets (built on first access for template batches)."""
         if "edge_index" not in self._structure:
             t = self.template
             assert t is not None
@@ -106,7 +109,7 @@ class GraphBatch:
 
     @property
     def batch(self) -> Tensor:
-        """``[sum N]`` graph id of every node."""
+        """`[sum N]` graph id of every node."""
         if "batch" not in self._structure:
             counts = self.node_ptr.diff()
             self._structure["batch"] = torch.repeat_interleave(
@@ -128,12 +131,12 @@ class GraphBatch:
 
     @property
     def node_param(self) -> Tensor:
-        """``[sum N]`` position of each node's bias in its network's flat parameters (-1: none)."""
+        """`[sum N]` position of each node's bias in its network's flat parameters (-1: none)."""
         return self._tiled("node_param")
 
     @property
     def edge_param(self) -> Tensor:
-        """``[sum E, d_edge]`` position of each edge-feature entry in its network's flat
+        """`[sum E, d_edge]` position of each edge-feature entry in its network's flat
         parameters (-1: padding)."""
         if "edge_param" not in self._structure:
             assert self.template is not None
@@ -168,23 +171,24 @@ class GraphBatch:
         return self.template
 
     def dense_nodes(self) -> Tensor:
-        """``[B, N, d_node]`` view of the node features."""
+        """`[B, N, d_node]` view of the node features."""
         t = self._require_template("dense_nodes()")
         return self.node_features.view(self.num_graphs, t.num_nodes, -1)
 
     def dense_edges(self) -> Tensor:
-        """``[B, E, d_edge]`` view of the edge features."""
+        """`[B, E, d_edge]` view of the edge features."""
         t = self._require_template("dense_edges()")
         return self.edge_features.view(self.num_graphs, t.num_edges, -1)
 
     # -- back to networks ---------------------------------------------------------------------------
     def params(self) -> Tensor:
-        """Flat parameters ``[B, P]`` (one architecture): the exact inverse of ``template.batch``."""
+        """Flat parameters `[B, P]` (one architecture): the exact inverse of `template.batch`."""
         t = self._require_template("params()")
         return t.params(self.node_features, self.edge_features)
 
     def to_graphs(self) -> list[NeuralGraph]:
-        """Split into single :class:`NeuralGraph` objects (exact: ``to_state_dict`` of each gives
+        """Split into single [`NeuralGraph`][nngraph_core.NeuralGraph] objects (exact:
+        `to_state_dict` of each gives
         back the network that went in)."""
         if self.template is not None:
             t = self.template
@@ -227,8 +231,8 @@ class GraphBatch:
         )
 
     def split(self, size: int) -> list[GraphBatch]:
-        """Consecutive sub-batches of at most ``size`` graphs (one architecture; the features
-        are views, ``probe_features`` are split along). Models run large batches chunk by chunk
+        """Consecutive sub-batches of at most `size` graphs (one architecture; the features
+        are views, `probe_features` are split along). Models run large batches chunk by chunk
         this way to keep their working set in cache."""
         t = self._require_template("split()")
         if size < 1:
@@ -271,7 +275,7 @@ class GraphBatch:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> GraphBatch:
-        """Move to ``device`` and/or cast the features to ``dtype``."""
+        """Move to `device` and/or cast the features to `dtype`."""
         structure = {k: v.to(device) for k, v in self._structure.items()}
         out = GraphBatch(
             self.node_features.to(device=device, dtype=dtype),
@@ -288,8 +292,8 @@ class GraphBatch:
         return out
 
     def to_pyg(self) -> Any:
-        """A ``torch_geometric.data.Batch`` (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``ptr``,
-        ``node_layer``, ``node_role``). Requires ``pip install nngraph-core[pyg]``."""
+        """A `torch_geometric.data.Batch` (`x`, `edge_index`, `edge_attr`, `batch`, `ptr`,
+        `node_layer`, `node_role`). Requires `pip install nngraph-core[pyg]`."""
         try:
             from torch_geometric.data import Batch
         except ImportError as exc:  # pragma: no cover - exercised only without PyG
@@ -317,7 +321,7 @@ def _repad(
     old: tuple[int, int],
     new: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
-    """Edge features and their parameter map moved from centred kernel window ``old`` to ``new``."""
+    """Edge features and their parameter map moved from centred kernel window `old` to `new`."""
     if old == new:
         return features, param
     e = features.shape[0]
@@ -336,7 +340,7 @@ def _repad(
 
 
 def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
-    """Concatenate graphs of any architectures into one :class:`GraphBatch`.
+    """Concatenate graphs of any architectures into one [`GraphBatch`][nngraph_core.GraphBatch].
 
     Edge features are re-padded (centred) to the largest kernel among the graphs, so a batch of
     MLPs and CNNs with different kernel sizes shares one edge-feature width. All graphs must

@@ -1,8 +1,9 @@
 """Typed errors raised by nngraph.
 
-Every error derives from :class:`NNGraphError`, so ``except NNGraphError`` catches all of them,
-and each also derives from the closest built-in exception (``TypeError`` / ``ValueError``) so
-code that predates nngraph keeps working. Messages name the offending module or state-dict key.
+Every error derives from [`NNGraphError`][nngraph_core.NNGraphError], so `except NNGraphError`
+catches all of them, and each also derives from the closest built-in exception (`TypeError` /
+`ValueError`) so code that predates nngraph keeps working. Messages name the offending module or
+state-dict key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class NNGraphError(Exception):
 
 
 class UnsupportedLayerError(NNGraphError, TypeError):
-    """A module cannot be expressed as part of a neural graph (e.g. ``BatchNorm2d``, ``LSTM``)."""
+    """A module cannot be expressed as part of a neural graph (e.g. `BatchNorm2d`, `LSTM`)."""
 
 
 class ArchitectureError(NNGraphError, ValueError):
@@ -49,4 +50,4 @@ class UnexpectedKeyError(NNGraphError, KeyError):
 
 
 class NonFiniteWeightsError(NNGraphError, ValueError):
-    """A parameter contains NaN or infinite values (pass ``allow_nonfinite=True`` to accept them)."""
+    """A parameter contains NaN or infinite values (pass `allow_nonfinite=True` to accept them)."""

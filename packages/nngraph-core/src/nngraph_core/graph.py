@@ -24,16 +24,16 @@ class NeuralGraph:
     """A network as a graph: neurons are nodes carrying their bias, weights are edges.
 
     Attributes:
-        node_features: ``[N, 1]`` the bias of every node (0 for inputs and bias-free layers).
-        edge_index: ``[2, E]`` long; row 0 the source (layer ``l``), row 1 the target (``l + 1``).
-        edge_features: ``[E, Kh * Kw]`` the weight of every edge; a conv kernel zero-padded,
-            centred, to the network's largest kernel ``(Kh, Kw)`` and flattened.
-        node_layer: ``[N]`` node layer index (0 = inputs, ``L`` = outputs).
-        node_role: ``[N]`` :class:`NodeRole` values (input, hidden, output).
-        node_activation: ``[N]`` index into ``spec.activation_names`` of the nonlinearity that
-            follows the node (``identity`` for inputs and linear outputs).
-        node_param: ``[N]`` position of each node's bias in the flat parameter vector (-1: none).
-        edge_param: ``[E, Kh * Kw]`` position of each edge-feature entry (-1: padding).
+        node_features: `[N, 1]` the bias of every node (0 for inputs and bias-free layers).
+        edge_index: `[2, E]` long; row 0 the source (layer `l`), row 1 the target (`l + 1`).
+        edge_features: `[E, Kh * Kw]` the weight of every edge; a conv kernel zero-padded,
+            centred, to the network's largest kernel `(Kh, Kw)` and flattened.
+        node_layer: `[N]` node layer index (0 = inputs, `L` = outputs).
+        node_role: `[N]` [`NodeRole`][nngraph_core.NodeRole] values (input, hidden, output).
+        node_activation: `[N]` index into `spec.activation_names` of the nonlinearity that
+            follows the node (`identity` for inputs and linear outputs).
+        node_param: `[N]` position of each node's bias in the flat parameter vector (-1: none).
+        edge_param: `[E, Kh * Kw]` position of each edge-feature entry (-1: padding).
         spec: the architecture, for the way back to parameters.
 
     The graph is immutable; methods return new graphs.
@@ -80,7 +80,7 @@ class NeuralGraph:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> NeuralGraph:
-        """Move to ``device`` and/or cast the features to the floating ``dtype``."""
+        """Move to `device` and/or cast the features to the floating `dtype`."""
         changes: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -91,10 +91,11 @@ class NeuralGraph:
 
     # -- symmetries ------------------------------------------------------------------------------
     def permute_nodes(self, perm: Tensor) -> NeuralGraph:
-        """Relabel the nodes: node ``v`` of the result is node ``perm[v]`` of ``self``.
+        """Relabel the nodes: node `v` of the result is node `perm[v]` of `self`.
 
-        Any relabelling is allowed (the graph stays the same network; :func:`to_state_dict` of the
-        result returns the same parameters). Edge order is kept; the edge index is remapped.
+        Any relabelling is allowed (the graph stays the same network;
+        [`to_state_dict`][nngraph_core.to_state_dict] of the result returns the same parameters).
+        Edge order is kept; the edge index is remapped.
         """
         n = self.num_nodes
         perm = perm.to(self.device)
@@ -114,13 +115,13 @@ class NeuralGraph:
         )
 
     def permute_hidden(self, perm: HiddenPermutation) -> NeuralGraph:
-        """The canonical graph of the network with hidden neurons permuted by ``perm``."""
+        """The canonical graph of the network with hidden neurons permuted by `perm`."""
         template = GraphTemplate(self.spec)
         return template.graph(template.permute(self.params(), perm), allow_nonfinite=True)
 
     # -- back to parameters ------------------------------------------------------------------------
     def params(self) -> Tensor:
-        """Flat parameter vector ``[P]`` (state-dict order)."""
+        """Flat parameter vector `[P]` (state-dict order)."""
         flat = torch.empty(self.spec.num_params, dtype=self.dtype, device=self.device)
         nv = self.node_param >= 0
         flat[self.node_param[nv]] = self.node_features[:, 0][nv]
@@ -134,8 +135,8 @@ class NeuralGraph:
 
     # -- interop ------------------------------------------------------------------------------
     def to_pyg(self) -> Any:
-        """A ``torch_geometric.data.Data`` (``x``, ``edge_index``, ``edge_attr``, ``node_layer``,
-        ``node_role``). Requires ``pip install nngraph-core[pyg]``."""
+        """A `torch_geometric.data.Data` (`x`, `edge_index`, `edge_attr`, `node_layer`,
+        `node_role`). Requires `pip install nngraph-core[pyg]`."""
         try:
             from torch_geometric.data import Data
         except ImportError as exc:  # pragma: no cover - exercised only without PyG
@@ -161,17 +162,17 @@ def from_module(
     input_shape: Sequence[int] | None = None,
     allow_nonfinite: bool = False,
 ) -> NeuralGraph:
-    """The neural graph of ``module``.
+    """The neural graph of `module`.
 
     Args:
-        module: an MLP or CNN (``Linear`` / ``Conv2d`` layers with parameter-free modules between
-            them); see :func:`~nngraph_core.network_spec` for what is supported.
+        module: an MLP or CNN (`Linear` / `Conv2d` layers with parameter-free modules between
+            them); see [`network_spec`][nngraph_core.network_spec] for what is supported.
         input_shape: one input's shape without batch, needed only for a conv map that is
             flattened into a linear layer without pooling.
         allow_nonfinite: accept NaN/Inf parameters instead of raising
-            :class:`~nngraph_core.NonFiniteWeightsError`.
+            [`NonFiniteWeightsError`][nngraph_core.NonFiniteWeightsError].
 
-    Example:
+    Examples:
         >>> mlp = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
         >>> g = from_module(mlp)
         >>> g.num_nodes, g.num_edges
@@ -190,7 +191,7 @@ def from_state_dict(
     *,
     allow_nonfinite: bool = False,
 ) -> NeuralGraph:
-    """The neural graph of a state dict of architecture ``spec`` (a spec, or a module of that
+    """The neural graph of a state dict of architecture `spec` (a spec, or a module of that
     architecture). Key order does not matter; missing, unexpected and mis-shaped entries raise
     typed errors naming the key."""
     if isinstance(spec, nn.Module):
@@ -202,7 +203,8 @@ def from_state_dict(
 
 
 def to_state_dict(graph: NeuralGraph) -> dict[str, Tensor]:
-    """The exact inverse of :func:`from_module` / :func:`from_state_dict`: the same keys in state-dict
+    """The exact inverse of [`from_module`][nngraph_core.from_module] /
+    [`from_state_dict`][nngraph_core.from_state_dict]: the same keys in state-dict
     order, the same shapes, bit-identical values (in the graph's dtype and device)."""
     template = GraphTemplate(graph.spec)
     return {k: v.clone() for k, v in template.unflatten(graph.params()).items()}

@@ -1,7 +1,7 @@
 """Hidden-neuron permutations: the symmetry that neural graphs respect.
 
-Permuting the neurons (channels) of hidden layer ``l`` -- the rows of ``W_l`` and ``b_l`` and the
-columns of ``W_{l+1}`` -- leaves the network's function unchanged. Inputs and outputs have fixed
+Permuting the neurons (channels) of hidden layer `l` -- the rows of `W_l` and `b_l` and the
+columns of `W_{l+1}` -- leaves the network's function unchanged. Inputs and outputs have fixed
 identities and are never permuted.
 """
 
@@ -23,9 +23,9 @@ __all__ = ["HiddenPermutation", "permute_hidden", "random_hidden_permutation"]
 class HiddenPermutation:
     """One permutation per hidden node layer.
 
-    ``perms[l - 1][j] = i`` means: neuron ``j`` of hidden layer ``l`` in the permuted network is
-    neuron ``i`` of the original (``W'_l = W_l[perm]``, ``b'_l = b_l[perm]``,
-    ``W'_{l+1} = W_{l+1}[:, perm]``).
+    `perms[l - 1][j] = i` means: neuron `j` of hidden layer `l` in the permuted network is
+    neuron `i` of the original (`W'_l = W_l[perm]`, `b'_l = b_l[perm]`,
+    `W'_{l+1} = W_{l+1}[:, perm]`).
     """
 
     perms: tuple[Tensor, ...]
@@ -39,7 +39,8 @@ class HiddenPermutation:
         return cls(tuple(torch.as_tensor(list(p), dtype=torch.long) for p in perms))
 
     def check(self, spec: NetworkSpec) -> None:
-        """Raise :class:`ShapeMismatchError` unless this is a valid permutation for ``spec``."""
+        """Raise [`ShapeMismatchError`][nngraph_core.ShapeMismatchError] unless this is a valid
+        permutation for `spec`."""
         hidden = spec.widths[1:-1]
         if len(self.perms) != len(hidden):
             raise ShapeMismatchError(
@@ -59,7 +60,7 @@ class HiddenPermutation:
         return HiddenPermutation(tuple(torch.argsort(p) for p in self.perms))
 
     def compose(self, other: HiddenPermutation) -> HiddenPermutation:
-        """The permutation that applies ``self`` first, then ``other``."""
+        """The permutation that applies `self` first, then `other`."""
         return HiddenPermutation(tuple(p[q] for p, q in zip(self.perms, other.perms, strict=True)))
 
     def is_identity(self) -> bool:
@@ -73,7 +74,7 @@ def _spec_of(source: NetworkSpec | nn.Module) -> NetworkSpec:
 def random_hidden_permutation(
     spec: NetworkSpec | nn.Module, generator: torch.Generator | None = None
 ) -> HiddenPermutation:
-    """A uniformly random hidden permutation, drawn from ``generator`` (seed it for repeatability)."""
+    """A uniformly random hidden permutation, drawn from `generator` (seed it for repeatability)."""
     s = _spec_of(spec)
     return HiddenPermutation(tuple(torch.randperm(n, generator=generator) for n in s.widths[1:-1]))
 
@@ -83,13 +84,14 @@ def permute_hidden(
     perm: HiddenPermutation,
     spec: NetworkSpec | None = None,
 ) -> nn.Module | dict[str, Tensor]:
-    """Apply ``perm`` to a module (returns a permuted deep copy) or a state dict (returns a new one).
+    """Apply `perm` to a module (returns a permuted deep copy) or a state dict (returns a new one).
 
-    The result computes the same function as ``source``.
+    The result computes the same function as `source`.
 
     Args:
-        source: a module, or a state dict (then ``spec`` is required).
-        perm: the permutation, e.g. from :func:`random_hidden_permutation`.
+        source: a module, or a state dict (then `spec` is required).
+        perm: the permutation, e.g. from
+            [`random_hidden_permutation`][nngraph_core.random_hidden_permutation].
         spec: the architecture of a state dict.
     """
     import copy

@@ -1,15 +1,16 @@
 """Architecture descriptions: which layers a network has, and where their parameters live.
 
-A :class:`NetworkSpec` is read off a module once (:func:`network_spec`) and then serves every
-network of that architecture: it knows the state-dict keys in order, the widths of every layer,
-the largest kernel, and the parameter-free modules (activations, pooling, flatten) between the
-layers, so the network can also be run functionally from flat parameters.
+A [`NetworkSpec`][nngraph_core.NetworkSpec] is read off a module once
+([`network_spec`][nngraph_core.network_spec]) and then serves every network of that architecture: it
+knows the state-dict keys in order, the widths of every layer, the largest kernel, and the
+parameter-free modules (activations, pooling, flatten) between the layers, so the network can also
+be run functionally from flat parameters.
 
-Supported: ``nn.Linear`` and ``nn.Conv2d`` (any kernel, stride, padding, dilation; ``groups=1``),
+Supported: `nn.Linear` and `nn.Conv2d` (any kernel, stride, padding, dilation; `groups=1`),
 each with or without bias, and any *parameter-free* module between them (activations including
-user-defined ones such as :class:`~nngraph_core.Sine`, dropout, pooling, flatten). Layers are
-read in ``named_modules()`` order; a module whose ``forward`` does something else can declare
-its computation with a method ``nngraph_layers(self) -> list[nn.Module]``.
+user-defined ones such as [`Sine`][nngraph_core.Sine], dropout, pooling, flatten). Layers are
+read in `named_modules()` order; a module whose `forward` does something else can declare
+its computation with a method `nngraph_layers(self) -> list[nn.Module]`.
 """
 
 from __future__ import annotations
@@ -60,18 +61,18 @@ class LayerSpec:
     """One parameterised layer of a network.
 
     Args:
-        kind: ``"linear"`` or ``"conv2d"``.
+        kind: `"linear"` or `"conv2d"`.
         in_features: input neurons (channels for a conv; for a linear layer fed by a flattened
             feature map, the number of *channels* of that map).
         out_features: output neurons / channels.
         weight_key: state-dict key of the weight.
-        bias_key: state-dict key of the bias, or ``None`` for a layer without bias.
+        bias_key: state-dict key of the bias, or `None` for a layer without bias.
         weight_shape: the weight's shape as stored.
-        kernel_size: ``(kh, kw)``; ``(1, 1)`` for a linear layer; for a linear layer fed by a
-            flattened ``[C, h, w]`` map it is ``(h, w)``: each channel -> neuron edge carries the
-            ``h * w`` weights that connect that channel to that neuron.
+        kernel_size: `(kh, kw)`; `(1, 1)` for a linear layer; for a linear layer fed by a
+            flattened `[C, h, w]` map it is `(h, w)`: each channel -> neuron edge carries the
+            `h * w` weights that connect that channel to that neuron.
         stride: conv stride (unused for linear).
-        padding: conv padding, a pair or ``"same"`` / ``"valid"`` (unused for linear).
+        padding: conv padding, a pair or `"same"` / `"valid"` (unused for linear).
         dilation: conv dilation (unused for linear).
         padding_mode: conv padding mode (unused for linear).
         ops_after: the parameter-free modules applied to this layer's output, in order.
@@ -97,7 +98,7 @@ class LayerSpec:
 
     @property
     def activation(self) -> str:
-        """Readable name of the parameter-free modules after this layer (``"identity"`` if none)."""
+        """Readable name of the parameter-free modules after this layer (`"identity"` if none)."""
         names = [_op_name(m) for m in self.ops_after if type(m).__name__ not in _IGNORED_NAMES]
         return "+".join(names) if names else "identity"
 
@@ -124,7 +125,7 @@ class NetworkSpec:
 
     Two specs are equal when they describe the same architecture with the same keys (the
     parameter-free modules are compared by name). Flat parameter vectors follow
-    :attr:`param_keys` order, each tensor flattened row-major.
+    `param_keys` order, each tensor flattened row-major.
     """
 
     layers: tuple[LayerSpec, ...]
@@ -140,12 +141,12 @@ class NetworkSpec:
     # -- sizes ---------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
-        """Number of parameterised layers ``L`` (the graph has ``L + 1`` node layers)."""
+        """Number of parameterised layers `L` (the graph has `L + 1` node layers)."""
         return len(self.layers)
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """Nodes per node layer: ``(n_0, n_1, ..., n_L)``."""
+        """Nodes per node layer: `(n_0, n_1, ..., n_L)`."""
         return (self.layers[0].in_features, *(layer.out_features for layer in self.layers))
 
     @property
@@ -162,7 +163,7 @@ class NetworkSpec:
 
     @property
     def kernel_shape(self) -> tuple[int, int]:
-        """The largest kernel ``(Kh, Kw)``; every edge feature is a kernel padded to this size."""
+        """The largest kernel `(Kh, Kw)`; every edge feature is a kernel padded to this size."""
         return (
             max(layer.kernel_size[0] for layer in self.layers),
             max(layer.kernel_size[1] for layer in self.layers),
@@ -179,7 +180,7 @@ class NetworkSpec:
 
     @property
     def activation_names(self) -> tuple[str, ...]:
-        """Distinct activation names; node ``node_activation`` values index this tuple."""
+        """Distinct activation names; node `node_activation` values index this tuple."""
         names: list[str] = ["identity"]
         for layer in self.layers:
             if layer.activation not in names:
@@ -187,7 +188,7 @@ class NetworkSpec:
         return tuple(names)
 
     def param_offsets(self) -> dict[str, tuple[int, tuple[int, ...]]]:
-        """``key -> (offset in the flat vector, shape)``."""
+        """`key -> (offset in the flat vector, shape)`."""
         out: dict[str, tuple[int, tuple[int, ...]]] = {}
         offset = 0
         for key, shape in zip(self.param_keys, self.param_shapes, strict=True):
@@ -212,7 +213,7 @@ class NetworkSpec:
         return hash(self.signature())
 
     def describe(self) -> str:
-        """One line: ``linear 2->32 sine(w0=30.0) | linear 32->32 ... ``."""
+        """One line: `linear 2->32 sine(w0=30.0) | linear 32->32 ... `."""
         parts = []
         for layer in self.layers:
             k = (
@@ -244,7 +245,7 @@ class _Entry:
 
 
 def _ordered_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The computation order: ``nngraph_layers()`` if defined, else leaves in registration order."""
+    """The computation order: `nngraph_layers()` if defined, else leaves in registration order."""
     names = {id(m): n for n, m in module.named_modules()}
     custom = getattr(module, "nngraph_layers", None)
     if callable(custom):
@@ -267,18 +268,18 @@ def _has_state(m: nn.Module) -> bool:
 
 
 def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) -> NetworkSpec:
-    """Read the architecture of ``module``.
+    """Read the architecture of `module`.
 
     Args:
-        module: the network. ``nn.Sequential`` (nested or not), or any module whose layers run
-            in registration order, or one that defines ``nngraph_layers()``.
-        input_shape: the shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
+        module: the network. `nn.Sequential` (nested or not), or any module whose layers run
+            in registration order, or one that defines `nngraph_layers()`.
+        input_shape: the shape of one input without the batch dimension, e.g. `(1, 28, 28)`.
             Needed only when a conv feature map is flattened (not pooled) into a linear layer
             and its spatial size cannot be read off an adaptive pooling layer.
 
     Raises:
-        UnsupportedLayerError: a module with parameters that is not ``Linear`` / ``Conv2d``
-            (e.g. ``BatchNorm2d``), a grouped conv, or a neuron-mixing module.
+        UnsupportedLayerError: a module with parameters that is not `Linear` / `Conv2d`
+            (e.g. `BatchNorm2d`), a grouped conv, or a neuron-mixing module.
         ArchitectureError: layers that do not chain, or a flattened map of unknown size.
     """
     param_names: dict[int, str] = {}
@@ -425,7 +426,7 @@ def _spatial_shapes(
     input_ops: Iterable[nn.Module],
     input_shape: Sequence[int] | None,
 ) -> list[tuple[int, int] | None]:
-    """Spatial size ``(h, w)`` after each layer's ops (``None`` where unknown or not spatial)."""
+    """Spatial size `(h, w)` after each layer's ops (`None` where unknown or not spatial)."""
     out: list[tuple[int, int] | None] = []
     if input_shape is not None:
         p = next(module.parameters())

@@ -1,18 +1,20 @@
 """The graph structure of one architecture, computed once and shared by a whole model zoo.
 
-A :class:`GraphTemplate` holds, for one :class:`~nngraph_core.NetworkSpec`, the edge index,
-the node layers and roles, and two index maps into the flat parameter vector:
+A [`GraphTemplate`][nngraph_core.GraphTemplate] holds, for one
+[`NetworkSpec`][nngraph_core.NetworkSpec], the edge index, the node layers and roles, and two index
+maps into the flat parameter vector:
 
-* ``node_param[v]`` -- the position of node ``v``'s bias (``-1``: no bias, e.g. inputs);
-* ``edge_param[e, k]`` -- the position of entry ``k`` of edge ``e``'s padded kernel (``-1``: padding).
+* `node_param[v]` -- the position of node `v`'s bias (`-1`: no bias, e.g. inputs);
+* `edge_param[e, k]` -- the position of entry `k` of edge `e`'s padded kernel (`-1`: padding).
 
 Every parameter appears exactly once in the two maps, so a batch of flat parameter vectors
-``[B, P]`` becomes node and edge features with one gather each (:meth:`GraphTemplate.batch`),
-and features go back to parameters with one scatter (:meth:`GraphTemplate.params`).
+`[B, P]` becomes node and edge features with one gather each
+([`GraphTemplate.batch`][nngraph_core.GraphTemplate.batch]), and features go back to parameters with
+one scatter ([`GraphTemplate.params`][nngraph_core.GraphTemplate.params]).
 
 Canonical order: nodes layer by layer (inputs first, outputs last), within a layer by neuron
 index; edges layer by layer, within a layer in the weight's memory order (target-major:
-edge ``o * n_in + i`` joins source ``i`` to target ``o``).
+edge `o * n_in + i` joins source `i` to target `o`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class NodeRole(enum.IntEnum):
 
 
 def check_finite(params: Tensor, what: str = "parameters") -> None:
-    """Raise :class:`NonFiniteWeightsError` if ``params`` (``[P]`` or ``[B, P]``) has NaN/Inf.
+    """Raise [`NonFiniteWeightsError`][nngraph_core.NonFiniteWeightsError] if `params` (`[P]` or
+    `[B, P]`) has NaN/Inf.
 
     Uses one fast row reduction; only when that is not finite (NaN, Inf, or an overflowing sum)
     the exact elementwise check runs to name the offending rows.
@@ -72,9 +75,9 @@ class GraphTemplate:
     """The neural-graph structure of one architecture.
 
     Args:
-        spec: the architecture (see :func:`~nngraph_core.network_spec`).
+        spec: the architecture (see [`network_spec`][nngraph_core.network_spec]).
 
-    Example:
+    Examples:
         >>> template = GraphTemplate.from_module(mlp)
         >>> params = torch.stack([template.flatten(m) for m in zoo])   # [B, P]
         >>> g = template.batch(params)                                  # GraphBatch
@@ -98,7 +101,8 @@ class GraphTemplate:
     def from_module(
         cls, module: nn.Module, *, input_shape: tuple[int, ...] | None = None
     ) -> GraphTemplate:
-        """The template of ``module``'s architecture (see :func:`~nngraph_core.network_spec`)."""
+        """The template of `module`'s architecture (see
+        [`network_spec`][nngraph_core.network_spec])."""
         return cls(network_spec(module, input_shape=input_shape))
 
     # -- construction ----------------------------------------------------------------------
@@ -202,11 +206,11 @@ class GraphTemplate:
         return self.spec.edge_dim
 
     def layer_nodes(self, layer: int) -> slice:
-        """Node slice of node layer ``layer`` (0 = inputs, ``L`` = outputs)."""
+        """Node slice of node layer `layer` (0 = inputs, `L` = outputs)."""
         return slice(self.node_offsets[layer], self.node_offsets[layer + 1])
 
     def layer_edges(self, layer: int) -> slice:
-        """Edge slice of parameterised layer ``layer`` (0-based: edges from node layer ``layer``)."""
+        """Edge slice of parameterised layer `layer` (0-based: edges from node layer `layer`)."""
         return slice(self.edge_offsets[layer], self.edge_offsets[layer + 1])
 
     def __repr__(self) -> str:
@@ -219,10 +223,12 @@ class GraphTemplate:
     def flatten(
         self, source: nn.Module | Mapping[str, Tensor], *, allow_nonfinite: bool = False
     ) -> Tensor:
-        """Flat parameter vector ``[P]`` of a module or state dict of this architecture.
+        """Flat parameter vector `[P]` of a module or state dict of this architecture.
 
-        Key order in ``source`` does not matter; missing, unexpected or mis-shaped entries raise
-        :class:`MissingKeyError`, :class:`UnexpectedKeyError`, :class:`ShapeMismatchError`.
+        Key order in `source` does not matter; missing, unexpected or mis-shaped entries raise
+        [`MissingKeyError`][nngraph_core.MissingKeyError],
+        [`UnexpectedKeyError`][nngraph_core.UnexpectedKeyError],
+        [`ShapeMismatchError`][nngraph_core.ShapeMismatchError].
         """
         sd = source.state_dict() if isinstance(source, nn.Module) else source
         missing = [k for k in self.spec.param_keys if k not in sd]
@@ -256,7 +262,7 @@ class GraphTemplate:
         return flat
 
     def unflatten(self, params: Tensor) -> dict[str, Tensor]:
-        """State dict from flat parameters: ``[P]`` -> shapes as stored; ``[B, P]`` -> ``[B, *shape]``."""
+        """State dict from flat parameters: `[P]` -> shapes as stored; `[B, P]` -> `[B, *shape]`."""
         self._check_params(params)
         lead = params.shape[:-1]
         out: dict[str, Tensor] = {}
@@ -277,7 +283,7 @@ class GraphTemplate:
 
     # -- the gather and the scatter ------------------------------------------------------------
     def features(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense node and edge features ``[B, N, 1]`` and ``[B, E, d_edge]`` of ``params [B, P]``."""
+        """Dense node and edge features `[B, N, 1]` and `[B, E, d_edge]` of `params [B, P]`."""
         self._check_params(params)
         if params.dim() == 1:
             params = params.unsqueeze(0)
@@ -293,7 +299,7 @@ class GraphTemplate:
         return nodes.view(b, self.num_nodes, 1), edges.view(b, self.num_edges, self.edge_dim)
 
     def batch(self, params: Tensor, *, allow_nonfinite: bool = False) -> GraphBatch:
-        """A :class:`~nngraph_core.GraphBatch` of ``B`` graphs from flat parameters ``[B, P]``.
+        """A [`GraphBatch`][nngraph_core.GraphBatch] of `B` graphs from flat parameters `[B, P]`.
 
         One gather for the node features and one for the edge features; the edge index, batch
         vector and node attributes are produced lazily from the template when asked for.
@@ -309,8 +315,9 @@ class GraphTemplate:
         return GraphBatch.from_template(self, nodes, edges)
 
     def params(self, node_features: Tensor, edge_features: Tensor) -> Tensor:
-        """Flat parameters ``[B, P]`` from node and edge features (dense ``[B, N, 1]`` / ``[B, E, d]``
-        or flat ``[B*N, 1]`` / ``[B*E, d]``): the exact inverse of :meth:`batch`.
+        """Flat parameters `[B, P]` from node and edge features (dense `[B, N, 1]` / `[B, E, d]`
+        or flat `[B*N, 1]` / `[B*E, d]`): the exact inverse of
+        [`batch`][nngraph_core.GraphTemplate.batch].
 
         Padding entries of the edge features (outside the centred kernels) are ignored.
         """
@@ -342,7 +349,7 @@ class GraphTemplate:
 
     # -- single graphs and permutations ------------------------------------------------------------
     def graph(self, params: Tensor, *, allow_nonfinite: bool = False) -> NeuralGraph:
-        """The :class:`~nngraph_core.NeuralGraph` of one flat parameter vector ``[P]``."""
+        """The [`NeuralGraph`][nngraph_core.NeuralGraph] of one flat parameter vector `[P]`."""
         from .graph import NeuralGraph
 
         self._check_params(params)
@@ -366,15 +373,15 @@ class GraphTemplate:
         )
 
     def node_permutation(self, perm: HiddenPermutation) -> Tensor:
-        """Induced node permutation ``sigma`` [N]: node ``v`` of the permuted network is node
-        ``sigma[v]`` of the original. Inputs and outputs are fixed points."""
+        """Induced node permutation `sigma` [N]: node `v` of the permuted network is node
+        `sigma[v]` of the original. Inputs and outputs are fixed points."""
         perm.check(self.spec)
         parts = [torch.arange(self.spec.widths[0]), *(p.cpu() for p in perm.perms)]
         parts.append(torch.arange(self.spec.widths[-1]))
         return torch.cat([part + self.node_offsets[layer] for layer, part in enumerate(parts)])
 
     def edge_permutation(self, perm: HiddenPermutation) -> Tensor:
-        """Induced edge permutation [E]: edge ``e`` of the permuted network is edge ``tau[e]``."""
+        """Induced edge permutation [E]: edge `e` of the permuted network is edge `tau[e]`."""
         sigma = self.node_permutation(perm)
         tau = []
         for idx, layer in enumerate(self.spec.layers):
@@ -386,8 +393,8 @@ class GraphTemplate:
         return torch.cat(tau)
 
     def param_permutation(self, perm: HiddenPermutation) -> Tensor:
-        """Index ``pi`` [P] with ``params_permuted = params[..., pi]``: a hidden permutation acting
-        on flat parameter vectors (rows of ``W_l``, ``b_l`` and columns of ``W_{l+1}``)."""
+        """Index `pi` [P] with `params_permuted = params[..., pi]`: a hidden permutation acting
+        on flat parameter vectors (rows of `W_l`, `b_l` and columns of `W_{l+1}`)."""
         sigma = self.node_permutation(perm)
         tau = self.edge_permutation(perm)
         pi = torch.empty(self.num_params, dtype=torch.long)
@@ -398,6 +405,6 @@ class GraphTemplate:
         return pi
 
     def permute(self, params: Tensor, perm: HiddenPermutation) -> Tensor:
-        """Apply a hidden permutation to flat parameters ``[P]`` or ``[B, P]``."""
+        """Apply a hidden permutation to flat parameters `[P]` or `[B, P]`."""
         self._check_params(params)
         return params[..., self.param_permutation(perm).to(params.device)]

@@ -1,12 +1,14 @@
 """nngraph-datasets: INR model zoos — image sources, fitting, storage, published readers.
 
-Quick start::
+Quick start:
 
-    from nngraph_datasets import load_images, fit_inrs, build_zoo, load_zoo
-    images, labels, ids = load_images("mnist-5k")
-    result = fit_inrs(images[:64])            # params [64, 1185], steps, psnr
-    build_zoo("zoos/mnist5k", "mnist-5k")      # or: nngraph-datasets fit --out zoos/mnist5k
-    splits = load_zoo("zoos/mnist5k")          # {"train": Dataset, "val": ..., "test": ...}
+```python
+from nngraph_datasets import load_images, fit_inrs, build_zoo, load_zoo
+images, labels, ids = load_images("mnist-5k")
+result = fit_inrs(images[:64])            # params [64, 1185], steps, psnr
+build_zoo("zoos/mnist5k", "mnist-5k")      # or: nngraph-datasets fit --out zoos/mnist5k
+splits = load_zoo("zoos/mnist5k")          # {"train": Dataset, "val": ..., "test": ...}
+```
 """
 
 from .errors import (

@@ -1,13 +1,13 @@
 """The fused C kernel of the INR fitting step: build on first use, cache, call through ctypes.
 
-``_siren_kernel.c`` (shipped next to this file) runs many masked-Adam steps of a batch of
+`_siren_kernel.c` (shipped next to this file) runs many masked-Adam steps of a batch of
 2-32-32-1 SIRENs in one call, the forward, backward and Adam update of each INR fused over pixel
 tiles that stay in L1 (see the comment at its top). It is compiled once per machine with the
-system C compiler and cached as ``$NNGRAPH_CACHE/kernels/siren-<hash>.so`` by
-:mod:`nngraph_core._native` (atomic writes; one library per source, flags, compiler and CPU).
+system C compiler and cached as `$NNGRAPH_CACHE/kernels/siren-<hash>.so` by
+`nngraph_core._native` (atomic writes; one library per source, flags, compiler and CPU).
 
-Everything here raises :class:`FusedKernelError` on failure; :mod:`nngraph_datasets.fit` turns that
-into a one-time ``RuntimeWarning`` and a fallback to the ``torch.compile``-d or eager step.
+Everything here raises `FusedKernelError` on failure; `nngraph_datasets.fit` turns that
+into a one-time `RuntimeWarning` and a fallback to the `torch.compile`-d or eager step.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _self_check(lib: ctypes.CDLL) -> None:
     """One step on a small grid against the eager hand-written step (guards the build): the
-    same loss, and the same gradient (read from the first Adam moment, ``0.1 * grad``)."""
+    same loss, and the same gradient (read from the first Adam moment, `0.1 * grad`)."""
     from .fit import init_batch, siren_step
     from .inr import BENCHMARK, grid
 
@@ -76,7 +76,7 @@ def _self_check(lib: ctypes.CDLL) -> None:
 
 
 def load() -> ctypes.CDLL:
-    """The kernel library, compiled and verified on first use (raises :class:`FusedKernelError`)."""
+    """The kernel library, compiled and verified on first use (raises `FusedKernelError`)."""
     with _LOCK:
         if _LIB:
             return _LIB[0]
@@ -163,20 +163,20 @@ def fit_steps(
     w0: float,
     threads: int | None = None,
 ) -> Tensor:
-    """Run ``k`` masked-Adam steps of ``fit.siren_step`` on a batch of INRs, in place.
+    """Run `k` masked-Adam steps of `fit.siren_step` on a batch of INRs, in place.
 
     Args:
-        params, exp_avg, exp_avg_sq: ``[B, 1185]`` contiguous float32, updated in place.
-        steps: ``[B]`` int32 Adam steps taken, updated in place.
-        active: ``[B]`` bool; an INR whose loss before a step is ``<= stop_mse`` (or NaN) is
+        params, exp_avg, exp_avg_sq: `[B, 1185]` contiguous float32, updated in place.
+        steps: `[B]` int32 Adam steps taken, updated in place.
+        active: `[B]` bool; an INR whose loss before a step is `<= stop_mse` (or NaN) is
             set inactive and never updated again (inactive rows are skipped at no cost).
-        target: ``[B, N]`` pixels; coords_t: ``[2, N]`` coordinates.
-        threads: OpenMP threads over INRs (default ``torch.get_num_threads()``); the result does
+        target: `[B, N]` pixels; coords_t: `[2, N]` coordinates.
+        threads: OpenMP threads over INRs (default `torch.get_num_threads()`); the result does
             not depend on it.
 
     Returns:
-        ``[B]`` the last loss each INR computed in this call: before its last step, or the one
-        that stopped it (NaN if the INR was inactive from the start or ``k == 0``).
+        `[B]` the last loss each INR computed in this call: before its last step, or the one
+        that stopped it (NaN if the INR was inactive from the start or `k == 0`).
     """
     lib = load()
     nt = max(1, torch.get_num_threads() if threads is None else int(threads))

@@ -1,13 +1,15 @@
-"""``nngraph-datasets``: fit, inspect, verify and picture INR zoos.
+"""`nngraph-datasets`: fit, inspect, verify and picture INR zoos.
 
-Examples::
+For example:
 
-    nngraph-datasets fit --source mnist-5k --out zoos/mnist5k
-    nngraph-datasets fit --source fashion-mnist --out zoos/fmnist --limit 1000
-    nngraph-datasets info zoos/fmnist
-    nngraph-datasets verify zoos/fmnist
-    nngraph-datasets show zoos/fmnist --out fmnist.png
-    nngraph-datasets convert mnist-inrs.zip --out zoos/mnist-published
+```bash
+nngraph-datasets fit --source mnist-5k --out zoos/mnist5k
+nngraph-datasets fit --source fashion-mnist --out zoos/fmnist --limit 1000
+nngraph-datasets info zoos/fmnist
+nngraph-datasets verify zoos/fmnist
+nngraph-datasets show zoos/fmnist --out fmnist.png
+nngraph-datasets convert mnist-inrs.zip --out zoos/mnist-published
+```
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Typed errors of nngraph-datasets.
 
-All derive from :class:`DatasetError`, itself an :class:`nngraph_core.NNGraphError`, and from the
-closest built-in exception, so ``except NNGraphError`` and ``except ValueError`` both work.
+All derive from [`DatasetError`][nngraph_datasets.DatasetError], itself an
+[`nngraph_core.NNGraphError`][nngraph_core.NNGraphError], and from the closest built-in exception,
+so `except NNGraphError` and `except ValueError` both work.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ZooFormatError(DatasetError, ValueError):
 
 
 class ZooExistsError(DatasetError, FileExistsError):
-    """The output folder exists already (pass ``overwrite=True`` to replace it)."""
+    """The output folder exists already (pass `overwrite=True` to replace it)."""
 
 
 class IntegrityError(DatasetError, ValueError):

@@ -1,29 +1,31 @@
 """Fit many INRs at once.
 
 The fast path writes the forward AND backward pass of the 3-layer sine MLP by hand and fuses Adam
-on a flat ``[B, P]`` parameter buffer, so one training step of a whole batch is a handful of
+on a flat `[B, P]` parameter buffer, so one training step of a whole batch is a handful of
 batched matmuls plus elementwise work, with no autograd graph. Three kernels run that step:
 
-- ``"fused"`` (preferred; float32, width 32): a C kernel (``_siren_kernel.c``, compiled on first
-  use with the system C compiler, see :mod:`nngraph_datasets._fused`) that runs many steps per
+- `"fused"` (preferred; float32, width 32): a C kernel (`_siren_kernel.c`, compiled on first
+  use with the system C compiler, see `nngraph_datasets._fused`) that runs many steps per
   call, each INR on one thread with its activations in pixel tiles that stay in L1;
-- ``"compiled"``: :func:`siren_step` ``torch.compile``-d (needs a C++ compiler; inductor fuses
+- `"compiled"`: `siren_step` `torch.compile`-d (needs a C++ compiler; inductor fuses
   the sine/cosine and the elementwise backward). Activations are channel-major
-  (``[B, hidden, pixels]``) so the elementwise work vectorises over the pixels;
-- ``"eager"``: :func:`siren_step` as it is.
+  (`[B, hidden, pixels]`) so the elementwise work vectorises over the pixels;
+- `"eager"`: `siren_step` as it is.
 
-:func:`fit_inrs_autograd` computes the same thing with autograd and is the reference the tests
-compare against.
+[`fit_inrs_autograd`][nngraph_datasets.fit_inrs_autograd] computes the same thing with autograd and
+is the reference the tests compare against.
 
-Math, per INR with pixels ``x_n`` (coordinates) and targets ``t_n``, ``N`` pixels::
+Math, per INR with pixels `x_n` (coordinates) and targets `t_n`, `N` pixels:
 
-    a0 = w0 (W0 x + b0),  h0 = sin a0            (hidden, N)
-    a1 = w0 (W1 h0 + b1), h1 = sin a1
-    y  = W2 h1 + b2 + 0.5,  L = mean_n (y - t)^2
-    dy = 2 (y - t) / N
-    g1 = cos(a1) * (W2^T dy)          -> dW2 = dy h1^T, db2 = sum dy
-    dW1 = w0 g1 h0^T, db1 = w0 sum_n g1
-    g0 = cos(a0) * (w0 W1^T g1)       -> dW0 = w0 g0 x^T, db0 = w0 sum_n g0
+```text
+a0 = w0 (W0 x + b0),  h0 = sin a0            (hidden, N)
+a1 = w0 (W1 h0 + b1), h1 = sin a1
+y  = W2 h1 + b2 + 0.5,  L = mean_n (y - t)^2
+dy = 2 (y - t) / N
+g1 = cos(a1) * (W2^T dy)          -> dW2 = dy h1^T, db2 = sum dy
+dW1 = w0 g1 h0^T, db1 = w0 sum_n g1
+g0 = cos(a0) * (w0 W1^T g1)       -> dW0 = w0 g0 x^T, db0 = w0 sum_n g0
+```
 """
 
 from __future__ import annotations
@@ -53,21 +55,22 @@ __all__ = [
 ]
 
 Kernel = Literal["auto", "fused", "compiled", "eager"]
-#: the step kernels :func:`fit_inrs` can run (``"auto"`` picks the first that works)
+#: the step kernels `fit_inrs` can run (`"auto"` picks the first that works)
 KERNELS: tuple[str, ...] = ("auto", "fused", "compiled", "eager")
 
 
 @dataclasses.dataclass
 class FitResult:
-    """What :func:`fit_inrs` returns.
+    """What [`fit_inrs`][nngraph_datasets.fit_inrs] returns.
 
     Attributes:
-        params: ``[n, P]`` float32 flat parameters (state-dict order).
-        steps: ``[n]`` int32 Adam steps taken (``< recipe.steps`` if the INR stopped early).
-        psnr: ``[n]`` float32 final PSNR in dB.
-        snapshots: for each step count ``k`` asked for with ``fit_inrs(..., snapshots=[k])``, the
-            :class:`FitResult` after ``k`` steps (identical to fitting with ``steps=k``).
-        kernel: ``"fused"``, ``"compiled"`` or ``"eager"``: the step kernel that ran.
+        params: `[n, P]` float32 flat parameters (state-dict order).
+        steps: `[n]` int32 Adam steps taken (`< recipe.steps` if the INR stopped early).
+        psnr: `[n]` float32 final PSNR in dB.
+        snapshots: for each step count `k` asked for with `fit_inrs(..., snapshots=[k])`, the
+            [`FitResult`][nngraph_datasets.FitResult] after `k` steps (identical to fitting with
+            `steps=k`).
+        kernel: `"fused"`, `"compiled"` or `"eager"`: the step kernel that ran.
     """
 
     params: Tensor
@@ -95,16 +98,16 @@ def siren_step(
     """One masked Adam step of a batch of INRs, forward and backward by hand.
 
     Args:
-        params, exp_avg, exp_avg_sq: ``[B, P]`` flat parameters and Adam moments.
-        step: ``[B]`` Adam steps taken so far (float).
-        active: ``[B]`` bool; inactive INRs are left untouched.
-        target: ``[B, N]`` pixels.
-        coords_t: ``[2, N]`` coordinates (transposed grid).
+        params, exp_avg, exp_avg_sq: `[B, P]` flat parameters and Adam moments.
+        step: `[B]` Adam steps taken so far (float).
+        active: `[B]` bool; inactive INRs are left untouched.
+        target: `[B, N]` pixels.
+        coords_t: `[2, N]` coordinates (transposed grid).
 
     Returns:
-        ``(params, exp_avg, exp_avg_sq, step, active, mse)`` after the step, where ``mse`` is the
-        loss at the parameters BEFORE the step, and ``active`` already excludes the INRs whose
-        ``mse <= stop_mse`` (they were not updated).
+        `(params, exp_avg, exp_avg_sq, step, active, mse)` after the step, where `mse` is the
+        loss at the parameters BEFORE the step, and `active` already excludes the INRs whose
+        `mse <= stop_mse` (they were not updated).
     """
     b, p = params.shape
     h = round((-5 + math.sqrt(25 - 4 * (1 - p))) / 2)
@@ -159,7 +162,7 @@ def masked_adam(
     beta2: float,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``torch.optim.Adam``'s update on flat ``[B, P]`` buffers, applied only where ``active``."""
+    """`torch.optim.Adam`'s update on flat `[B, P]` buffers, applied only where `active`."""
     a = active[:, None]
     new_step = step + active.to(step.dtype)
     new_avg = torch.where(a, exp_avg + (grad - exp_avg) * (1 - beta1), exp_avg)
@@ -172,7 +175,7 @@ def masked_adam(
 
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
-#: the error that made ``torch.compile`` unusable in this process (then every fit runs eagerly)
+#: the error that made `torch.compile` unusable in this process (then every fit runs eagerly)
 _COMPILE_ERROR: list[Exception] = []
 
 
@@ -183,8 +186,8 @@ def _have_compiler() -> bool:
 
 
 def _warn_once(errors: list[Exception], err: Exception, message: str) -> None:
-    """Remember ``err`` in ``errors`` (a kernel's failure record); warn with ``message`` (which
-    may use ``{msg}``, the error's first line) only the first time."""
+    """Remember `err` in `errors` (a kernel's failure record); warn with `message` (which
+    may use `{msg}`, the error's first line) only the first time."""
     first = not errors
     errors.append(err)
     if first:
@@ -205,7 +208,7 @@ def _warn_fallback(err: Exception) -> None:
 
 
 def _guarded(compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """``compiled``, falling back to :func:`siren_step` (with a warning) if it raises."""
+    """`compiled`, falling back to `siren_step` (with a warning) if it raises."""
 
     def step(*args: Any) -> Any:
         if not _COMPILE_ERROR:
@@ -223,7 +226,7 @@ def _step_fn(
 ) -> tuple[Callable[..., Any], bool]:
     """The step function and whether it is compiled.
 
-    With ``example`` (the step's arguments, or dummies of the same shapes and dtypes), the compiled
+    With `example` (the step's arguments, or dummies of the same shapes and dtypes), the compiled
     step is run on it once, so that compilation happens (or fails and falls back to eager) here,
     before any INR is fitted: a fit then uses one kernel throughout and the caller knows which.
     """
@@ -248,7 +251,7 @@ def _step_fn(
 def _example_args(
     batch_size: int, grid_hw: tuple[int, int], recipe: InrRecipe, dtype: torch.dtype
 ) -> tuple[Any, ...]:
-    """Arguments of :func:`siren_step` with the shapes a fit uses (to compile ahead)."""
+    """Arguments of `siren_step` with the shapes a fit uses (to compile ahead)."""
     p = num_params(recipe.hidden)
     n = grid_hw[0] * grid_hw[1]
     params = torch.zeros(batch_size, p, dtype=dtype)
@@ -290,11 +293,11 @@ def _resolve_kernel(
     hidden: int,
     example: Callable[[], tuple[Any, ...]] | None = None,
 ) -> tuple[Kernel, Callable[..., Any] | None]:
-    """The kernel a fit runs (``"fused"``, ``"compiled"`` or ``"eager"``) and, unless fused, its
+    """The kernel a fit runs (`"fused"`, `"compiled"` or `"eager"`) and, unless fused, its
     step function.
 
-    ``compile`` is the older switch: ``True`` / ``False`` mean ``kernel="compiled"`` /
-    ``"eager"``. The fused kernel is built (or the compiled step compiled on ``example()``) here,
+    `compile` is the older switch: `True` / `False` mean `kernel="compiled"` /
+    `"eager"`. The fused kernel is built (or the compiled step compiled on `example()`) here,
     before any INR is fitted, so a failure falls back with one warning and a fit never mixes
     kernels.
     """
@@ -332,7 +335,7 @@ def _resolve_kernel(
 def init_batch(
     indices: Sequence[int], seed: int, recipe: InrRecipe, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Initial parameters ``[len(indices), P]``; INR ``i`` uses the generator ``inr_seed(seed, i)``."""
+    """Initial parameters `[len(indices), P]`; INR `i` uses the generator `inr_seed(seed, i)`."""
     rows = [
         init_params(
             torch.Generator().manual_seed(inr_seed(seed, int(i))),
@@ -366,34 +369,35 @@ def fit_inrs(
     snapshots: Sequence[int] = (),
     kernel: Kernel = "auto",
 ) -> FitResult:
-    """Fit one INR per image, ``batch_size`` INRs at a time, with the hand-written fast step.
+    """Fit one INR per image, `batch_size` INRs at a time, with the hand-written fast step.
 
     Args:
-        images: ``[n, H, W]`` pixels in ``[0, 1]``.
-        recipe: the fitting recipe (:data:`~nngraph_datasets.BENCHMARK` by default).
-        seed: zoo seed; INR ``k`` is initialised from ``inr_seed(seed, indices[k])``.
-        indices: the INRs' indices in the zoo (default ``range(n)``); they fix the
+        images: `[n, H, W]` pixels in `[0, 1]`.
+        recipe: the fitting recipe ([`BENCHMARK`][nngraph_datasets.BENCHMARK] by default).
+        seed: zoo seed; INR `k` is initialised from `inr_seed(seed, indices[k])`.
+        indices: the INRs' indices in the zoo (default `range(n)`); they fix the
             initialisation, so a zoo fitted in pieces equals one fitted at once.
         batch_size: INRs fitted together (16: fastest measured for the compiled step with 2
             threads; 8-32 are within a few percent; the fused kernel runs at the same speed
             from 8 to 128 on one thread). Does not change the results beyond float32 rounding (the fused
             kernel's results do not depend on it at all).
-        compile: the older switch: ``True`` / ``False`` mean ``kernel="compiled"`` /
-            ``"eager"``; leave it ``"auto"`` when passing ``kernel``.
+        compile: the older switch: `True` / `False` mean `kernel="compiled"` /
+            `"eager"`; leave it `"auto"` when passing `kernel`.
         dtype: float32 (default) or float64 (fused: float32 only).
-        callback: called after each batch with ``(number of INRs done, psnr of the batch)``.
-        snapshots: step counts ``<= recipe.steps`` at which to also record parameters, steps
-            and PSNR (``result.snapshots[k]``), e.g. to compare step counts in one run.
-        kernel: the step kernel: ``"fused"`` (a C kernel compiled on first use with the
-            system C compiler; float32, width 32), ``"compiled"`` (``torch.compile``, needs a
-            C++ compiler), ``"eager"``, or ``"auto"``: the first of these that works for the
+        callback: called after each batch with `(number of INRs done, psnr of the batch)`.
+        snapshots: step counts `<= recipe.steps` at which to also record parameters, steps
+            and PSNR (`result.snapshots[k]`), e.g. to compare step counts in one run.
+        kernel: the step kernel: `"fused"` (a C kernel compiled on first use with the
+            system C compiler; float32, width 32), `"compiled"` (`torch.compile`, needs a
+            C++ compiler), `"eager"`, or `"auto"`: the first of these that works for the
             dtype and width (fused with a C compiler, else compiled with a C++ compiler, else
             eager). The kernels agree to float32 rounding, not bit for bit. If building the
             fused kernel or compiling the step fails, the fit falls back to the next kernel with
-            a ``RuntimeWarning``; ``result.kernel`` says which ran.
+            a `RuntimeWarning`; `result.kernel` says which ran.
 
     Returns:
-        :class:`FitResult` with float32 parameters, steps taken and final PSNR.
+        [`FitResult`][nngraph_datasets.FitResult] with float32 parameters, steps taken and final
+        PSNR.
     """
     target_all, coords = _prepare(images, dtype)
     n = target_all.shape[0]
@@ -497,7 +501,8 @@ def fit_inrs_autograd(
     batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
 ) -> FitResult:
-    """Reference implementation of :func:`fit_inrs`: autograd gradients, same masked Adam.
+    """Reference implementation of [`fit_inrs`][nngraph_datasets.fit_inrs]: autograd gradients, same
+    masked Adam.
 
     Slow (autograd over batched matmuls); used by the tests and as the benchmark baseline.
     """

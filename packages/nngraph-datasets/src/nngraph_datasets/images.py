@@ -1,8 +1,8 @@
-"""Image sources: ``mnist-5k`` (embedded default), ``fashion-mnist``, ``mnist``, ``digits``.
+"""Image sources: `mnist-5k` (embedded default), `fashion-mnist`, `mnist`, `digits`.
 
-Every loader returns ``(images [n, H, W] float32 in [0, 1], labels [n] int64, ids [n] int64)``.
-Ids are stable per source: for the 70k sets the 60,000 training images are ``0..59999`` and the
-10,000 test images ``60000..69999``; for ``mnist-5k`` and ``digits`` the row number.
+Every loader returns `(images [n, H, W] float32 in [0, 1], labels [n] int64, ids [n] int64)`.
+Ids are stable per source: for the 70k sets the 60,000 training images are `0..59999` and the
+10,000 test images `60000..69999`; for `mnist-5k` and `digits` the row number.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = [
     "source_info",
 ]
 
-#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+#: Where Debian's `dataset-fashion-mnist` package installs the IDX files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -155,7 +155,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def load_raw(
     name: str, split: str = "all", root: str | os.PathLike[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Like :func:`load_images` but returns the integer pixels (divide by the source scale)."""
+    """Like [`load_images`][nngraph_datasets.load_images] but returns the integer pixels (divide by
+    the source scale)."""
     info = source_info(name)
     if split not in info["splits"]:  # type: ignore[operator]
         raise ValueError(f"{name} has splits {info['splits']}, not {split!r}")
@@ -188,14 +189,14 @@ def load_images(
     """Load an image source.
 
     Args:
-        name: ``"mnist-5k"``, ``"fashion-mnist"``, ``"mnist"`` or ``"digits"``.
-        split: ``"train"``, ``"test"`` or ``"all"`` (the 70k sets); ``"all"`` for the others.
-        root: folder of the IDX files (``fashion-mnist`` defaults to
-            ``/usr/share/datasets/fashion-mnist``, or ``$NNGRAPH_FASHION_MNIST_DIR``; ``mnist``
-            to ``$NNGRAPH_MNIST_DIR``).
+        name: `"mnist-5k"`, `"fashion-mnist"`, `"mnist"` or `"digits"`.
+        split: `"train"`, `"test"` or `"all"` (the 70k sets); `"all"` for the others.
+        root: folder of the IDX files (`fashion-mnist` defaults to
+            `/usr/share/datasets/fashion-mnist`, or `$NNGRAPH_FASHION_MNIST_DIR`; `mnist`
+            to `$NNGRAPH_MNIST_DIR`).
 
     Returns:
-        ``(images [n, H, W] float32 in [0, 1], labels [n] int64, ids [n] int64)``.
+        `(images [n, H, W] float32 in [0, 1], labels [n] int64, ids [n] int64)`.
     """
     images, labels, ids = load_raw(name, split, root)
     scale = float(source_info(name)["scale"])  # type: ignore[arg-type]
@@ -209,8 +210,8 @@ def load_images(
 def dilate(images: Tensor) -> Tensor:
     """Grey dilation with a 3x3 all-ones structuring element, one iteration (the editing target).
 
-    Equals ``scipy.ndimage.grey_dilation(image, size=(3, 3))``: each pixel becomes the max of its
-    3x3 neighbourhood (pixels outside the image are ignored). ``[..., H, W] -> [..., H, W]``.
+    Equals `scipy.ndimage.grey_dilation(image, size=(3, 3))`: each pixel becomes the max of its
+    3x3 neighbourhood (pixels outside the image are ignored). `[..., H, W] -> [..., H, W]`.
     """
     shape = images.shape
     x = images.reshape(-1, 1, shape[-2], shape[-1])

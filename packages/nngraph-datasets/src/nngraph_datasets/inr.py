@@ -1,11 +1,11 @@
 """The INR of the MNIST / Fashion-MNIST INR benchmarks (DWSNet lineage) and its recipes.
 
-Architecture ``2 -> 32 -> 32 -> 1``: two hidden layers ``sin(30 (W x + b))``, a plain linear output
-layer, and ``+0.5`` on the output. Coordinates are an ``H x W`` grid in ``[-1, 1]^2`` (x along the
-columns, y along the rows), pixels are in ``[0, 1]``. See ``docs/inr-convention.md``.
+Architecture `2 -> 32 -> 32 -> 1`: two hidden layers `sin(30 (W x + b))`, a plain linear output
+layer, and `+0.5` on the output. Coordinates are an `H x W` grid in `[-1, 1]^2` (x along the
+columns, y along the rows), pixels are in `[0, 1]`. See `docs/inr-convention.md`.
 
-Flat parameter vectors follow the state-dict order ``seq.0.weight, seq.0.bias, seq.1.weight,
-seq.1.bias, seq.2.weight, seq.2.bias`` (1,185 numbers for width 32).
+Flat parameter vectors follow the state-dict order `seq.0.weight, seq.0.bias, seq.1.weight,
+seq.1.bias, seq.2.weight, seq.2.bias` (1,185 numbers for width 32).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ class InrRecipe:
     """How an INR zoo is fitted. Every field is written to the zoo's manifest.
 
     Args:
-        name: recipe name (``"benchmark"``, ``"siren-init"`` or your own).
+        name: recipe name (`"benchmark"`, `"siren-init"` or your own).
         steps: maximum Adam steps per INR.
         lr: Adam learning rate (betas 0.9 / 0.999, eps 1e-8, no weight decay).
         stop_psnr: an INR stops (and stops changing) once its PSNR reaches this, in dB.
-        first_layer_init: ``"benchmark"`` — every sine layer W ~ U(±sqrt(6/fan_in)/w0) (the
-            published zoos); ``"siren"`` — the original SIREN first layer U(±1/fan_in).
+        first_layer_init: `"benchmark"` — every sine layer W ~ U(±sqrt(6/fan_in)/w0) (the
+            published zoos); `"siren"` — the original SIREN first layer U(±1/fan_in).
         hidden: hidden width.
         w0: sine frequency.
     """
@@ -77,8 +77,8 @@ class InrRecipe:
         return cls(**kw)  # type: ignore[arg-type]
 
 
-#: The published benchmark recipe (DESIGN §5): reproduces the MNIST / Fashion-MNIST INR zoos.
 BENCHMARK = InrRecipe()
+"""The published benchmark recipe (DESIGN §5): reproduces the MNIST / Fashion-MNIST INR zoos."""
 #: Original SIREN first-layer init U(±1/fan_in): fits to 40 dB in ~500-1,000 steps. For own zoos.
 SIREN_INIT = InrRecipe(name="siren-init", first_layer_init="siren")
 #: The benchmark recipe with the step count chosen for Fashion-MNIST (see docs/inr-convention.md):
@@ -88,7 +88,7 @@ RECIPES: dict[str, InrRecipe] = {"benchmark": BENCHMARK, "siren-init": SIREN_INI
 
 
 def num_params(hidden: int = 32) -> int:
-    """Parameters of a ``2 -> hidden -> hidden -> 1`` INR (1,185 for 32)."""
+    """Parameters of a `2 -> hidden -> hidden -> 1` INR (1,185 for 32)."""
     return hidden * hidden + 5 * hidden + 1
 
 
@@ -110,10 +110,10 @@ def param_slices(hidden: int = 32) -> dict[str, slice]:
 
 
 def grid(height: int = 28, width: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Pixel-centre coordinates ``[H*W, 2]`` in ``[-1, 1]``, row-major, ``(x, y)`` per pixel.
+    """Pixel-centre coordinates `[H*W, 2]` in `[-1, 1]`, row-major, `(x, y)` per pixel.
 
-    ``x = linspace(-1, 1, W)[col]``, ``y = linspace(-1, 1, H)[row]`` — the reference code's
-    ``meshgrid`` of two ``linspace(-1, 1, 28)``.
+    `x = linspace(-1, 1, W)[col]`, `y = linspace(-1, 1, H)[row]` — the reference code's
+    `meshgrid` of two `linspace(-1, 1, 28)`.
     """
     width = height if width is None else width
     ys = torch.linspace(-1, 1, height, dtype=dtype)
@@ -123,7 +123,7 @@ def grid(height: int = 28, width: int | None = None, dtype: torch.dtype = torch.
 
 
 def inr_seed(seed: int, index: int) -> int:
-    """The seed of INR number ``index`` of a zoo fitted with ``seed``.
+    """The seed of INR number `index` of a zoo fitted with `seed`.
 
     Each INR gets its own generator, so its initialisation does not depend on how the zoo is
     batched, sharded or resumed.
@@ -140,11 +140,11 @@ def init_params(
     first_layer_init: FirstLayerInit = "benchmark",
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """One INR's initial flat parameters ``[P]`` (state-dict order).
+    """One INR's initial flat parameters `[P]` (state-dict order).
 
-    Sine layers: ``W ~ U(±sqrt(6/fan_in)/w0)``, ``b = 0``; with ``first_layer_init="siren"`` the
-    first layer is ``U(±1/fan_in)`` instead. Last layer: ``nn.Linear`` default, i.e.
-    ``W, b ~ U(±1/sqrt(fan_in))``. Draw order: W0, W1, W2, b2.
+    Sine layers: `W ~ U(±sqrt(6/fan_in)/w0)`, `b = 0`; with `first_layer_init="siren"` the
+    first layer is `U(±1/fan_in)` instead. Last layer: `nn.Linear` default, i.e.
+    `W, b ~ U(±1/sqrt(fan_in))`. Draw order: W0, W1, W2, b2.
     """
 
     def uniform(n: int, bound: float) -> Tensor:
@@ -168,20 +168,21 @@ def init_params(
 
 
 class Siren(nn.Module):
-    r"""The benchmark INR: :math:`f(x) = W_2 \sin(w_0 (W_1 \sin(w_0 (W_0 x + b_0)) + b_1)) + b_2 + 0.5`.
+    r"""The benchmark INR: $f(x) = W_2 \sin(w_0 (W_1 \sin(w_0 (W_0 x + b_0)) + b_1)) + b_2 + 0.5$.
 
     Args:
         hidden: hidden width (32 in the benchmarks).
         w0: sine frequency (30).
-        first_layer_init: ``"benchmark"`` (published zoos) or ``"siren"`` (original SIREN).
-        generator: random generator for the initialisation (global RNG if ``None``).
+        first_layer_init: `"benchmark"` (published zoos) or `"siren"` (original SIREN).
+        generator: random generator for the initialisation (global RNG if `None`).
 
     Shapes:
-        - input: coordinates ``[..., 2]`` in ``[-1, 1]``
-        - output: intensities ``[...]``
+        - input: coordinates `[..., 2]` in `[-1, 1]`
+        - output: intensities `[...]`
 
-    The state-dict keys are ``seq.{0,1,2}.{weight,bias}``, so published checkpoints load into it,
-    and :meth:`nngraph_layers` lets :func:`nngraph_core.from_module` read it as a neural graph.
+    The state-dict keys are `seq.{0,1,2}.{weight,bias}`, so published checkpoints load into it,
+    and `nngraph_layers` lets [`nngraph_core.from_module`][nngraph_core.from_module] read it as a
+    neural graph.
     """
 
     def __init__(
@@ -210,7 +211,7 @@ class Siren(nn.Module):
         self.load_flat(flat)
 
     def load_flat(self, flat: Tensor) -> None:
-        """Copy a flat parameter vector ``[P]`` into the module."""
+        """Copy a flat parameter vector `[P]` into the module."""
         sd = {
             k: flat[s].reshape(v.shape)
             for (k, s), v in zip(param_slices(self.hidden).items(), self.state_dict().values())
@@ -218,7 +219,7 @@ class Siren(nn.Module):
         self.load_state_dict(sd)
 
     def flat(self) -> Tensor:
-        """The flat parameter vector ``[P]`` (state-dict order)."""
+        """The flat parameter vector `[P]` (state-dict order)."""
         return torch.cat([p.detach().reshape(-1) for p in self.state_dict().values()])
 
     def forward(self, coords: Tensor) -> Tensor:
@@ -228,7 +229,8 @@ class Siren(nn.Module):
         return out
 
     def nngraph_layers(self) -> list[nn.Module]:
-        """Layer order for :func:`nngraph_core.from_module` (the sines are parameter-free)."""
+        """Layer order for [`nngraph_core.from_module`][nngraph_core.from_module] (the sines are
+        parameter-free)."""
         from nngraph_core import Sine
 
         return [self.seq[0], Sine(self.w0), self.seq[1], Sine(self.w0), self.seq[2]]
@@ -240,7 +242,7 @@ class Siren(nn.Module):
 def render(
     params: Tensor, height: int = 28, width: int | None = None, *, w0: float = 30.0
 ) -> Tensor:
-    """Evaluate a batch of flat INRs ``[B, P]`` on the pixel grid -> images ``[B, H, W]``."""
+    """Evaluate a batch of flat INRs `[B, P]` on the pixel grid -> images `[B, H, W]`."""
     width = height if width is None else width
     if params.dim() == 1:
         return render(params[None], height, width, w0=w0)[0]
@@ -260,6 +262,6 @@ def render(
 
 
 def psnr(mse: Tensor) -> Tensor:
-    """PSNR in dB for pixels in ``[0, 1]``: ``10 log10(1 / mse)``."""
+    """PSNR in dB for pixels in `[0, 1]`: `10 log10(1 / mse)`."""
     out: Tensor = -10.0 * torch.log10(mse)
     return out

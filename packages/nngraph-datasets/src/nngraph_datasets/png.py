@@ -1,4 +1,4 @@
-"""A dependency-free greyscale PNG writer (for ``nngraph-datasets show``)."""
+"""A dependency-free greyscale PNG writer (for `nngraph-datasets show`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["image_grid", "write_png"]
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Write a 2-D array with values in ``[0, 1]`` as an 8-bit greyscale PNG."""
+    """Write a 2-D array with values in `[0, 1]` as an 8-bit greyscale PNG."""
     a = (np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
     h, w = a.shape
     raw = b"".join(b"\x00" + a[r].tobytes() for r in range(h))
@@ -32,7 +32,7 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
 
 
 def image_grid(rows: list[np.ndarray], scale: int = 4, pad: int = 1) -> np.ndarray:
-    """Stack rows of images ``[n, H, W]`` into one picture, each pixel ``scale`` x ``scale``."""
+    """Stack rows of images `[n, H, W]` into one picture, each pixel `scale` x `scale`."""
     n = max(len(r) for r in rows)
     h, w = rows[0].shape[1:]
     out = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad), 0.5)

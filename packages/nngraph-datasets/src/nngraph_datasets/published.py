@@ -1,12 +1,12 @@
 """Readers for the published INR zips (DWSNet lineage), converted into our zoo format.
 
-- MNIST: ``mnist-inrs/mnist_png_<training|testing>_<label>_<idx>/checkpoints/model_final.pth``
-- Fashion-MNIST: ``fmnist_inrs/{train,test}/model_<i>.pth``, each with an extra ``label`` key.
-- Optionally a splits json ``{"train": {"path": [...], "label": [...]}, "val": ..., "test": ...}``
+- MNIST: `mnist-inrs/mnist_png_<training|testing>_<label>_<idx>/checkpoints/model_final.pth`
+- Fashion-MNIST: `fmnist_inrs/{train,test}/model_<i>.pth`, each with an extra `label` key.
+- Optionally a splits json `{"train": {"path": [...], "label": [...]}, "val": ..., "test": ...}`
   (the reference code's format); otherwise val is a seeded 5,000 of the training INRs.
 
 Safety: sizes are checked from the zip directory before anything is read, reads are bounded
-anyway, every ``.pth`` goes through ``torch.load(weights_only=True)`` (never a plain unpickler, and
+anyway, every `.pth` goes through `torch.load(weights_only=True)` (never a plain unpickler, and
 never retried unsafely), and each file must hold exactly the expected tensors.
 """
 
@@ -89,7 +89,7 @@ def load_pth(
 
 @dataclass
 class PublishedZoo:
-    """INRs read from a published zip: ``params [n, P]``, ``labels``, ``image_ids``, ``split`` names."""
+    """INRs read from a published zip: `params [n, P]`, `labels`, `image_ids`, `split` names."""
 
     params: Tensor
     labels: Tensor
@@ -114,10 +114,10 @@ def read_published(
     seed: int = 0,
     limits: Limits = Limits(),
 ) -> PublishedZoo:
-    """Read a published MNIST (``kind="mnist"``) or Fashion-MNIST (``"fashion-mnist"``) INR zip.
+    """Read a published MNIST (`kind="mnist"`) or Fashion-MNIST (`"fashion-mnist"`) INR zip.
 
-    ``kind=None`` guesses from the member names. Without ``splits_json``, 5,000 training INRs
-    (scaled down for smaller zips) chosen with ``seed`` form the validation split.
+    `kind=None` guesses from the member names. Without `splits_json`, 5,000 training INRs
+    (scaled down for smaller zips) chosen with `seed` form the validation split.
     """
     path = Path(path)
     if path.stat().st_size > limits.max_total_bytes:
@@ -230,7 +230,7 @@ def convert_published(
     overwrite: bool = False,
     limits: Limits = Limits(),
 ) -> Path:
-    """Read a published zip and write it as a zoo (no source images; recipe ``"published"``)."""
+    """Read a published zip and write it as a zoo (no source images; recipe `"published"`)."""
     from .zoo import write_zoo
 
     pub = read_published(zip_path, kind, splits_json=splits_json, seed=seed, limits=limits)

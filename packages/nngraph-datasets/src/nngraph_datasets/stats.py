@@ -19,7 +19,8 @@ _SHORT = {"seq.0.weight": "w0", "seq.1.weight": "w1", "seq.2.weight": "w2",
 
 
 def layer_stats(params: Tensor, hidden: int = 32) -> dict[str, dict[str, float]]:
-    """Mean and std of each parameter tensor over a zoo ``[n, P]`` -> ``{"w0": {"mean", "std"}, ...}``."""
+    """Mean and std of each parameter tensor over a zoo `[n, P]` ->
+    `{"w0": {"mean", "std"}, ...}`."""
     out = {}
     for key, s in param_slices(hidden).items():
         v = params[:, s].double()

@@ -1,13 +1,13 @@
-"""INR zoos on disk: safetensors shards + ``manifest.json``; build, load, verify.
+"""INR zoos on disk: safetensors shards + `manifest.json`; build, load, verify.
 
-A zoo folder holds ``shard-00000.safetensors ...`` and ``manifest.json``. Each shard stores, for
-a contiguous range of the zoo's INRs: ``params [n, P]`` float32 (state-dict order), ``labels``,
-``image_ids`` (ids in the image source), ``steps``, ``psnr``, and the source ``images`` as uint8
-(``pixels = images / manifest["image_scale"]``), so editing targets (:func:`~nngraph_datasets.dilate`)
-and reconstructions can be computed from the zoo alone. INRs are ordered by split (train, val,
-test); the manifest gives each split's ``[start, stop)``.
+A zoo folder holds `shard-00000.safetensors ...` and `manifest.json`. Each shard stores, for
+a contiguous range of the zoo's INRs: `params [n, P]` float32 (state-dict order), `labels`,
+`image_ids` (ids in the image source), `steps`, `psnr`, and the source `images` as uint8
+(`pixels = images / manifest["image_scale"]`), so editing targets
+([`dilate`][nngraph_datasets.dilate]) and reconstructions can be computed from the zoo alone. INRs
+are ordered by split (train, val, test); the manifest gives each split's `[start, stop)`.
 
-Builds go to ``.<name>.partial/`` next to the output; every finished shard is renamed into place
+Builds go to `.<name>.partial/` next to the output; every finished shard is renamed into place
 there, so an interrupted build resumes from its finished shards; the manifest (which makes a
 folder a zoo) is written last and the folder renamed to its final name. Nothing is pickled.
 """
@@ -53,10 +53,10 @@ _SPLIT_NAMES = ("train", "val", "test")
 def make_splits(
     source: str, labels: np.ndarray, ids: np.ndarray, seed: int
 ) -> dict[str, np.ndarray]:
-    """Row numbers (into ``labels``) of each split, seeded.
+    """Row numbers (into `labels`) of each split, seeded.
 
     70k sets: 55,000 train / 5,000 val from the 60,000 training images, test = the 10,000 test
-    images. ``mnist-5k``: 4,000 / 500 / 500, class-balanced (400 / 50 / 50 per class). Other
+    images. `mnist-5k`: 4,000 / 500 / 500, class-balanced (400 / 50 / 50 per class). Other
     sources: 80 / 10 / 10 per class.
     """
     rng = np.random.default_rng([seed, 0x5EED])
@@ -79,7 +79,7 @@ def make_splits(
 def _limit_splits(
     splits: dict[str, np.ndarray], limit: int | None, seed: int
 ) -> dict[str, np.ndarray]:
-    """Keep ``limit`` INRs in total, each split in proportion (seeded choice within a split)."""
+    """Keep `limit` INRs in total, each split in proportion (seeded choice within a split)."""
     total = sum(len(v) for v in splits.values())
     if limit is None or limit >= total:
         return splits
@@ -186,23 +186,23 @@ def build_zoo(
     progress: Callable[[int, int, Tensor], None] | None = None,
     kernel: str = "auto",
 ) -> Path:
-    """Fit an INR per image of ``source`` and write the zoo to ``out`` (atomically, resumably).
+    """Fit an INR per image of `source` and write the zoo to `out` (atomically, resumably).
 
     Args:
         out: the zoo folder to create.
-        source: image source (see :func:`~nngraph_datasets.load_images`).
+        source: image source (see [`load_images`][nngraph_datasets.load_images]).
         recipe: fitting recipe, recorded in the manifest.
         seed: splits and INR initialisations derive from it; same seed -> same bytes.
         limit: fit only this many INRs (each split shrunk in proportion).
         shard_size: INRs per shard (the unit of resumption).
         batch_size: INRs fitted at once.
-        compile: see :func:`~nngraph_datasets.fit_inrs`.
-        kernel: the step kernel (``"auto"``, ``"fused"``, ``"compiled"``, ``"eager"``; see
-            :func:`~nngraph_datasets.fit_inrs`); the one that runs is recorded in the manifest.
-        root: folder of the IDX files, for ``fashion-mnist`` / ``mnist``.
-        overwrite: replace an existing zoo at ``out``.
-        progress: called as ``progress(done, total, psnr_of_the_batch)`` after each batch
-            (``done`` counts INRs in finished or resumed shards).
+        compile: see [`fit_inrs`][nngraph_datasets.fit_inrs].
+        kernel: the step kernel (`"auto"`, `"fused"`, `"compiled"`, `"eager"`; see
+            [`fit_inrs`][nngraph_datasets.fit_inrs]); the one that runs is recorded in the manifest.
+        root: folder of the IDX files, for `fashion-mnist` / `mnist`.
+        overwrite: replace an existing zoo at `out`.
+        progress: called as `progress(done, total, psnr_of_the_batch)` after each batch
+            (`done` counts INRs in finished or resumed shards).
 
     Returns:
         The path of the finished zoo.
@@ -322,8 +322,8 @@ def write_zoo(
 ) -> Path:
     """Write already-fitted INRs (e.g. a converted published zoo) as a zoo.
 
-    ``tensors`` holds the :data:`SHARD_KEYS` arrays (``images`` may be absent), INRs ordered by
-    split; ``splits`` maps ``train``/``val``/``test`` to ``(start, stop)``.
+    `tensors` holds the `SHARD_KEYS` arrays (`images` may be absent), INRs ordered by
+    split; `splits` maps `train`/`val`/`test` to `(start, stop)`.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -407,7 +407,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def verify_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check every shard's sha256 and shape against the manifest.
 
-    Returns the manifest; raises :class:`IntegrityError` / :class:`ZooFormatError` on a mismatch.
+    Returns the manifest; raises [`IntegrityError`][nngraph_datasets.IntegrityError] /
+    [`ZooFormatError`][nngraph_datasets.ZooFormatError] on a mismatch.
     """
     path = Path(path)
     manifest = _read_manifest(path)
@@ -431,8 +432,9 @@ def verify_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
 class Zoo:
     """A zoo on disk: manifest + lazily memory-mapped shards.
 
-    ``Zoo(path)["train"]`` (or :func:`load_zoo`) gives a :class:`ZooSplit` dataset.
-    Whole columns: :meth:`column` (e.g. ``zoo.column("psnr")``).
+    `Zoo(path)["train"]` (or [`load_zoo`][nngraph_datasets.load_zoo]) gives a
+    [`ZooSplit`][nngraph_datasets.ZooSplit] dataset. Whole columns:
+    [`column`][nngraph_datasets.Zoo.column] (e.g. `zoo.column("psnr")`).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -472,7 +474,7 @@ class Zoo:
         raise IndexError(index)
 
     def column(self, key: str, start: int = 0, stop: int | None = None) -> Tensor:
-        """Concatenate one shard key over the INRs ``[start, stop)`` (a copy)."""
+        """Concatenate one shard key over the INRs `[start, stop)` (a copy)."""
         stop = len(self) if stop is None else stop
         parts = []
         for shard, maps in zip(self.manifest["shards"], self.shards):
@@ -482,16 +484,16 @@ class Zoo:
         return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0)
 
     def images(self, start: int = 0, stop: int | None = None) -> Tensor:
-        """Source images ``[n, H, W]`` float in ``[0, 1]``."""
+        """Source images `[n, H, W]` float in `[0, 1]`."""
         return self.column("images", start, stop).float() / float(self.manifest["image_scale"])
 
 
 class ZooSplit(Dataset[dict[str, Tensor]]):
-    """One split of a zoo as a map-style ``Dataset``.
+    """One split of a zoo as a map-style `Dataset`.
 
-    Items are dicts with ``params [P]`` float32, ``label``, ``image_id`` and, with
-    ``targets="dilated"``, ``target [H, W]`` (the dilated source image, for editing tasks);
-    ``targets="image"`` gives the source image. Shards are memory-mapped per process.
+    Items are dicts with `params [P]` float32, `label`, `image_id` and, with
+    `targets="dilated"`, `target [H, W]` (the dilated source image, for editing tasks);
+    `targets="image"` gives the source image. Shards are memory-mapped per process.
     """
 
     def __init__(self, zoo: Zoo, start: int, stop: int, targets: str | None = None) -> None:
@@ -526,14 +528,14 @@ class ZooSplit(Dataset[dict[str, Tensor]]):
             yield self[i]
 
     def params(self) -> Tensor:
-        """All parameters of the split ``[n, P]`` (a copy)."""
+        """All parameters of the split `[n, P]` (a copy)."""
         return self.zoo.column("params", self.start, self.stop)
 
     def labels(self) -> Tensor:
         return self.zoo.column("labels", self.start, self.stop)
 
     def dilated_targets(self) -> Tensor:
-        """Editing targets ``[n, H, W]``: grey dilation (3x3 ones) of each source image."""
+        """Editing targets `[n, H, W]`: grey dilation (3x3 ones) of each source image."""
         return dilate(self.zoo.images(self.start, self.stop))
 
     def reconstructions(self) -> Tensor:
@@ -542,11 +544,11 @@ class ZooSplit(Dataset[dict[str, Tensor]]):
 
 
 def load_zoo(path: str | os.PathLike[str], targets: str | None = None) -> dict[str, ZooSplit]:
-    """The splits of a zoo as datasets: ``{"train": ..., "val": ..., "test": ...}``.
+    """The splits of a zoo as datasets: `{"train": ..., "val": ..., "test": ...}`.
 
     Args:
         path: zoo folder.
-        targets: ``None``, ``"dilated"`` (editing targets) or ``"image"``.
+        targets: `None`, `"dilated"` (editing targets) or `"image"`.
     """
     zoo = Zoo(path)
     out = {s: zoo[s] for s in zoo.splits}

@@ -1,9 +1,12 @@
 """nngraph-layers: graph-network layers and models for neural graphs.
 
 Encoders (per-layer normalisation, Fourier features, probe projection), positional
-embeddings, readout heads, the NG-GNN layer :class:`EdgePNAConv` and model :class:`NGGNN`,
-the NG-T layers :class:`RelationalAttention`, :class:`RTLayer` and model :class:`NGTransformer`,
-and the baselines :class:`FlatMLP`, :class:`DeepSets` and :class:`NFNBaseline`.
+embeddings, readout heads, the NG-GNN layer [`EdgePNAConv`][nngraph_layers.EdgePNAConv] and model
+[`NGGNN`][nngraph_layers.NGGNN], the NG-T layers
+[`RelationalAttention`][nngraph_layers.RelationalAttention], [`RTLayer`][nngraph_layers.RTLayer] and
+model [`NGTransformer`][nngraph_layers.NGTransformer], and the baselines
+[`FlatMLP`][nngraph_layers.baselines.FlatMLP], [`DeepSets`][nngraph_layers.baselines.DeepSets] and
+[`NFNBaseline`][nngraph_layers.baselines.NFNBaseline].
 """
 
 from .baselines import DeepSets, FlatMLP, NFNBaseline

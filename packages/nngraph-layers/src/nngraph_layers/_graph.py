@@ -1,8 +1,8 @@
 """Structure helpers shared by the layers: per-node / per-edge layer indices of a GraphBatch.
 
-For a batch built by :meth:`GraphTemplate.batch <nngraph_core.GraphTemplate.batch>` the
+For a batch built by [`GraphTemplate.batch`][nngraph_core.GraphTemplate.batch] the
 per-graph vectors are computed once per template (cached) and broadcast over the batch; for
-mixed batches (``batch.template is None``) they are derived from the batch's structure.
+mixed batches (`batch.template is None`) they are derived from the batch's structure.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def _cached(template: ngc.GraphTemplate, name: str, build: Callable[[], Tensor])
 
 
 def template_edge_layer(template: ngc.GraphTemplate) -> Tensor:
-    """``[E]`` parameterised-layer index of every edge (= the node layer of its source)."""
+    """`[E]` parameterised-layer index of every edge (= the node layer of its source)."""
     return _cached(template, "edge_layer", lambda: template.node_layer[template.edge_index[0]])
 
 
 def template_node_index_in_layer(template: ngc.GraphTemplate) -> Tensor:
-    """``[N]`` position of every node inside its node layer."""
+    """`[N]` position of every node inside its node layer."""
 
     def build() -> Tensor:
         starts = torch.tensor(template.node_offsets[:-1], dtype=torch.long)
@@ -53,7 +53,7 @@ def template_node_index_in_layer(template: ngc.GraphTemplate) -> Tensor:
 
 
 def edge_layer(batch: ngc.GraphBatch) -> Tensor:
-    """``[sum E]`` parameterised-layer index of every edge of ``batch``."""
+    """`[sum E]` parameterised-layer index of every edge of `batch`."""
     if batch.template is not None:
         base = template_edge_layer(batch.template).to(batch.edge_features.device)
         return base.repeat(batch.num_graphs)
@@ -61,7 +61,7 @@ def edge_layer(batch: ngc.GraphBatch) -> Tensor:
 
 
 def edge_valid_mask(batch: ngc.GraphBatch) -> Tensor:
-    """``[sum E, d_edge]`` boolean mask of the real kernel entries (``False``: padding)."""
+    """`[sum E, d_edge]` boolean mask of the real kernel entries (`False`: padding)."""
     if batch.template is not None:
         base = batch.template.edge_param >= 0
         return base.to(batch.edge_features.device).repeat(batch.num_graphs, 1)
@@ -69,7 +69,7 @@ def edge_valid_mask(batch: ngc.GraphBatch) -> Tensor:
 
 
 def node_index_in_layer(batch: ngc.GraphBatch) -> Tensor:
-    """``[sum N]`` position of every node inside its (graph, node layer)."""
+    """`[sum N]` position of every node inside its (graph, node layer)."""
     if batch.template is not None:
         base = template_node_index_in_layer(batch.template).to(batch.node_features.device)
         return base.repeat(batch.num_graphs)
@@ -83,8 +83,8 @@ def node_index_in_layer(batch: ngc.GraphBatch) -> Tensor:
 
 
 def hidden_layer_slot(layer: Tensor, role: Tensor, num_node_layers: int) -> Tensor:
-    """Map node layers to ``0 .. num_node_layers - 1``: inputs -> 0, outputs -> last, hidden
-    layers clamped to ``1 .. num_node_layers - 2`` (so per-layer modules built for one
+    """Map node layers to `0 .. num_node_layers - 1`: inputs -> 0, outputs -> last, hidden
+    layers clamped to `1 .. num_node_layers - 2` (so per-layer modules built for one
     architecture also accept deeper or shallower graphs in a mixed batch)."""
     last = num_node_layers - 1
     hidden = layer.clamp(min=1, max=max(last - 1, 1))

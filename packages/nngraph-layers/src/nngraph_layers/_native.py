@@ -1,33 +1,33 @@
 r"""The native (C) kernels of the dense NG-GNN layer and of NG-T's block path: build on first
 use, verify, autograd.
 
-``_kernels.c`` (shipped next to this file) replaces the per-edge work of
-:meth:`~nngraph_layers.EdgePNAConv.forward_dense` and of NG-T's block path with one pass over
-the per-edge (per-pair) rows each way, the small per-edge GEMMs included (their outputs are
+`_kernels.c` (shipped next to this file) replaces the per-edge work of
+[`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] and of NG-T's block path with one pass
+over the per-edge (per-pair) rows each way, the small per-edge GEMMs included (their outputs are
 computed a block of rows at a time into cache-resident buffers and never stored; the backward
 recomputes them):
 
-- :func:`layer_message_stats`: for all blocks of an NG-GNN layer, the FiLM GEMM and messages
-  :math:`m = \beta + \gamma \odot (a_r + b_j)` of both edge directions, and each node's sum,
+- `layer_message_stats`: for all blocks of an NG-GNN layer, the FiLM GEMM and messages
+  $m = \beta + \gamma \odot (a_r + b_j)$ of both edge directions, and each node's sum,
   sum of squares, min and max over all its messages (the backward routes the min / max
   gradient through the saved argmin / argmax);
-- :func:`layer_edge_update`: NG-GNN's edge update :math:`\mathbf e + \mathbf W_o\,\mathrm{SiLU}(
-  \mathbf W_e \mathbf e + v_r + u_j) + \mathbf b_o` of all blocks of a layer (both GEMMs, bias
+- `layer_edge_update`: NG-GNN's edge update $\mathbf e + \mathbf W_o\,\mathrm{SiLU}(
+  \mathbf W_e \mathbf e + v_r + u_j) + \mathbf b_o$ of all blocks of a layer (both GEMMs, bias
   and residual);
-- :func:`attention_block`: NG-T's relational attention over one complete bipartite block in
+- `attention_block`: NG-T's relational attention over one complete bipartite block in
   both directions (pair terms, scores, softmax numerators and denominators, the
   attention-weighted values and pair features per receiver);
-- :func:`edge_gelu`: NG-T's edge-update activation
-  :math:`\mathrm{GELU}(h_{ij} + h'_{ji} + t_i + t_j)` of both directions of a weight (the pair
+- `edge_gelu`: NG-T's edge-update activation
+  $\mathrm{GELU}(h_{ij} + h'_{ji} + t_i + t_j)$ of both directions of a weight (the pair
   GEMM's own half, the reverse pair's other half, node terms), without torch's flip and stack;
-- :func:`residual_layer_norm`: :math:`\mathrm{LN}(\mathbf r + \mathrm{Dropout}(\mathbf z +
-  \mathbf b))`, the end of both halves of NG-T's edge update; the dropout mask is a hash of the
+- `residual_layer_norm`: $\mathrm{LN}(\mathbf r + \mathrm{Dropout}(\mathbf z +
+  \mathbf b))$, the end of both halves of NG-T's edge update; the dropout mask is a hash of the
   element's index and a seed drawn from torch's generator, recomputed in the backward.
 
-All are ``torch.autograd.Function`` s. The library is compiled with the system C compiler and
-cached by :mod:`nngraph_core._native`; :func:`load` checks every function against its torch
-formula (the ``reference_*`` functions, in float64) before first use and raises
-:class:`NativeKernelError` on any failure. float32 CPU tensors only; the layers fall back to
+All are `torch.autograd.Function` s. The library is compiled with the system C compiler and
+cached by `nngraph_core._native`; `load` checks every function against its torch
+formula (the `reference_*` functions, in float64) before first use and raises
+`NativeKernelError` on any failure. float32 CPU tensors only; the layers fall back to
 their torch code for everything else.
 """
 
@@ -67,8 +67,8 @@ __all__ = [
     "use_native",
 ]
 
-#: how a layer with a native path runs: ``"auto"`` (the C kernel for float32 CPU tensors when it
-#: builds, else torch), ``"native"`` (the C kernel or an error) or ``"torch"``
+#: how a layer with a native path runs: `"auto"` (the C kernel for float32 CPU tensors when it
+#: builds, else torch), `"native"` (the C kernel or an error) or `"torch"`
 Kernel = Literal["auto", "native", "torch"]
 
 _VERSION = 9  # KERNEL_VERSION in the C source
@@ -86,15 +86,15 @@ class NativeKernelError(RuntimeError):
 def reference_message_stats(
     g: Tensor, bias: Tensor, t_o: Tensor, t_i: Tensor
 ) -> tuple[Tensor, Tensor]:
-    r"""The torch formula of :func:`message_stats` (what the kernel is checked against).
+    r"""The torch formula of `message_stats` (what the kernel is checked against).
 
     Args:
-        g: ``[B, 2, n_o, n_i, 2d]`` FiLM matmul without its bias, :math:`\gamma` then
-            :math:`\beta`; bias: ``[2d]`` the FiLM bias.
-        t_o: ``[B, 2, n_o, d]`` per-target terms; t_i: ``[B, 2, n_i, d]`` per-source terms.
+        g: `[B, 2, n_o, n_i, 2d]` FiLM matmul without its bias, $\gamma$ then
+            $\beta$; bias: `[2d]` the FiLM bias.
+        t_o: `[B, 2, n_o, d]` per-target terms; t_i: `[B, 2, n_i, d]` per-source terms.
 
     Returns:
-        ``(stats_o [B, n_o, 4, d], stats_i [B, n_i, 4, d])``: sum, sum of squares, min and max of
+        `(stats_o [B, n_o, 4, d], stats_i [B, n_i, 4, d])`: sum, sum of squares, min and max of
         direction 0 over the sources and of direction 1 over the targets.
     """
     gamma, beta = (g + bias).chunk(2, dim=-1)
@@ -108,28 +108,28 @@ def reference_message_stats(
 
 
 def reference_edge_activation(h: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
-    """The torch formula of :func:`edge_activation`: ``silu(h + (t_o + t_i))`` broadcast."""
+    """The torch formula of `edge_activation`: `silu(h + (t_o + t_i))` broadcast."""
     return torch.nn.functional.silu(h + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
 
 
 def reference_attention_block(
     e: Tensor, w_pair: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
 ) -> tuple[Tensor, ...]:
-    r"""The torch formula of :func:`attention_block` (what the kernel is checked against).
+    r"""The torch formula of `attention_block` (what the kernel is checked against).
 
     Args:
-        e: ``[B, 2, n_o, n_i, d_e]`` the pair features of one block (direction 0: source
-            ``i`` -> target ``o``; 1: the reverse).
-        w_pair: ``[3A, d_e]`` the pair weights: rows of :math:`q_e`, :math:`k_e`, :math:`m_e`.
-        qkv: ``[B, N, 3A]`` the node terms :math:`(q \Vert k \Vert v)`; the block's sources are
-            nodes ``src_off:src_off + n_i``, its targets ``dst_off:dst_off + n_o``.
-        heads: ``H``; scale: the factor of the scores.
+        e: `[B, 2, n_o, n_i, d_e]` the pair features of one block (direction 0: source
+            `i` -> target `o`; 1: the reverse).
+        w_pair: `[3A, d_e]` the pair weights: rows of $q_e$, $k_e$, $m_e$.
+        qkv: `[B, N, 3A]` the node terms $(q \Vert k \Vert v)$; the block's sources are
+            nodes `src_off:src_off + n_i`, its targets `dst_off:dst_off + n_o`.
+        heads: `H`; scale: the factor of the scores.
 
     Returns:
-        ``(mx, den, num, es)`` of the targets (over their sources), then of the sources (over
-        their targets): per receiver and head the maximum score ``[B, n, H]`` and, with
-        :math:`p = \exp(\mathrm{score} - \mathrm{mx})`, :math:`\sum p` ``[B, n, H]``,
-        :math:`\sum p\, (v \odot m_e)` ``[B, n, A]`` and :math:`\sum p\, e` ``[B, n, H, d_e]``.
+        `(mx, den, num, es)` of the targets (over their sources), then of the sources (over
+        their targets): per receiver and head the maximum score `[B, n, H]` and, with
+        $p = \exp(\mathrm{score} - \mathrm{mx})$, $\sum p$ `[B, n, H]`,
+        $\sum p\, (v \odot m_e)$ `[B, n, A]` and $\sum p\, e$ `[B, n, H, d_e]`.
     """
     pair = torch.nn.functional.linear(e, w_pair)
     no, ni, a3 = pair.shape[2:]
@@ -154,15 +154,15 @@ def reference_attention_block(
 
 
 def reference_edge_gelu(pair: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
-    """The torch formula of :func:`edge_gelu`.
+    """The torch formula of `edge_gelu`.
 
     Args:
-        pair: ``[B, 2, n_o, n_i, 2h]``: per pair its own term, then the term it gives its
-            reverse pair; t_o: ``[B, 2, n_o, h]``; t_i: ``[B, 2, n_i, h]``.
+        pair: `[B, 2, n_o, n_i, 2h]`: per pair its own term, then the term it gives its
+            reverse pair; t_o: `[B, 2, n_o, h]`; t_i: `[B, 2, n_i, h]`.
 
     Returns:
-        ``[B, 2, n_o, n_i, h]``: ``gelu(pair[:, r, ..., :h] + pair[:, 1 - r, ..., h:] +
-        t_o[:, r, :, None] + t_i[:, r, None])``.
+        `[B, 2, n_o, n_i, h]`: `gelu(pair[:, r, ..., :h] + pair[:, 1 - r, ..., h:] +
+        t_o[:, r, :, None] + t_i[:, r, None])`.
     """
     own, rev = pair.chunk(2, dim=-1)
     return torch.nn.functional.gelu(own + rev.flip(1) + (t_o.unsqueeze(3) + t_i.unsqueeze(2)))
@@ -173,8 +173,8 @@ _U32 = 0xFFFFFFFF
 
 
 def hash_keep_mask(n: int, seed: int, threshold: int) -> Tensor:
-    """The dropout keep mask of :func:`residual_layer_norm` for ``n`` elements, in torch: element
-    ``k`` is kept when ``lowbias32((k * 0x9E3779B9 + seed) mod 2^32) >= threshold``."""
+    """The dropout keep mask of `residual_layer_norm` for `n` elements, in torch: element
+    `k` is kept when `lowbias32((k * 0x9E3779B9 + seed) mod 2^32) >= threshold`."""
     x = (torch.arange(n, dtype=torch.int64) * _GOLDEN + seed) & _U32
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _U32
@@ -185,7 +185,7 @@ def hash_keep_mask(n: int, seed: int, threshold: int) -> Tensor:
 
 
 def _dropout_threshold(p: float) -> tuple[int, float]:
-    """``(threshold, scale)`` of a 32-bit hash dropout with drop probability ``p`` (< 1)."""
+    """`(threshold, scale)` of a 32-bit hash dropout with drop probability `p` (< 1)."""
     threshold = min(round(p * 2**32), 2**32 - 1)
     return threshold, 2**32 / (2**32 - threshold)
 
@@ -200,8 +200,8 @@ def reference_residual_layer_norm(
     p: float,
     seed: int,
 ) -> Tensor:
-    """The torch formula of :func:`residual_layer_norm` with the same mask (``p`` the drop
-    probability, ``seed`` as the kernel gets it)."""
+    """The torch formula of `residual_layer_norm` with the same mask (`p` the drop
+    probability, `seed` as the kernel gets it)."""
     threshold, scale = _dropout_threshold(p)
     keep = hash_keep_mask(z.numel(), seed, threshold).view(z.shape)
     u = res + (z + bias) * (keep * scale).to(z.dtype)
@@ -312,7 +312,7 @@ def _identity(t: Tensor) -> Tensor:
 
 def load() -> ctypes.CDLL:
     """The kernel library, compiled and verified on first use (raises
-    :class:`NativeKernelError`; a failure is remembered for the process)."""
+    `NativeKernelError`; a failure is remembered for the process)."""
     with _LOCK:
         if _LIB:
             return _LIB[0]
@@ -361,7 +361,7 @@ def available() -> bool:
 
 
 def available_or_warn() -> bool:
-    """:func:`available`, with a one-time ``RuntimeWarning`` that names the reason when not."""
+    """`available`, with a one-time `RuntimeWarning` that names the reason when not."""
     if available():
         return True
     if not _WARNED:
@@ -452,9 +452,9 @@ class _AttentionBlock(torch.autograd.Function):
 def attention_block(
     e: Tensor, w_pair: Tensor, qkv: Tensor, src_off: int, dst_off: int, heads: int, scale: float
 ) -> tuple[Tensor, ...]:
-    """:func:`reference_attention_block` by the C kernel (float32 CPU tensors; differentiable in
-    ``e``, ``w_pair`` and ``qkv``; the maxima are not differentiable, as the merged result does
-    not depend on them). The pair terms ``W e`` are computed a receiver at a time inside the
+    """`reference_attention_block` by the C kernel (float32 CPU tensors; differentiable in
+    `e`, `w_pair` and `qkv`; the maxima are not differentiable, as the merged result does
+    not depend on them). The pair terms `W e` are computed a receiver at a time inside the
     kernel and never stored: the backward recomputes them."""
     out: tuple[Tensor, ...] = _AttentionBlock.apply(
         e, w_pair, qkv, src_off, dst_off, heads, float(scale)
@@ -493,7 +493,7 @@ class _EdgeGelu(torch.autograd.Function):
 
 
 def edge_gelu(pair: Tensor, t_o: Tensor, t_i: Tensor) -> Tensor:
-    """:func:`reference_edge_gelu` by the C kernel (float32 CPU tensors; the normal CDF by a
+    """`reference_edge_gelu` by the C kernel (float32 CPU tensors; the normal CDF by a
     Chebyshev fit of erfc with fractional error < 1.2e-7 and a polynomial exponential)."""
     out: Tensor = _EdgeGelu.apply(pair, t_o, t_i)
     return out
@@ -565,11 +565,11 @@ def _res_ln(
 def residual_layer_norm(
     z: Tensor, bias: Tensor, res: Tensor, norm: torch.nn.LayerNorm, p: float = 0.0
 ) -> Tensor:
-    """``norm(res + dropout(z + bias, p))`` by the C kernel (float32 CPU tensors, ``norm`` over
-    the last dimension with an affine weight and bias; ``p`` the drop probability in [0, 1),
+    """`norm(res + dropout(z + bias, p))` by the C kernel (float32 CPU tensors, `norm` over
+    the last dimension with an affine weight and bias; `p` the drop probability in [0, 1),
     0 when not training). The mask comes from a 32-bit hash of each element's index and a seed
-    drawn from torch's default generator (so ``torch.manual_seed`` reproduces it): a different
-    mask than ``torch.nn.Dropout`` would draw, with the same distribution."""
+    drawn from torch's default generator (so `torch.manual_seed` reproduces it): a different
+    mask than `torch.nn.Dropout` would draw, with the same distribution."""
     if not norm.elementwise_affine or norm.bias is None:
         raise ValueError("residual_layer_norm needs a LayerNorm with an affine weight and bias")
     seed = int(torch.randint(0, 2**32, (1,), dtype=torch.int64)) if p > 0 else 0
@@ -587,19 +587,19 @@ def reference_layer_message_stats(
     edges: Sequence[Tensor], w_film: Tensor, bias: Tensor, a: Tensor, b: Tensor,
     widths: Sequence[int],
 ) -> Tensor:  # fmt: skip
-    """The torch formula of :func:`layer_message_stats`: per block the FiLM GEMM and
-    :func:`reference_message_stats` with the node terms of its targets and sources, each node's
+    """The torch formula of `layer_message_stats`: per block the FiLM GEMM and
+    `reference_message_stats` with the node terms of its targets and sources, each node's
     statistics then combined over its (one or two) blocks.
 
     Args:
-        edges: per block ``l`` the edges ``[B, 2, n_{l+1}, n_l, d_e]`` (direction 0: source ->
-            target); w_film: ``[2d, d_e]``; bias: ``[2d]``.
-        a, b: ``[B, N, d]`` the receiver and sender terms of every node (a message
-            :math:`j \to r` is :math:`\beta + \\gamma \\odot (a_r + b_j)`).
+        edges: per block `l` the edges `[B, 2, n_{l+1}, n_l, d_e]` (direction 0: source ->
+            target); w_film: `[2d, d_e]`; bias: `[2d]`.
+        a, b: `[B, N, d]` the receiver and sender terms of every node (a message
+            $j \to r$ is $\beta + \\gamma \\odot (a_r + b_j)$).
         widths: the node layers' widths.
 
     Returns:
-        ``[B, N, 4, d]``: sum, sum of squares, min and max of each node's messages.
+        `[B, N, 4, d]`: sum, sum of squares, min and max of each node's messages.
     """
     off = _offsets(widths)
     parts: list[list[Tensor]] = [[] for _ in widths]
@@ -627,9 +627,9 @@ def reference_layer_edge_update(
     edges: Sequence[Tensor], w_edge: Tensor, w_out: Tensor, b_out: Tensor, u: Tensor, v: Tensor,
     widths: Sequence[int],
 ) -> list[Tensor]:  # fmt: skip
-    """The torch formula of :func:`layer_edge_update`: per block
-    ``e + Linear_out(silu(e @ w_edge.T + v[receiver] + u[sender]))`` (``u``, ``v`` ``[B, N, d_e]``;
-    ``v`` includes edge_lin's bias)."""
+    """The torch formula of `layer_edge_update`: per block
+    `e + Linear_out(silu(e @ w_edge.T + v[receiver] + u[sender]))` (`u`, `v` `[B, N, d_e]`;
+    `v` includes edge_lin's bias)."""
     off = _offsets(widths)
     out = []
     for k, e in enumerate(edges):
@@ -716,10 +716,10 @@ def layer_message_stats(
     edges: Sequence[Tensor], w_film: Tensor, bias: Tensor, a: Tensor, b: Tensor,
     widths: Sequence[int],
 ) -> Tensor:  # fmt: skip
-    """:func:`reference_layer_message_stats` by the C kernel, all blocks of a layer in one call:
+    """`reference_layer_message_stats` by the C kernel, all blocks of a layer in one call:
     the FiLM GEMM inside (its output never stored; the backward recomputes it), each node's
     statistics over both of its blocks gathered directly (the min / max argument is the sending
-    node; its gradient goes to the first one). Differentiable in everything but ``widths``."""
+    node; its gradient goes to the first one). Differentiable in everything but `widths`."""
     out: Tensor = _LayerMessageStats.apply(tuple(widths), w_film, bias, a, b, *edges)
     return out
 
@@ -779,10 +779,10 @@ def layer_edge_update(
     edges: Sequence[Tensor], w_edge: Tensor, w_out: Tensor, b_out: Tensor, u: Tensor, v: Tensor,
     widths: Sequence[int],
 ) -> list[Tensor]:  # fmt: skip
-    """:func:`reference_layer_edge_update` by the C kernel, all blocks of a layer in one call:
+    """`reference_layer_edge_update` by the C kernel, all blocks of a layer in one call:
     both GEMMs, the activation, the bias and the residual in one pass over the edges (and one
     backward, which recomputes the GEMMs' outputs). Differentiable in everything but
-    ``widths``."""
+    `widths`."""
     out: tuple[Tensor, ...] = _LayerEdgeUpdate.apply(
         tuple(widths), w_edge, w_out, b_out, u, v, *edges
     )
@@ -790,9 +790,9 @@ def layer_edge_update(
 
 
 def fourier_sincos(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
-    """``(sin(2 pi x B), cos(2 pi x B))`` for ``x [..., K]`` and ``freqs`` ``B [K, F]`` (float32
-    CPU), by the C kernel: one range reduction for both, polynomials, libm for ``|t| >= 1e5``;
-    absolute error below ``1e-7`` against the float64 sine of the same float32 argument. Not
+    """`(sin(2 pi x B), cos(2 pi x B))` for `x [..., K]` and `freqs` `B [K, F]` (float32
+    CPU), by the C kernel: one range reduction for both, polynomials, libm for `|t| >= 1e5`;
+    absolute error below `1e-7` against the float64 sine of the same float32 argument. Not
     differentiable (the caller does the backward)."""
     k, f = freqs.shape
     if x.shape[-1] != k:
@@ -812,9 +812,9 @@ def fourier_sincos(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def use_native(kernel: str, tensors: Sequence[Tensor]) -> bool:
-    """Whether a layer with ``kernel`` setting (``"auto"``, ``"native"``, ``"torch"``) runs the
-    C kernel on ``tensors``: float32 CPU tensors without autocast; ``"native"`` raises where it
-    cannot (``ValueError`` for the inputs, :class:`NativeKernelError` for the build), ``"auto"``
+    """Whether a layer with `kernel` setting (`"auto"`, `"native"`, `"torch"`) runs the
+    C kernel on `tensors`: float32 CPU tensors without autocast; `"native"` raises where it
+    cannot (`ValueError` for the inputs, `NativeKernelError` for the build), `"auto"`
     falls back to torch (with a one-time warning when the build fails)."""
     if kernel == "torch":
         return False

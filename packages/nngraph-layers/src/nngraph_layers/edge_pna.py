@@ -18,7 +18,9 @@ __all__ = ["AGGREGATORS", "SCALERS", "EdgePNAConv", "Kernel", "avg_log_degree", 
 
 
 AGGREGATORS = ("mean", "min", "max", "std")
+"""The PNA aggregators [`pna_combine`][nngraph_layers.pna_combine] knows, in their default order."""
 SCALERS = ("identity", "amplification", "attenuation")
+"""The PNA degree scalers [`pna_combine`][nngraph_layers.pna_combine] knows."""
 _STD_EPS = 1e-5  # as torch_geometric.nn.aggr.StdAggregation
 
 
@@ -34,29 +36,26 @@ def pna_combine(
 ) -> Tensor:
     r"""PNA features from per-node message statistics (shared by the sparse and dense paths).
 
-    .. math::
-        \mu_i = \tfrac{1}{d_i}\textstyle\sum_j \mathbf m_{ij}, \quad
-        \sigma_i = \sqrt{\mathrm{relu}\big(\tfrac{1}{d_i}\textstyle\sum_j \mathbf m_{ij}^2
-            - \mu_i^2\big) + 10^{-5}}, \quad
-        S_{\mathrm{amp}} = \frac{\log(d_i + 1)}{\delta}, \quad
-        S_{\mathrm{att}} = \frac{\delta}{\log(d_i + 1)}
+    $$
+    \mu_i = \tfrac{1}{d_i}\textstyle\sum_j \mathbf m_{ij}, \quad
+    \sigma_i = \sqrt{\mathrm{relu}\big(\tfrac{1}{d_i}\textstyle\sum_j \mathbf m_{ij}^2
+        - \mu_i^2\big) + 10^{-5}}, \quad
+    S_{\mathrm{amp}} = \frac{\log(d_i + 1)}{\delta}, \quad
+    S_{\mathrm{att}} = \frac{\delta}{\log(d_i + 1)}
+    $$
 
     Args:
-        total: ``[*, n, d]`` sum, sum of squares, min and max of
-            each node's incoming messages (min/max 0 for nodes without messages).
-        total_sq: ``[*, n, d]`` sum, sum of squares, min and max of
-            each node's incoming messages (min/max 0 for nodes without messages).
-        minimum: ``[*, n, d]`` sum, sum of squares, min and max of
-            each node's incoming messages (min/max 0 for nodes without messages).
-        maximum: ``[*, n, d]`` sum, sum of squares, min and max of
-            each node's incoming messages (min/max 0 for nodes without messages).
-        deg: ``[*, n, 1]`` (or broadcastable) in-degree :math:`d_i`.
-        aggregators: subset of :data:`AGGREGATORS` in output order.
-        scalers: subset of :data:`SCALERS` in output order.
-        avg_log_deg: :math:`\delta`, the mean of :math:`\log(d + 1)` over training graphs.
+        total (Tensor): `[*, n, d]` sum of each node's incoming messages.
+        total_sq (Tensor): `[*, n, d]` sum of their squares.
+        minimum (Tensor): `[*, n, d]` their minimum (0 for nodes without messages).
+        maximum (Tensor): `[*, n, d]` their maximum (0 for nodes without messages).
+        deg: `[*, n, 1]` (or broadcastable) in-degree $d_i$.
+        aggregators: subset of [`AGGREGATORS`][nngraph_layers.AGGREGATORS] in output order.
+        scalers: subset of [`SCALERS`][nngraph_layers.SCALERS] in output order.
+        avg_log_deg: $\delta$, the mean of $\log(d + 1)$ over training graphs.
 
     Returns:
-        ``[*, n, len(aggregators) * len(scalers) * d]``.
+        `[*, n, len(aggregators) * len(scalers) * d]`.
     """
     deg_c = deg.clamp(min=1)
     mean = total / deg_c
@@ -92,62 +91,68 @@ class EdgePNAConv(MessagePassing):
     Equivariant Representations of Neural Networks"): PNA message passing (Corso et al., 2020)
     whose messages are FiLM-modulated by the edge features, followed by an edge update.
 
-    Messages :math:`j \to i` (both directions of every weight when the caller adds reverse
+    Messages $j \to i$ (both directions of every weight when the caller adds reverse
     edges):
 
-    .. math::
+    $$
+    \begin{aligned}
         \boldsymbol\gamma_{ij}, \boldsymbol\beta_{ij} &= \mathbf W_{\mathrm{film}}\,\mathbf e_{ij}
             + \mathbf c_{\mathrm{film}} \\
         \mathbf m_{ij} &= \boldsymbol\gamma_{ij} \odot
             \big(\mathbf W_{\mathrm{msg}}[\mathbf x_i \,\|\, \mathbf x_j] + \mathbf c_{\mathrm{msg}}\big)
             + \boldsymbol\beta_{ij}
+    \end{aligned}
+    $$
 
     Aggregation: PNA aggregators (mean, min, max, std) times degree scalers (identity,
-    amplification, optionally attenuation; see :func:`pna_combine`) give
-    :math:`\mathbf a_i = \bigoplus_{j \in \mathcal N(i)} \mathbf m_{ij}`. Node update
+    amplification, optionally attenuation; see [`pna_combine`][nngraph_layers.pna_combine]) give
+    $\mathbf a_i = \bigoplus_{j \in \mathcal N(i)} \mathbf m_{ij}$. Node update
     (residual, post-norm):
 
-    .. math::
-        \mathbf x_i' = \mathbf x_i + \mathrm{Dropout}\Big(\mathrm{SiLU}\big(\mathrm{LN}(
-            \mathbf W_{\mathrm{upd}}[\mathbf x_i \,\|\, \mathbf a_i] + \mathbf c_{\mathrm{upd}})\big)\Big)
+    $$
+    \mathbf x_i' = \mathbf x_i + \mathrm{Dropout}\Big(\mathrm{SiLU}\big(\mathrm{LN}(
+        \mathbf W_{\mathrm{upd}}[\mathbf x_i \,\|\, \mathbf a_i] + \mathbf c_{\mathrm{upd}})\big)\Big)
+    $$
 
-    Edge update (residual), with source :math:`j` and target :math:`i`:
+    Edge update (residual), with source $j$ and target $i$:
 
-    .. math::
-        \mathbf e_{ij}' = \mathbf e_{ij} + \mathbf W_{\mathrm{out}}\,\mathrm{SiLU}\big(
-            \mathbf A \mathbf e_{ij} + \mathbf B \mathbf x'_j + \mathbf C \mathbf x'_i
-            + \mathbf c\big) + \mathbf c_{\mathrm{out}}
+    $$
+    \mathbf e_{ij}' = \mathbf e_{ij} + \mathbf W_{\mathrm{out}}\,\mathrm{SiLU}\big(
+        \mathbf A \mathbf e_{ij} + \mathbf B \mathbf x'_j + \mathbf C \mathbf x'_i
+        + \mathbf c\big) + \mathbf c_{\mathrm{out}}
+    $$
 
     Every term is shared by all edges/nodes, so the layer is permutation equivariant and
-    independent of the edge order. :meth:`forward` is the general sparse path (any graph);
-    :meth:`forward_dense` computes the same function for a batch of one architecture whose
-    layers are complete bipartite graphs, with no edge index (DESIGN.md §4 "Fast path").
+    independent of the edge order. `forward` is the general sparse path (any graph);
+    [`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] computes the same function for a
+    batch of one architecture whose layers are complete bipartite graphs, with no edge index
+    (DESIGN.md §4 "Fast path").
 
-    On float32 CPU tensors :meth:`forward_dense` runs its two elementwise-heavy parts (the
-    FiLM messages with their four statistics, and the edge update's activation) through a C
-    kernel compiled on first use (:mod:`nngraph_layers._native`): one pass over the per-edge
-    tensors forward and one backward instead of ~25 torch operations. ``kernel="torch"`` keeps
-    the torch code; without a C compiler ``"auto"`` falls back to it with a one-time warning.
+    On float32 CPU tensors [`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] runs its two
+    elementwise-heavy parts (the FiLM messages with their four statistics, and the edge update's
+    activation) through a C kernel compiled on first use (`nngraph_layers._native`): one pass over
+    the per-edge tensors forward and one backward instead of ~25 torch operations. `kernel="torch"`
+    keeps the torch code; without a C compiler `"auto"` falls back to it with a one-time warning.
     The only difference is the gradient of a min / max among exactly tied messages (the kernel
     gives it to the first, torch splits it).
 
     Args:
-        in_channels (int): node width :math:`d`.
-        edge_channels (int): edge width :math:`d_e`.
-        aggregators (Sequence[str], optional): default ``("mean", "min", "max", "std")``.
-        scalers (Sequence[str], optional): default ``("identity", "amplification")``.
-        avg_log_deg (float, optional): :math:`\delta = \mathrm{mean}\,\log(d+1)` over the
-            training graphs' nodes (default: ``1.0``; :class:`~nngraph_layers.NGGNN` sets it
+        in_channels (int): node width $d$.
+        edge_channels (int): edge width $d_e$.
+        aggregators (Sequence[str], optional): default `("mean", "min", "max", "std")`.
+        scalers (Sequence[str], optional): default `("identity", "amplification")`.
+        avg_log_deg (float, optional): $\delta = \mathrm{mean}\,\log(d+1)$ over the
+            training graphs' nodes (default: `1.0`; [`NGGNN`][nngraph_layers.NGGNN] sets it
             from the template).
-        dropout (float, optional): dropout on the node update (default: ``0.0``).
-        edge_update (bool, optional): update the edge features (default: ``True``).
-        kernel (str, optional): ``"auto"`` (default), ``"native"`` or ``"torch"``: how
-            :meth:`forward_dense` runs (see above).
+        dropout (float, optional): dropout on the node update (default: `0.0`).
+        edge_update (bool, optional): update the edge features (default: `True`).
+        kernel (str, optional): `"auto"` (default), `"native"` or `"torch"`: how
+            [`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] runs (see above).
 
     Shapes:
-        - **input:** node features ``[N, d]``, edge index ``[2, E]`` (row 0 source, row 1
-          target), edge features ``[E, d_e]``
-        - **output:** ``(x' [N, d], e' [E, d_e])``
+        - **input:** node features `[N, d]`, edge index `[2, E]` (row 0 source, row 1
+          target), edge features `[E, d_e]`
+        - **output:** `(x' [N, d], e' [E, d_e])`
     """
 
     def __init__(
@@ -245,23 +250,23 @@ class EdgePNAConv(MessagePassing):
     def forward_dense(
         self, x: Tensor, edges: Sequence[Tensor], widths: Sequence[int], update_edges: bool = True
     ) -> tuple[Tensor, list[Tensor]]:
-        r"""The same layer for ``B`` graphs of one architecture, without an edge index.
+        r"""The same layer for `B` graphs of one architecture, without an edge index.
 
-        Node layer :math:`l` has :math:`n_l` nodes (``widths``); the edges between layers
-        :math:`l` and :math:`l+1` form a complete bipartite graph in both directions, stored as
-        ``edges[l][:, 0, o, i]`` (forward edge :math:`i \to o`) and ``edges[l][:, 1, o, i]``
-        (reverse edge :math:`o \to i`). Messages of a layer are one broadcast tensor
-        ``[B, 2, n_{l+1}, n_l, d]``; aggregation reduces the source axis.
+        Node layer $l$ has $n_l$ nodes (`widths`); the edges between layers
+        $l$ and $l+1$ form a complete bipartite graph in both directions, stored as
+        `edges[l][:, 0, o, i]` (forward edge $i \to o$) and `edges[l][:, 1, o, i]`
+        (reverse edge $o \to i$). Messages of a layer are one broadcast tensor
+        `[B, 2, n_{l+1}, n_l, d]`; aggregation reduces the source axis.
 
         Args:
-            x: ``[B, N, d]`` node features, nodes layer by layer.
-            edges: per parameterised layer ``[B, 2, n_{l+1}, n_l, d_e]``.
-            widths: :math:`(n_0, \dots, n_L)`.
-            update_edges: ``False`` returns the edges unchanged (for a last layer whose edges
+            x: `[B, N, d]` node features, nodes layer by layer.
+            edges: per parameterised layer `[B, 2, n_{l+1}, n_l, d_e]`.
+            widths: $(n_0, \dots, n_L)$.
+            update_edges: `False` returns the edges unchanged (for a last layer whose edges
                 nobody reads).
 
         Returns:
-            ``(x' [B, N, d], edges')`` in the same layout.
+            `(x' [B, N, d], edges')` in the same layout.
         """
         offsets = [0]
         for w in widths:
@@ -325,8 +330,9 @@ class EdgePNAConv(MessagePassing):
         widths: Sequence[int],
         update_edges: bool,
     ) -> tuple[Tensor, list[Tensor]]:
-        """:meth:`forward_dense` through the C kernels: one call for all blocks' messages and
-        statistics (every node's over both of its blocks), node update in torch on all nodes at
+        """[`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] through the C kernels: one
+        call for all blocks' messages and statistics (every node's over both of its blocks), node
+        update in torch on all nodes at
         once, one call for all blocks' edge updates."""
         stats = _native.layer_message_stats(
             edges, self.film.weight, self.film.bias, a, b, widths
@@ -347,7 +353,8 @@ class EdgePNAConv(MessagePassing):
         return x_new, new_edges
 
     def _use_native(self, x: Tensor, edges: Sequence[Tensor] = ()) -> bool:
-        """Whether :meth:`forward_dense` uses the C kernel for nodes ``x`` and ``edges``."""
+        """Whether [`forward_dense`][nngraph_layers.EdgePNAConv.forward_dense] uses the C kernel for
+        nodes `x` and `edges`."""
         return _native.use_native(self.kernel, [x, *edges])
 
     def __repr__(self) -> str:
@@ -358,24 +365,24 @@ class EdgePNAConv(MessagePassing):
 
 
 def _reduce(m: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sum, sum of squares, min and max of messages ``m`` over axis ``dim``."""
+    """Sum, sum of squares, min and max of messages `m` over axis `dim`."""
     return m.sum(dim), (m * m).sum(dim), m.amin(dim), m.amax(dim)
 
 
 def _degrees(widths: Sequence[int], like: Tensor) -> Tensor:
-    """``[1, N, 1]`` in-degree of every node of a bidirectional neural graph."""
+    """`[1, N, 1]` in-degree of every node of a bidirectional neural graph."""
     counts = [float(_count(layer, widths)) for layer, w in enumerate(widths) for _ in range(w)]
     return torch.tensor(counts, dtype=like.dtype, device=like.device).view(1, -1, 1)
 
 
 def _count(layer: int, widths: Sequence[int]) -> int:
-    """In-degree of a node of node layer ``layer`` with edges in both directions."""
+    """In-degree of a node of node layer `layer` with edges in both directions."""
     prev = widths[layer - 1] if layer > 0 else 0
     nxt = widths[layer + 1] if layer + 1 < len(widths) else 0
     return prev + nxt
 
 
 def avg_log_degree(widths: Sequence[int]) -> float:
-    r""":math:`\delta = \frac1N \sum_i \log(d_i + 1)` of a bidirectional neural graph."""
+    r"""$\delta = \frac1N \sum_i \log(d_i + 1)$ of a bidirectional neural graph."""
     total = sum(w * math.log(_count(layer, widths) + 1) for layer, w in enumerate(widths))
     return total / sum(widths)

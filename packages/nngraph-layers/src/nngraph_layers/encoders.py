@@ -25,31 +25,32 @@ __all__ = ["FourierFeatures", "ProbeProjection", "WeightNormalizer"]
 class WeightNormalizer(nn.Module):
     r"""Per-layer standardisation of weights and biases.
 
-    For parameterised layer :math:`k` (edges from node layer :math:`k` to :math:`k+1`, biases of
-    node layer :math:`k+1`), with statistics computed once on a training split,
+    For parameterised layer $k$ (edges from node layer $k$ to $k+1$, biases of
+    node layer $k+1$), with statistics computed once on a training split,
 
-    .. math::
-        \hat w = \frac{w - \mu^W_k}{\sigma^W_k}, \qquad
-        \hat b = \frac{b - \mu^B_k}{\sigma^B_k}.
+    $$
+    \hat w = \frac{w - \mu^W_k}{\sigma^W_k}, \qquad
+    \hat b = \frac{b - \mu^B_k}{\sigma^B_k}.
+    $$
 
     The statistics are scalars per *layer* (over all networks, all neurons and all kernel
     entries of the layer), so a hidden-neuron permutation commutes with the map: permutation
     equivariance is kept exactly. Input nodes (no bias) and kernel padding stay 0. An unfitted
-    normaliser (``num_layers=0``) is the identity.
+    normaliser (`num_layers=0`) is the identity.
 
-    For mixed batches the statistics of layer :math:`k` are used for layer
-    :math:`\min(k, L-1)` of a deeper network (a pragmatic choice: fit on one architecture).
+    For mixed batches the statistics of layer $k$ are used for layer
+    $\min(k, L-1)$ of a deeper network (a pragmatic choice: fit on one architecture).
 
     Args:
-        weight_mean: ``[L]`` mean of each parameterised layer's weights (``None``: identity).
-        weight_std: ``[L]`` std of each layer's weights (``None``: identity).
-        bias_mean: ``[L]`` mean of each layer's biases (``None``: identity).
-        bias_std: ``[L]`` std of each layer's biases (``None``: identity).
+        weight_mean: `[L]` mean of each parameterised layer's weights (`None`: identity).
+        weight_std: `[L]` std of each layer's weights (`None`: identity).
+        bias_mean: `[L]` mean of each layer's biases (`None`: identity).
+        bias_std: `[L]` std of each layer's biases (`None`: identity).
 
     Shapes:
-        - **input:** :class:`~nngraph_core.GraphBatch` with node features ``[sum N, 1]`` and
-          edge features ``[sum E, d_edge]``
-        - **output:** ``(nodes [sum N, 1], edges [sum E, d_edge])`` normalised features
+        - **input:** [`GraphBatch`][nngraph_core.GraphBatch] with node features `[sum N, 1]` and
+          edge features `[sum E, d_edge]`
+        - **output:** `(nodes [sum N, 1], edges [sum E, d_edge])` normalised features
     """
 
     weight_mean: Tensor
@@ -80,7 +81,7 @@ class WeightNormalizer(nn.Module):
     def fit(
         cls, template: ngc.GraphTemplate, params: Tensor, *, eps: float = 1e-8
     ) -> WeightNormalizer:
-        """Statistics of a training split ``params [n, P]`` of ``template``'s architecture.
+        """Statistics of a training split `params [n, P]` of `template`'s architecture.
 
         Computed in float64; a layer whose values are all equal gets std 1. Layers without a
         bias get mean 0 / std 1 for their (absent) biases.
@@ -144,7 +145,7 @@ def _vec(value: Tensor | None, default: Tensor) -> Tensor:
 
 
 def _fourier(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
-    """``sin``, ``cos`` of ``2 pi x B``: the C kernel for float32 CPU tensors (one range
+    """`sin`, `cos` of `2 pi x B`: the C kernel for float32 CPU tensors (one range
     reduction for both, ~4x faster than torch's two calls), else torch."""
     if _native.use_native("auto", [x, freqs]):
         return _native.fourier_sincos(x, freqs)
@@ -153,7 +154,7 @@ def _fourier(x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _FourierLinear(torch.autograd.Function):
-    """``Linear([sin(2 pi x B), cos(2 pi x B)])`` that saves ``x`` instead of the features (and
+    """`Linear([sin(2 pi x B), cos(2 pi x B)])` that saves `x` instead of the features (and
     multiplies the sines and the cosines by their halves of the weight: no concatenation)."""
 
     @staticmethod
@@ -184,29 +185,30 @@ class _FourierLinear(torch.autograd.Function):
 class FourierFeatures(nn.Module):
     r"""Gaussian random Fourier features followed by a linear map (Tancik et al., 2020).
 
-    .. math::
-        \gamma(\mathbf{x}) = \big[\sin(2\pi \mathbf{B}\mathbf{x}),\ \cos(2\pi \mathbf{B}\mathbf{x})\big],
-        \qquad \mathbf{B}_{fi} \sim \mathcal{N}(0, \sigma^2), \qquad
-        \mathbf{h} = \mathbf{W}\gamma(\mathbf{x}) + \mathbf{c}
+    $$
+    \gamma(\mathbf{x}) = \big[\sin(2\pi \mathbf{B}\mathbf{x}),\ \cos(2\pi \mathbf{B}\mathbf{x})\big],
+    \qquad \mathbf{B}_{fi} \sim \mathcal{N}(0, \sigma^2), \qquad
+    \mathbf{h} = \mathbf{W}\gamma(\mathbf{x}) + \mathbf{c}
+    $$
 
-    With ``in_channels=1`` each scalar (a bias, a weight) gets :math:`2F` features. For conv
-    kernels (``in_channels = kh * kw``) the frequencies act on the whole kernel vector. The
-    frequency matrix :math:`\mathbf{B}` is a fixed buffer drawn at construction.
+    With `in_channels=1` each scalar (a bias, a weight) gets $2F$ features. For conv
+    kernels (`in_channels = kh * kw`) the frequencies act on the whole kernel vector. The
+    frequency matrix $\mathbf{B}$ is a fixed buffer drawn at construction.
 
     Args:
         in_channels (int): size of the encoded vector (1 for scalars).
-        out_channels (int): width :math:`d` after the linear map.
-        num_frequencies (int, optional): :math:`F` (default: ``128`` -> 256 features).
-        sigma (float, optional): standard deviation of the frequencies (default: ``1.0``;
+        out_channels (int): width $d$ after the linear map.
+        num_frequencies (int, optional): $F$ (default: `128` -> 256 features).
+        sigma (float, optional): standard deviation of the frequencies (default: `1.0`;
             the paper uses 3 for NG-GNN and 1 for NG-T).
 
-    The features are not kept for the backward pass: it recomputes them from :math:`\mathbf x`
-    (for a batch of 128 MNIST INRs that saves the 147 MB of ``[sum E, 256]`` features per
+    The features are not kept for the backward pass: it recomputes them from $\mathbf x$
+    (for a batch of 128 MNIST INRs that saves the 147 MB of `[sum E, 256]` features per
     step, for a few ms of sines and cosines).
 
     Shapes:
-        - **input:** ``[*, in_channels]``
-        - **output:** ``[*, out_channels]``
+        - **input:** `[*, in_channels]`
+        - **output:** `[*, out_channels]`
     """
 
     frequencies: Tensor
@@ -241,24 +243,25 @@ class FourierFeatures(nn.Module):
 class ProbeProjection(nn.Module):
     r"""Per-node-layer projection of probe features, added to the node features.
 
-    For node :math:`i` in node layer :math:`l` with probe activations
-    :math:`\mathbf{p}_i \in \mathbb{R}^K`,
+    For node $i$ in node layer $l$ with probe activations
+    $\mathbf{p}_i \in \mathbb{R}^K$,
 
-    .. math::
-        \mathbf{x}_i \leftarrow \mathbf{x}_i + \mathrm{LayerNorm}_l(\mathbf{W}_l \mathbf{p}_i + \mathbf{c}_l).
+    $$
+    \mathbf{x}_i \leftarrow \mathbf{x}_i + \mathrm{LayerNorm}_l(\mathbf{W}_l \mathbf{p}_i + \mathbf{c}_l).
+    $$
 
-    One ``Linear(K, d) + LayerNorm(d)`` per node layer (inputs, each hidden layer, outputs), so
+    One `Linear(K, d) + LayerNorm(d)` per node layer (inputs, each hidden layer, outputs), so
     all neurons of a layer share the map and permutation equivariance is kept. In a mixed batch
     hidden layers deeper than the ones built for are mapped to the last hidden map.
 
     Args:
-        num_node_layers (int): :math:`L + 1` (number of node layers).
-        probe_dim (int): :math:`K`.
-        out_channels (int): :math:`d`.
+        num_node_layers (int): $L + 1$ (number of node layers).
+        probe_dim (int): $K$.
+        out_channels (int): $d$.
 
     Shapes:
-        - **input:** probe features ``[sum N, K]``, the :class:`~nngraph_core.GraphBatch`
-        - **output:** ``[sum N, d]`` (to be added to the node features)
+        - **input:** probe features `[sum N, K]`, the [`GraphBatch`][nngraph_core.GraphBatch]
+        - **output:** `[sum N, d]` (to be added to the node features)
     """
 
     def __init__(self, num_node_layers: int, probe_dim: int, out_channels: int) -> None:

@@ -20,7 +20,7 @@ Pooling = Literal["cat", "mean", "sum", "max"]
 def mlp(
     in_channels: int, hidden_channels: int, out_channels: int, dropout: float = 0.0
 ) -> nn.Sequential:
-    """``Linear -> SiLU -> Dropout -> Linear``."""
+    """`Linear -> SiLU -> Dropout -> Linear`."""
     return nn.Sequential(
         nn.Linear(in_channels, hidden_channels),
         nn.SiLU(),
@@ -32,29 +32,30 @@ def mlp(
 class InvariantHead(nn.Module):
     r"""Permutation-invariant readout of a neural graph.
 
-    ``pooling="cat"`` (paper default) concatenates the final features of the output neurons,
+    `pooling="cat"` (paper default) concatenates the final features of the output neurons,
     which have fixed identities, so the readout is invariant to hidden permutations and keeps
     the outputs' order:
 
-    .. math::
-        \mathbf{y} = \mathrm{MLP}\big([\mathbf{x}_{o_1} \,\|\, \cdots \,\|\, \mathbf{x}_{o_{n_L}}]\big)
+    $$
+    \mathbf{y} = \mathrm{MLP}\big([\mathbf{x}_{o_1} \,\|\, \cdots \,\|\, \mathbf{x}_{o_{n_L}}]\big)
+    $$
 
-    The alternatives pool over all nodes of a graph: :math:`\mathbf{y} =
-    \mathrm{MLP}(\bigoplus_i \mathbf{x}_i)` with :math:`\bigoplus \in \{\mathrm{mean},
-    \mathrm{sum}, \max\}` (these also accept mixed batches with different output counts).
+    The alternatives pool over all nodes of a graph: $\mathbf{y} =
+    \mathrm{MLP}(\bigoplus_i \mathbf{x}_i)$ with $\bigoplus \in \{\mathrm{mean},
+    \mathrm{sum}, \max\}$ (these also accept mixed batches with different output counts).
 
     Args:
-        in_channels (int): node width :math:`d`.
+        in_channels (int): node width $d$.
         out_channels (int): number of predicted values.
-        num_output_nodes (int): :math:`n_L` (used by ``"cat"``).
-        hidden_channels (int, optional): MLP width (default: ``in_channels * num_output_nodes``
-            for ``"cat"``, else ``in_channels``; at least 32).
-        pooling (str, optional): ``"cat"``, ``"mean"``, ``"sum"`` or ``"max"``.
+        num_output_nodes (int): $n_L$ (used by `"cat"`).
+        hidden_channels (int, optional): MLP width (default: `in_channels * num_output_nodes`
+            for `"cat"`, else `in_channels`; at least 32).
+        pooling (str, optional): `"cat"`, `"mean"`, `"sum"` or `"max"`.
         dropout (float, optional): dropout inside the MLP.
 
     Shapes:
-        - **input:** node features ``[sum N, d]``, the :class:`~nngraph_core.GraphBatch`
-        - **output:** ``[B, out_channels]``
+        - **input:** node features `[sum N, d]`, the [`GraphBatch`][nngraph_core.GraphBatch]
+        - **output:** `[B, out_channels]`
     """
 
     def __init__(
@@ -110,28 +111,29 @@ class InvariantHead(nn.Module):
 class EquivariantHead(nn.Module):
     r"""Permutation-equivariant editing head: new parameters = input parameters + small deltas.
 
-    .. math::
-        b'_i = b_i + s^B_{l(i)} \, \mathrm{MLP}_n(\mathbf{x}_i), \qquad
-        \mathbf{w}'_{ij} = \mathbf{w}_{ij} + s^W_{l(ij)} \, \mathrm{MLP}_e(\mathbf{e}_{ij})
+    $$
+    b'_i = b_i + s^B_{l(i)} \, \mathrm{MLP}_n(\mathbf{x}_i), \qquad
+    \mathbf{w}'_{ij} = \mathbf{w}_{ij} + s^W_{l(ij)} \, \mathrm{MLP}_e(\mathbf{e}_{ij})
+    $$
 
-    with learnable per-layer scales :math:`s^B_k, s^W_k` initialised at ``init_scale`` (0.01),
+    with learnable per-layer scales $s^B_k, s^W_k$ initialised at `init_scale` (0.01),
     so the untrained head is close to the identity on networks. Deltas are added to the
     *unnormalised* input parameters. Input neurons (no bias) and kernel padding are left as
     they are; the template maps the result back to flat parameters.
 
     Args:
         node_channels (int): node width.
-        edge_channels (int): edge width of the features given to :meth:`forward`.
+        edge_channels (int): edge width of the features given to `forward`.
         edge_dim (int): kernel entries per edge (1 for MLPs).
-        num_layers (int): parameterised layers :math:`L` (one scale each).
-        hidden_channels (int, optional): MLP width (default: ``node_channels``).
-        init_scale (float, optional): initial per-layer scale (default: ``0.01``).
+        num_layers (int): parameterised layers $L$ (one scale each).
+        hidden_channels (int, optional): MLP width (default: `node_channels`).
+        init_scale (float, optional): initial per-layer scale (default: `0.01`).
 
     Shapes:
-        - **input:** node features ``[sum N, d_n]``, edge features ``[sum E, d_e]`` (one per
-          weight, in the batch's edge order), the :class:`~nngraph_core.GraphBatch`
-        - **output:** flat parameters ``[B, P]`` for a template batch; for a mixed batch a new
-          :class:`~nngraph_core.GraphBatch` with the edited features.
+        - **input:** node features `[sum N, d_n]`, edge features `[sum E, d_e]` (one per
+          weight, in the batch's edge order), the [`GraphBatch`][nngraph_core.GraphBatch]
+        - **output:** flat parameters `[B, P]` for a template batch; for a mixed batch a new
+          [`GraphBatch`][nngraph_core.GraphBatch] with the edited features.
     """
 
     def __init__(
@@ -160,7 +162,7 @@ class EquivariantHead(nn.Module):
         nn.init.constant_(self.weight_scale, self.init_scale)
 
     def deltas(self, x: Tensor, e: Tensor, batch: ngc.GraphBatch) -> tuple[Tensor, Tensor]:
-        """Scaled deltas ``([sum N, 1], [sum E, d_edge])`` (zero on inputs and kernel padding)."""
+        """Scaled deltas `([sum N, 1], [sum E, d_edge])` (zero on inputs and kernel padding)."""
         dn = self.node_mlp(x)
         de = self.edge_mlp(e)
         L = self.num_layers

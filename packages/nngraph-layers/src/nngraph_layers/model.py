@@ -16,7 +16,8 @@ __all__ = ["GraphEncoder", "GraphModel", "as_template"]
 def as_template(
     example: ngc.GraphTemplate | ngc.GraphBatch | ngc.NeuralGraph | nn.Module,
 ) -> ngc.GraphTemplate:
-    """The :class:`~nngraph_core.GraphTemplate` of an example graph, batch, template or module."""
+    """The [`GraphTemplate`][nngraph_core.GraphTemplate] of an example graph, batch, template or
+    module."""
     if isinstance(example, ngc.GraphTemplate):
         return example
     if isinstance(example, ngc.GraphBatch):
@@ -34,16 +35,20 @@ def as_template(
 class GraphEncoder(nn.Module):
     r"""Raw neural-graph features -> initial node and edge embeddings.
 
-    .. math::
+    $$
+    \begin{aligned}
         \mathbf{x}_i &= \mathrm{FF}_n(\hat b_i) + \mathbf{p}_i
             + \big[\mathrm{LN}_{l(i)}(\mathbf{W}_{l(i)} \mathbf{q}_i)\big]_{\text{probes}} \\
         \mathbf{e}_{ij} &= \mathrm{FF}_e(\hat{\mathbf{w}}_{ij})
+    \end{aligned}
+    $$
 
-    with :math:`\hat b, \hat{\mathbf w}` the per-layer normalised parameters
-    (:class:`WeightNormalizer`), :math:`\mathrm{FF}` random Fourier features + linear
-    (:class:`FourierFeatures`), :math:`\mathbf p_i` the positional embedding
-    (:class:`PositionalEmbedding`) and :math:`\mathbf q_i` the node's probe features when the
-    batch carries them and ``use_probes`` (:class:`ProbeProjection`).
+    with $\hat b, \hat{\mathbf w}$ the per-layer normalised parameters
+    ([`WeightNormalizer`][nngraph_layers.WeightNormalizer]), $\mathrm{FF}$ random Fourier features +
+    linear ([`FourierFeatures`][nngraph_layers.FourierFeatures]), $\mathbf p_i$ the positional
+    embedding ([`PositionalEmbedding`][nngraph_layers.PositionalEmbedding]) and $\mathbf q_i$ the
+    node's probe features when the batch carries them and `use_probes`
+    ([`ProbeProjection`][nngraph_layers.ProbeProjection]).
 
     Args:
         edge_dim (int): kernel entries per edge.
@@ -55,13 +60,13 @@ class GraphEncoder(nn.Module):
         sigma (float): Fourier frequency std.
         num_frequencies (int): Fourier frequencies (128 -> 256 features).
         use_probes (bool): add projected probe features (the batch must carry them).
-        probe_dim (int): :math:`K`.
+        probe_dim (int): $K$.
         normalizer (WeightNormalizer, optional): fitted statistics (default: identity; replace
-            it with :meth:`GraphModel.fit_normalizer`).
+            it with [`GraphModel.fit_normalizer`][nngraph_layers.GraphModel.fit_normalizer]).
 
     Shapes:
-        - **input:** :class:`~nngraph_core.GraphBatch`
-        - **output:** ``(x [sum N, node_channels], e [sum E, edge_channels])``
+        - **input:** [`GraphBatch`][nngraph_core.GraphBatch]
+        - **output:** `(x [sum N, node_channels], e [sum E, edge_channels])`
     """
 
     def __init__(
@@ -115,12 +120,13 @@ class GraphEncoder(nn.Module):
 
 
 class GraphModel(nn.Module):
-    """Base of the graph models: holds a :class:`GraphEncoder` as ``self.encoder``."""
+    """Base of the graph models: holds a [`GraphEncoder`][nngraph_layers.GraphEncoder] as
+    `self.encoder`."""
 
     encoder: GraphEncoder
 
     def fit_normalizer(self, template: ngc.GraphTemplate, params: Tensor) -> GraphModel:
-        """Fit the per-layer weight/bias statistics on a training split ``params [n, P]``."""
+        """Fit the per-layer weight/bias statistics on a training split `params [n, P]`."""
         ref = next(self.parameters())
         norm = WeightNormalizer.fit(template, params).to(device=ref.device, dtype=ref.dtype)
         self.encoder.normalizer = norm

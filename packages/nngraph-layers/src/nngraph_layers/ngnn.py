@@ -20,8 +20,9 @@ Fast = bool | Literal["auto"]
 
 
 def dense_edges(e_fwd: Tensor, e_bwd: Tensor, template: ngc.GraphTemplate) -> list[Tensor]:
-    """Edge features ``[B, E, d]`` of the forward and reverse edges -> per-layer dense
-    ``[B, 2, n_{l+1}, n_l, d]`` (the layout of :meth:`EdgePNAConv.forward_dense`)."""
+    """Edge features `[B, E, d]` of the forward and reverse edges -> per-layer dense
+    `[B, 2, n_{l+1}, n_l, d]` (the layout of
+    [`EdgePNAConv.forward_dense`][nngraph_layers.EdgePNAConv.forward_dense])."""
     widths = template.spec.widths
     out = []
     for k in range(len(widths) - 1):
@@ -32,48 +33,51 @@ def dense_edges(e_fwd: Tensor, e_bwd: Tensor, template: ngc.GraphTemplate) -> li
 
 
 def sparse_edges(edges: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`dense_edges`: ``(e_fwd [B, E, d], e_bwd [B, E, d])``."""
+    """Inverse of [`dense_edges`][nngraph_layers.dense_edges]:
+    `(e_fwd [B, E, d], e_bwd [B, E, d])`."""
     fwd = [e[:, 0].flatten(1, 2) for e in edges]
     bwd = [e[:, 1].flatten(1, 2) for e in edges]
     return torch.cat(fwd, dim=1), torch.cat(bwd, dim=1)
 
 
 class NGGNN(GraphModel):
-    r"""NG-GNN (Kofinas et al., ICLR 2024): a stack of :class:`EdgePNAConv` layers on the
-    bidirectional neural graph, with an invariant or equivariant head.
+    r"""NG-GNN (Kofinas et al., ICLR 2024): a stack of [`EdgePNAConv`][nngraph_layers.EdgePNAConv]
+    layers on the bidirectional neural graph, with an invariant or equivariant head.
 
-    .. math::
-        (\mathbf x^{0}, \mathbf e^{0}) = \mathrm{Encoder}(G), \qquad
-        (\mathbf x^{t+1}, \mathbf e^{t+1}) = \mathrm{EdgePNA}_t(\mathbf x^{t}, \mathbf e^{t}),
-        \qquad y = \mathrm{Head}(\mathbf x^{T}, \mathbf e^{T})
+    $$
+    (\mathbf x^{0}, \mathbf e^{0}) = \mathrm{Encoder}(G), \qquad
+    (\mathbf x^{t+1}, \mathbf e^{t+1}) = \mathrm{EdgePNA}_t(\mathbf x^{t}, \mathbf e^{t}),
+    \qquad y = \mathrm{Head}(\mathbf x^{T}, \mathbf e^{T})
+    $$
 
-    The encoder (:class:`~nngraph_layers.GraphEncoder`) normalises per layer, applies Fourier
-    features (sigma 3), adds positional embeddings and, with ``use_probes``, projected probe
+    The encoder ([`GraphEncoder`][nngraph_layers.GraphEncoder]) normalises per layer, applies
+    Fourier features (sigma 3), adds positional embeddings and, with `use_probes`, projected probe
     features. Every weight becomes two directed edges (forward and reverse) that start from
     the same embedding and are updated separately; the equivariant head reads
-    :math:`[\mathbf e_{ij} \,\|\, \mathbf e_{ji}]`.
+    $[\mathbf e_{ij} \,\|\, \mathbf e_{ji}]$.
 
     Two execution paths compute the same function: the sparse path (PyG message passing, any
     batch, including mixed architectures) and the dense fast path for batches of one
-    architecture (:meth:`EdgePNAConv.forward_dense`). ``fast="auto"`` (default) takes the fast
-    path whenever the batch has a template.
+    architecture ([`EdgePNAConv.forward_dense`][nngraph_layers.EdgePNAConv.forward_dense]).
+    `fast="auto"` (default) takes the fast path whenever the batch has a template.
 
-    On the fast path a batch larger than ``chunk_size`` graphs (default 32) runs chunk by
+    On the fast path a batch larger than `chunk_size` graphs (default 32) runs chunk by
     chunk: graphs do not interact, so the result is the same, and the per-block message
-    tensors ``[b, 2, n_{l+1}, n_l, d]`` of a small chunk stay in the CPU cache (measured on
+    tensors `[b, 2, n_{l+1}, n_l, d]` of a small chunk stay in the CPU cache (measured on
     2 cores, batch 128: in one piece ~11 INRs/s with the torch code, in chunks of 16-32 ~100;
-    ``chunk_size=None`` turns it off, e.g. on a GPU). On float32 CPU batches the layers run
-    their elementwise work through a C kernel (``kernel="auto"``, see
-    :class:`~nngraph_layers.EdgePNAConv`), 1.6-1.9x the torch code's speed on 2 cores;
-    ``kernel="torch"`` turns it off.
+    `chunk_size=None` turns it off, e.g. on a GPU). On float32 CPU batches the layers run
+    their elementwise work through a C kernel (`kernel="auto"`, see
+    [`EdgePNAConv`][nngraph_layers.EdgePNAConv]), 1.6-1.9x the torch code's speed on 2 cores;
+    `kernel="torch"` turns it off.
 
-    Build it with :meth:`for_graphs`. Paper sizes: hidden 32, 4 layers, dropout 0.2.
+    Build it with [`for_graphs`][nngraph_layers.NGGNN.for_graphs]. Paper sizes: hidden 32, 4 layers,
+    dropout 0.2.
 
     Shapes:
-        - **input:** :class:`~nngraph_core.GraphBatch` (``probe_features`` set when
-          ``use_probes``)
-        - **output:** ``[B, num_outputs]`` (invariant), flat parameters ``[B, P]``
-          (equivariant; a :class:`~nngraph_core.GraphBatch` for mixed batches)
+        - **input:** [`GraphBatch`][nngraph_core.GraphBatch] (`probe_features` set when
+          `use_probes`)
+        - **output:** `[B, num_outputs]` (invariant), flat parameters `[B, P]`
+          (equivariant; a [`GraphBatch`][nngraph_core.GraphBatch] for mixed batches)
     """
 
     def __init__(
@@ -140,7 +144,7 @@ class NGGNN(GraphModel):
         num_outputs: int = 10,
         **kwargs: object,
     ) -> NGGNN:
-        """Build for graphs like ``example`` (a template, batch, graph or module); the keyword
+        """Build for graphs like `example` (a template, batch, graph or module); the keyword
         arguments are those of the constructor."""
         template = as_template(example)
         return cls(
@@ -151,7 +155,7 @@ class NGGNN(GraphModel):
         )
 
     def use_fast_path(self, batch: ngc.GraphBatch) -> bool:
-        """Whether :meth:`forward` takes the dense path for ``batch``."""
+        """Whether `forward` takes the dense path for `batch`."""
         return bool(self.fast) and batch.template is not None
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor | ngc.GraphBatch:

@@ -26,8 +26,8 @@ Head = Literal["invariant", "equivariant"]
 def sparse_pairs(edge_index: Tensor) -> tuple[Tensor, Tensor]:
     """Directed pairs of the sparse attention: every edge and its reverse.
 
-    Returns ``(pair_index [2, 2E], reverse [2E])``: pairs ``0..E-1`` are the edges
-    (``source -> target``, along the weight), pairs ``E..2E-1`` their reverses.
+    Returns `(pair_index [2, 2E], reverse [2E])`: pairs `0..E-1` are the edges
+    (`source -> target`, along the weight), pairs `E..2E-1` their reverses.
     """
     e = edge_index.shape[1]
     pair_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
@@ -36,11 +36,11 @@ def sparse_pairs(edge_index: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def dense_pairs(batch: ngc.GraphBatch) -> tuple[Tensor, Tensor, Tensor]:
-    """All ordered node pairs ``(j -> i)`` of every graph of ``batch`` (self pairs included).
+    """All ordered node pairs `(j -> i)` of every graph of `batch` (self pairs included).
 
-    Returns ``(pair_index [2, M], reverse [M], edge_pair [sum E])`` with ``M = sum_g N_g^2``;
-    pair ``off_g + i * N_g + j`` is ``j -> i`` (receiver-major, like a ``[N, N]`` matrix), and
-    ``edge_pair[e]`` is the pair of edge ``e`` (``source -> target``).
+    Returns `(pair_index [2, M], reverse [M], edge_pair [sum E])` with `M = sum_g N_g^2`;
+    pair `off_g + i * N_g + j` is `j -> i` (receiver-major, like a `[N, N]` matrix), and
+    `edge_pair[e]` is the pair of edge `e` (`source -> target`).
     """
     ptr = batch.node_ptr
     counts = ptr.diff()
@@ -62,41 +62,44 @@ def dense_pairs(batch: ngc.GraphBatch) -> tuple[Tensor, Tensor, Tensor]:
 class NGTransformer(GraphModel):
     r"""NG-T: a relational transformer on neural graphs (Kofinas et al., ICLR 2024).
 
-    .. math::
-        (\mathbf{n}^{0}, \mathbf{e}^{0}) = \mathrm{Encoder}(G), \qquad
-        (\mathbf{n}^{t+1}, \mathbf{e}^{t+1}) = \mathrm{RTLayer}_t(\mathbf{n}^{t}, \mathbf{e}^{t}),
-        \qquad y = \mathrm{Head}(\mathbf{n}^{T}, \mathbf{e}^{T})
+    $$
+    (\mathbf{n}^{0}, \mathbf{e}^{0}) = \mathrm{Encoder}(G), \qquad
+    (\mathbf{n}^{t+1}, \mathbf{e}^{t+1}) = \mathrm{RTLayer}_t(\mathbf{n}^{t}, \mathbf{e}^{t}),
+    \qquad y = \mathrm{Head}(\mathbf{n}^{T}, \mathbf{e}^{T})
+    $$
 
-    The encoder (:class:`GraphEncoder`) normalises weights and biases per layer, lifts them by
-    random Fourier features (sigma 1) and adds positional embeddings (and projected probe
-    features). Each :class:`RTLayer` attends
+    The encoder ([`GraphEncoder`][nngraph_layers.GraphEncoder]) normalises weights and biases per
+    layer, lifts them by random Fourier features (sigma 1) and adds positional embeddings (and
+    projected probe features). Each [`RTLayer`][nngraph_layers.RTLayer] attends
 
-    * ``attention="sparse"`` (default): over the real edges in both directions -- node ``i``
+    * `attention="sparse"` (default): over the real edges in both directions -- node `i`
       attends to the nodes it receives a weight from and to the nodes it sends a weight to;
-    * ``attention="dense"``: over all :math:`N^2` node pairs as in the paper; pairs that share
+    * `attention="dense"`: over all $N^2$ node pairs as in the paper; pairs that share
       no weight (same-layer and skip-layer pairs, self pairs) start from a learned "no edge"
-      embedding :math:`\mathbf{e}_\varnothing`.
+      embedding $\mathbf{e}_\varnothing$.
 
-    The pair ``u -> w`` along a weight starts from the weight's embedding
-    :math:`\mathbf{e}_{wu} = \mathrm{FF}(\hat w)`; its reverse ``w -> u`` from
-    :math:`\mathbf{e}_{wu} + \mathbf{r}` with a learned direction vector :math:`\mathbf{r}`
-    (``reverse_edges="weight"``, default: every node sees all its incident weights from the
-    first layer on), or from :math:`\mathbf{e}_\varnothing` (``reverse_edges="null"``: the
+    The pair `u -> w` along a weight starts from the weight's embedding
+    $\mathbf{e}_{wu} = \mathrm{FF}(\hat w)$; its reverse `w -> u` from
+    $\mathbf{e}_{wu} + \mathbf{r}$ with a learned direction vector $\mathbf{r}$
+    (`reverse_edges="weight"`, default: every node sees all its incident weights from the
+    first layer on), or from $\mathbf{e}_\varnothing$ (`reverse_edges="null"`: the
     reference code, whose dense tensor holds each weight in one direction only; the edge update
-    then carries it over through :math:`[\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]`).
+    then carries it over through $[\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]$).
 
     Both are permutation equivariant. The sparse model is the dense one with the attention
     restricted to pairs that share a weight. For a batch of one architecture (a
-    :class:`~nngraph_core.GraphTemplate` batch) the sparse model runs without any edge index
-    (one complete bipartite block per layer, :meth:`RTLayer.forward_blocks`) and the dense one
-    on ``[B, N, N, d]`` tensors; mixed batches take the general path (pair lists, PyG scatter
-    softmax), which computes the same function (``fast_path=False`` forces it).
+    [`GraphTemplate`][nngraph_core.GraphTemplate] batch) the sparse model runs without any edge
+    index (one complete bipartite block per layer,
+    [`RTLayer.forward_blocks`][nngraph_layers.RTLayer.forward_blocks]) and the dense one on
+    `[B, N, N, d]` tensors; mixed batches take the general path (pair lists, PyG scatter softmax),
+    which computes the same function (`fast_path=False` forces it).
 
-    Heads: ``"invariant"`` concatenates the output neurons' final features and applies an MLP
-    (:class:`InvariantHead`; the last layer then skips its unused edge update, as the reference
-    does); ``"equivariant"`` predicts a delta per bias (node MLP) and per weight (edge MLP on
-    the final features of both pairs of the weight, :math:`[\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]`), scaled per layer (initial 0.01) and
-    added to the input network (:class:`EquivariantHead`).
+    Heads: `"invariant"` concatenates the output neurons' final features and applies an MLP
+    ([`InvariantHead`][nngraph_layers.InvariantHead]; the last layer then skips its unused edge
+    update, as the reference does); `"equivariant"` predicts a delta per bias (node MLP) and per
+    weight (edge MLP on the final features of both pairs of the weight,
+    $[\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]$), scaled per layer (initial 0.01) and added to the
+    input network ([`EquivariantHead`][nngraph_layers.EquivariantHead]).
 
     Args:
         edge_dim: kernel entries per edge (1 for MLPs).
@@ -104,9 +107,9 @@ class NGTransformer(GraphModel):
         num_output_nodes: output nodes (positional embeddings, readout).
         num_hidden_layers: hidden node layers (positional embeddings).
         num_outputs: predicted values (invariant head).
-        head: ``"invariant"`` or ``"equivariant"``.
-        attention: ``"sparse"`` or ``"dense"``.
-        reverse_edges: ``"weight"`` or ``"null"``: initial features of the reverse pairs.
+        head: `"invariant"` or `"equivariant"`.
+        attention: `"sparse"` or `"dense"`.
+        reverse_edges: `"weight"` or `"null"`: initial features of the reverse pairs.
         node_dim: node width (paper: 64).
         edge_channels: edge width (paper: 32).
         attention_dim: total attention width (paper: 128).
@@ -117,28 +120,28 @@ class NGTransformer(GraphModel):
         out_hidden_dim: width of the invariant head's MLP (paper: 128).
         dropout: dropout in the layers and the head (paper: 0.2 for INR classification).
         sigma: Fourier feature std (paper: 1 for NG-T).
-        use_probes: add projected probe features ``batch.probe_features [sum N, K]``.
-        probe_dim: ``K``, the width of the probe features.
-        scale: ``"attention"`` (reference: divide the logits by the full attention width) or
-            ``"head"``.
+        use_probes: add projected probe features `batch.probe_features [sum N, K]`.
+        probe_dim: `K`, the width of the probe features.
+        scale: `"attention"` (reference: divide the logits by the full attention width) or
+            `"head"`.
         fast_path: use the block / dense-tensor paths for one-architecture batches.
         checkpoint_layers: recompute each layer's activations in the backward pass
             (activation checkpointing): less memory, about one extra forward of compute.
         chunk_size: on the fast paths, run a larger batch chunk by chunk (default 32 graphs):
             the same function, but the per-pair tensors of a chunk stay in the CPU caches
-            (and with ``checkpoint_layers`` the recomputed activations of only one chunk's
-            layer are alive at a time). ``None``: the whole batch at once (e.g. on a GPU).
+            (and with `checkpoint_layers` the recomputed activations of only one chunk's
+            layer are alive at a time). `None`: the whole batch at once (e.g. on a GPU).
         checkpoint_edges: recompute only the edge updates in the backward pass (sparse block
-            path): most of the memory of ``checkpoint_layers`` saved for a fraction of its extra
+            path): most of the memory of `checkpoint_layers` saved for a fraction of its extra
             compute.
-        kernel: ``"auto"`` (default), ``"native"`` or ``"torch"``: whether the sparse block path
+        kernel: `"auto"` (default), `"native"` or `"torch"`: whether the sparse block path
             runs its attention through the C kernel (float32 CPU; see
-            :class:`RelationalAttention`).
+            [`RelationalAttention`][nngraph_layers.RelationalAttention]).
 
     Shapes:
-        - **input:** :class:`~nngraph_core.GraphBatch` (``B`` graphs)
-        - **output:** ``[B, num_outputs]`` (invariant); flat parameters ``[B, P]`` (equivariant,
-          template batch) or an edited :class:`~nngraph_core.GraphBatch` (mixed batch).
+        - **input:** [`GraphBatch`][nngraph_core.GraphBatch] (`B` graphs)
+        - **output:** `[B, num_outputs]` (invariant); flat parameters `[B, P]` (equivariant,
+          template batch) or an edited [`GraphBatch`][nngraph_core.GraphBatch] (mixed batch).
     """
 
     def __init__(
@@ -249,7 +252,7 @@ class NGTransformer(GraphModel):
                 nn.init.normal_(p, std=1.0)
 
     def _reverse_init(self, e: Tensor) -> Tensor:
-        """Initial features of the reverse pairs of edges with features ``e [..., d]``."""
+        """Initial features of the reverse pairs of edges with features `e [..., d]`."""
         if self.reverse_edge is not None:
             return e + self.reverse_edge.to(e.dtype)
         assert self.null_edge is not None
@@ -266,8 +269,8 @@ class NGTransformer(GraphModel):
         num_outputs: int = 10,
         **kwargs: object,
     ) -> NGTransformer:
-        """An NG-T for graphs like ``example`` (a template, batch, graph or module); keyword
-        arguments as in the constructor (``head``, ``attention``, ``use_probes``, ``dropout``...)."""
+        """An NG-T for graphs like `example` (a template, batch, graph or module); keyword
+        arguments as in the constructor (`head`, `attention`, `use_probes`, `dropout`...)."""
         template = as_template(example)
         widths = template.spec.widths
         return cls(

@@ -15,13 +15,16 @@ __all__ = ["PositionalEmbedding"]
 class PositionalEmbedding(nn.Module):
     r"""Learned positional embeddings of a neural graph's nodes (Kofinas et al., ICLR 2024, §3).
 
-    .. math::
+    $$
+    \begin{aligned}
         \mathbf{p}_i =
         \begin{cases}
             \mathbf{P}^{\mathrm{in}}_{j}  & i \text{ is input neuron } j \\
             \mathbf{P}^{\mathrm{hid}}_{l} & i \text{ is a hidden neuron of layer } l \\
             \mathbf{P}^{\mathrm{out}}_{j} & i \text{ is output neuron } j
         \end{cases}
+    \end{aligned}
+    $$
 
     Hidden neurons of one layer share one vector, so hidden-neuron permutations are still a
     symmetry; inputs and outputs are not permutable, and each gets its own vector. For the
@@ -30,15 +33,15 @@ class PositionalEmbedding(nn.Module):
     the last hidden vector.
 
     Args:
-        num_inputs (int): :math:`n_0`, input neurons (or channels).
-        num_outputs (int): :math:`n_L`, output neurons.
-        num_hidden_layers (int): :math:`L - 1`.
-        out_channels (int): embedding width :math:`d`.
+        num_inputs (int): $n_0$, input neurons (or channels).
+        num_outputs (int): $n_L$, output neurons.
+        num_hidden_layers (int): $L - 1$.
+        out_channels (int): embedding width $d$.
 
     Shapes:
-        - **input:** :class:`~nngraph_core.GraphBatch`
-        - **output:** ``[N, d]`` for a template batch (broadcast over the graphs), ``[sum N, d]``
-          for a mixed batch; see :meth:`forward`.
+        - **input:** [`GraphBatch`][nngraph_core.GraphBatch]
+        - **output:** `[N, d]` for a template batch (broadcast over the graphs), `[sum N, d]`
+          for a mixed batch; see [`forward`][nngraph_layers.PositionalEmbedding.forward].
     """
 
     def __init__(
@@ -56,7 +59,7 @@ class PositionalEmbedding(nn.Module):
 
     @classmethod
     def for_template(cls, template: ngc.GraphTemplate, out_channels: int) -> PositionalEmbedding:
-        """Sizes from ``template``'s architecture."""
+        """Sizes from `template`'s architecture."""
         widths = template.spec.widths
         return cls(widths[0], widths[-1], len(widths) - 2, out_channels)
 
@@ -76,8 +79,8 @@ class PositionalEmbedding(nn.Module):
         return torch.where(role == int(ngc.NodeRole.OUTPUT), out, idx)
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
-        """Embedding of every node: ``[N, d]`` for one architecture (same for every graph, add
-        it to a dense ``[B, N, d]`` view), ``[sum N, d]`` for a mixed batch."""
+        """Embedding of every node: `[N, d]` for one architecture (same for every graph, add
+        it to a dense `[B, N, d]` view), `[sum N, d]` for a mixed batch."""
         t = batch.template
         if t is not None:
             dev = self.input_emb.device

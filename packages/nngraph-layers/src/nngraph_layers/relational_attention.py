@@ -3,18 +3,19 @@
 The attention of the relational transformer (Diao & Loynd, ICLR 2023) as used by NG-T
 (Kofinas et al., ICLR 2024). One module, three ways to run it on the same parameters:
 
-* :meth:`RelationalAttention.forward` -- the general path: a list of directed pairs
-  (``edge_index``, PyG convention: messages flow ``edge_index[0] -> edge_index[1]``), a
-  softmax over each receiver's incoming pairs (:func:`torch_geometric.utils.softmax`). Works
-  for any graphs, mixed architectures included.
-* :meth:`RelationalAttention.forward_blocks` -- the fast path for a batch of ONE architecture
-  attending over the real edges in both directions: the edges of parameterised layer ``l``
-  form a complete bipartite block, one tensor ``[B, 2, n_{l+1}, n_l, d]`` per layer (direction
-  0: the message ``u -> w`` along the weight, direction 1: its reverse ``w -> u``; the
-  template's target-major edge order). A node's softmax runs over its in-block and its
-  out-block together; nothing is gathered or scattered.
-* :meth:`RelationalAttention.forward_dense` -- attention over all ``N^2`` node pairs as in the
-  paper, ``[B, N, N, d]`` pair features (entry ``[i, j]``: the pair receiver ``i``, sender ``j``).
+* [`RelationalAttention.forward`][nngraph_layers.RelationalAttention.forward] -- the general path: a
+  list of directed pairs (`edge_index`, PyG convention: messages flow
+  `edge_index[0] -> edge_index[1]`), a softmax over each receiver's incoming pairs
+  (`torch_geometric.utils.softmax`). Works for any graphs, mixed architectures included.
+* [`RelationalAttention.forward_blocks`][nngraph_layers.RelationalAttention.forward_blocks] -- the
+  fast path for a batch of ONE architecture attending over the real edges in both directions: the
+  edges of parameterised layer `l` form a complete bipartite block, one tensor
+  `[B, 2, n_{l+1}, n_l, d]` per layer (direction 0: the message `u -> w` along the weight, direction
+  1: its reverse `w -> u`; the template's target-major edge order). A node's softmax runs over its
+  in-block and its out-block together; nothing is gathered or scattered.
+* [`RelationalAttention.forward_dense`][nngraph_layers.RelationalAttention.forward_dense] --
+  attention over all `N^2` node pairs as in the paper, `[B, N, N, d]` pair features (entry `[i, j]`:
+  the pair receiver `i`, sender `j`).
 
 The block path and the general path compute the same function (tested).
 """
@@ -39,15 +40,15 @@ __all__ = ["BlockLayout", "RelationalAttention"]
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Layer structure of one MLP/CNN architecture, for the block (no ``edge_index``) path.
+    """Layer structure of one MLP/CNN architecture, for the block (no `edge_index`) path.
 
     Args:
-        widths: nodes per node layer ``(n_0, ..., n_L)``.
+        widths: nodes per node layer `(n_0, ..., n_L)`.
 
-    The nodes of layer ``k`` are ``node_offsets[k]:node_offsets[k + 1]``; the edges of
-    parameterised layer ``l`` are ``edge_offsets[l]:edge_offsets[l + 1]``, target-major
-    (edge ``o * n_l + i`` joins node ``i`` of layer ``l`` to node ``o`` of layer ``l + 1``),
-    which is the order of :class:`~nngraph_core.GraphTemplate`.
+    The nodes of layer `k` are `node_offsets[k]:node_offsets[k + 1]`; the edges of
+    parameterised layer `l` are `edge_offsets[l]:edge_offsets[l + 1]`, target-major
+    (edge `o * n_l + i` joins node `i` of layer `l` to node `o` of layer `l + 1`),
+    which is the order of [`GraphTemplate`][nngraph_core.GraphTemplate].
     """
 
     widths: tuple[int, ...]
@@ -78,51 +79,53 @@ class BlockLayout:
 class RelationalAttention(nn.Module):
     r"""Multi-head relational attention with a multiplicative node-edge interaction in the values.
 
-    For a receiver :math:`i` and each sender :math:`j` it attends to, with pair (edge) features
-    :math:`\mathbf{e}_{ij}` (the features of the message :math:`j \to i`), per head :math:`h`:
+    For a receiver $i$ and each sender $j$ it attends to, with pair (edge) features
+    $\mathbf{e}_{ij}$ (the features of the message $j \to i$), per head $h$:
 
-    .. math::
+    $$
+    \begin{aligned}
         \mathbf{q}_{ij} &= \mathbf{W}^{q}_{n} \mathbf{n}_i + \mathbf{W}^{q}_{e} \mathbf{e}_{ij},
         \qquad
-        \mathbf{k}_{ij} = \mathbf{W}^{k}_{n} \mathbf{n}_j + \mathbf{W}^{k}_{e} \mathbf{e}_{ij},
-
+        \mathbf{k}_{ij} = \mathbf{W}^{k}_{n} \mathbf{n}_j + \mathbf{W}^{k}_{e} \mathbf{e}_{ij}, \\
         \mathbf{v}_{ij} &= (\mathbf{W}^{v}_{n} \mathbf{n}_j) \odot (\mathbf{W}^{m}_{e} \mathbf{e}_{ij})
-        + \mathbf{W}^{v}_{e} \mathbf{e}_{ij},
-
+        + \mathbf{W}^{v}_{e} \mathbf{e}_{ij}, \\
         \alpha^{h}_{ij} &= \operatorname{softmax}_{j}\big(\langle \mathbf{q}^{h}_{ij},
         \mathbf{k}^{h}_{ij} \rangle / \sqrt{d}\big),
         \qquad
         \mathbf{n}'_i = \mathbf{W}_o \big\Vert_{h} \sum_j \alpha^{h}_{ij} \mathbf{v}^{h}_{ij}
         + \mathbf{b}_o,
+    \end{aligned}
+    $$
 
-    with :math:`d` the full attention width (``scale="attention"``, as the reference code of
-    Kofinas et al. does) or the head width (``scale="head"``, the usual transformer choice).
+    with $d$ the full attention width (`scale="attention"`, as the reference code of
+    Kofinas et al. does) or the head width (`scale="head"`, the usual transformer choice).
 
     Args:
-        node_dim: node feature width :math:`d_{node}`.
-        edge_dim: pair feature width :math:`d_{edge}`.
+        node_dim: node feature width $d_{node}$.
+        edge_dim: pair feature width $d_{edge}$.
         attention_dim: total query/key/value width over all heads (default 128).
-        heads: number of heads (must divide ``attention_dim``; default 8).
-        scale: ``"attention"`` (divide by :math:`\sqrt{d_{attn}}`, reference) or ``"head"``
-            (divide by :math:`\sqrt{d_{attn} / H}`).
-        modulate_values: use the multiplicative term :math:`(\mathbf{W}^v_n \mathbf{n}_j) \odot
-            (\mathbf{W}^m_e \mathbf{e}_{ij})`; ``False`` gives the additive
-            :math:`\mathbf{W}^v_n \mathbf{n}_j + \mathbf{W}^v_e \mathbf{e}_{ij}`.
-        kernel: how :meth:`forward_blocks` runs: ``"auto"`` (default: the C kernel of
-            :mod:`nngraph_layers._native` for float32 CPU tensors without autocast when it
-            builds, else torch), ``"native"`` (the kernel or an error) or ``"torch"``. The
-            kernel computes the scores, the softmax sums and the weighted values of every
-            receiver from the pair terms of one GEMM in one pass over the pairs (and one in the
-            backward), instead of ~20 torch operations over per-pair tensors of the attention
-            width. It needs ``modulate_values=True``.
+        heads: number of heads (must divide `attention_dim`; default 8).
+        scale: `"attention"` (divide by $\sqrt{d_{attn}}$, reference) or `"head"`
+            (divide by $\sqrt{d_{attn} / H}$).
+        modulate_values: use the multiplicative term $(\mathbf{W}^v_n \mathbf{n}_j) \odot
+            (\mathbf{W}^m_e \mathbf{e}_{ij})$; `False` gives the additive
+            $\mathbf{W}^v_n \mathbf{n}_j + \mathbf{W}^v_e \mathbf{e}_{ij}$.
+        kernel: how [`forward_blocks`][nngraph_layers.RelationalAttention.forward_blocks] runs:
+            `"auto"` (default: the C kernel of `nngraph_layers._native` for float32 CPU tensors
+            without autocast when it builds, else torch), `"native"` (the kernel or an error) or
+            `"torch"`. The kernel computes the scores, the softmax sums and the weighted values of
+            every receiver from the pair terms of one GEMM in one pass over the pairs (and one in
+            the backward), instead of ~20 torch operations over per-pair tensors of the attention
+            width. It needs `modulate_values=True`.
 
     Shapes:
-        - general (:meth:`forward`): ``x [N, d_node]``, ``edge_attr [M, d_edge]``,
-          ``edge_index [2, M]`` -> ``[N, d_node]``.
-        - blocks (:meth:`forward_blocks`): ``x [B, N, d_node]``, ``edge_attr`` one
-          ``[B, 2, n_{l+1}, n_l, d_edge]`` per layer -> ``[B, N, d_node]``.
-        - dense (:meth:`forward_dense`): ``x [B, N, d_node]``, ``edge_attr [B, N, N, d_edge]``
-          -> ``[B, N, d_node]``.
+        - general ([`forward`][nngraph_layers.RelationalAttention.forward]): `x [N, d_node]`,
+          `edge_attr [M, d_edge]`, `edge_index [2, M]` -> `[N, d_node]`.
+        - blocks ([`forward_blocks`][nngraph_layers.RelationalAttention.forward_blocks]):
+          `x [B, N, d_node]`, `edge_attr` one `[B, 2, n_{l+1}, n_l, d_edge]` per layer ->
+          `[B, N, d_node]`.
+        - dense ([`forward_dense`][nngraph_layers.RelationalAttention.forward_dense]):
+          `x [B, N, d_node]`, `edge_attr [B, N, N, d_edge]` -> `[B, N, d_node]`.
 
     A node without any incoming pair receives zero (then the output bias).
     """
@@ -174,7 +177,7 @@ class RelationalAttention(nn.Module):
         return q, k, v
 
     def _edge_qkv(self, edge_attr: Tensor) -> Tensor:
-        """``[..., parts, H, dh]``: the edge terms of queries, keys, values (and modulation)."""
+        """`[..., parts, H, dh]`: the edge terms of queries, keys, values (and modulation)."""
         out: Tensor = self.lin_edge(edge_attr)
         parts: Tensor = out.unflatten(-1, (self.edge_parts, self.heads, self.head_dim))
         return parts
@@ -193,8 +196,8 @@ class RelationalAttention(nn.Module):
 
     # -- general path ----------------------------------------------------------------------------
     def forward(self, x: Tensor, edge_attr: Tensor, edge_index: Tensor) -> Tensor:
-        """Attention of every node over its incoming pairs ``edge_index[0] -> edge_index[1]``
-        (softmax per receiver with :func:`torch_geometric.utils.softmax`, then a scatter-sum)."""
+        """Attention of every node over its incoming pairs `edge_index[0] -> edge_index[1]`
+        (softmax per receiver with `torch_geometric.utils.softmax`, then a scatter-sum)."""
         q, k, v = self._node_qkv(x)
         j, i = edge_index[0], edge_index[1]
         messages = self.message(q[i], k[j], v[j], edge_attr, i, x.shape[0])
@@ -210,7 +213,7 @@ class RelationalAttention(nn.Module):
         index: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        """``alpha_ij * v_ij`` for every pair, ``[M, H, dh]``."""
+        """`alpha_ij * v_ij` for every pair, `[M, H, dh]`."""
         parts = self._edge_qkv(edge_attr).unbind(-3)
         alpha: Tensor = softmax(
             self._score(q_i, k_j, parts[0], parts[1]), index, num_nodes=num_nodes
@@ -221,9 +224,9 @@ class RelationalAttention(nn.Module):
     def forward_blocks(self, x: Tensor, edge_attr: Sequence[Tensor], layout: BlockLayout) -> Tensor:
         """Attention over in- and out-neighbours, one complete bipartite block per layer.
 
-        ``edge_attr[l]`` is ``[B, 2, n_{l+1}, n_l, d_edge]``: entry ``[:, 0, o, i]`` holds the
-        message along the weight (node ``i`` of layer ``l`` -> node ``o`` of layer ``l + 1``),
-        entry ``[:, 1, o, i]`` its reverse (``o -> i``).
+        `edge_attr[l]` is `[B, 2, n_{l+1}, n_l, d_edge]`: entry `[:, 0, o, i]` holds the
+        message along the weight (node `i` of layer `l` -> node `o` of layer `l + 1`),
+        entry `[:, 1, o, i]` its reverse (`o -> i`).
         """
         b = x.shape[0]
         heads, head_dim, width = self.heads, self.head_dim, self.attention_dim
@@ -282,8 +285,9 @@ class RelationalAttention(nn.Module):
         return _native.use_native(self.kernel, [x, *edge_attr])
 
     def _blocks_native(self, x: Tensor, edge_attr: Sequence[Tensor], layout: BlockLayout) -> Tensor:
-        """:meth:`forward_blocks` through :func:`nngraph_layers._native.attention_block`: per
-        block the kernel for both directions (pair terms included), then each node layer's (at
+        """[`forward_blocks`][nngraph_layers.RelationalAttention.forward_blocks] through
+        `nngraph_layers._native.attention_block`: per block the kernel for both directions (pair
+        terms included), then each node layer's (at
         most two) partial softmax sums merged here on per-node tensors."""
         b, width, heads = x.shape[0], self.attention_dim, self.heads
         qkv = self.lin_node(x)  # [B, N, 3A]: q | k | v
@@ -319,7 +323,7 @@ class RelationalAttention(nn.Module):
 
     # -- dense path (all node pairs) ----------------------------------------------------------------
     def forward_dense(self, x: Tensor, edge_attr: Tensor) -> Tensor:
-        """Attention of every node over all nodes; ``edge_attr[:, i, j]`` is the pair ``j -> i``."""
+        """Attention of every node over all nodes; `edge_attr[:, i, j]` is the pair `j -> i`."""
         q, k, v = self._node_qkv(x)  # [B, N, H, dh]
         parts = self._edge_qkv(edge_attr).unbind(-3)  # [B, N, N, H, dh] each
         s = self._score(q[:, :, None], k[:, None, :], parts[0], parts[1])  # [B, N, N, H]

@@ -32,19 +32,21 @@ def _init_linears(*modules: nn.Module) -> None:
 
 
 class EdgeUpdate(nn.Module):
-    r"""Edge update of NG-T (post-LayerNorm), for a pair :math:`j \to i` with reverse :math:`i \to j`:
+    r"""Edge update of NG-T (post-LayerNorm), for a pair $j \to i$ with reverse $i \to j$:
 
-    .. math::
+    $$
+    \begin{aligned}
         \mathbf{e}_{ij} &\leftarrow \mathrm{LN}\Big(\mathbf{e}_{ij} + \mathbf{W}_2\,
         \mathrm{GELU}\big(\mathbf{W}_e [\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}] + \mathbf{W}_i
-        \mathbf{n}_i + \mathbf{W}_j \mathbf{n}_j + \mathbf{b}_1\big) + \mathbf{b}_2\Big),
-
+        \mathbf{n}_i + \mathbf{W}_j \mathbf{n}_j + \mathbf{b}_1\big) + \mathbf{b}_2\Big), \\
         \mathbf{e}_{ij} &\leftarrow \mathrm{LN}\big(\mathbf{e}_{ij} + \mathrm{MLP}(\mathbf{e}_{ij})\big),
+    \end{aligned}
+    $$
 
-    where the second MLP is ``Linear(no bias) -> GELU -> Linear`` (Kofinas et al., ICLR 2024,
-    reference code). :math:`\mathbf{W}_e [\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]` is computed
-    as :math:`\mathbf{W}_{e,1} \mathbf{e}_{ij} + \mathbf{W}_{e,2} \mathbf{e}_{ji}` (one GEMM on
-    :math:`\mathbf{e}`, then the second half is read at the reverse pair).
+    where the second MLP is `Linear(no bias) -> GELU -> Linear` (Kofinas et al., ICLR 2024,
+    reference code). $\mathbf{W}_e [\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]$ is computed
+    as $\mathbf{W}_{e,1} \mathbf{e}_{ij} + \mathbf{W}_{e,2} \mathbf{e}_{ji}$ (one GEMM on
+    $\mathbf{e}$, then the second half is read at the reverse pair).
 
     Args:
         node_dim: node width.
@@ -53,8 +55,8 @@ class EdgeUpdate(nn.Module):
         dropout: dropout after each MLP.
 
     Shapes:
-        - ``edge_attr [..., d_edge]``, ``reverse`` a function mapping a pair tensor to its
-          reverse, ``node_term [..., hidden_dim]`` -> ``[..., d_edge]``.
+        - `edge_attr [..., d_edge]`, `reverse` a function mapping a pair tensor to its
+          reverse, `node_term [..., hidden_dim]` -> `[..., d_edge]`.
     """
 
     def __init__(
@@ -83,7 +85,7 @@ class EdgeUpdate(nn.Module):
         self.norm1.reset_parameters()
 
     def node_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(W_i x, W_j x)``: the receiver and sender terms, ``[..., hidden_dim]`` each."""
+        """`(W_i x, W_j x)`: the receiver and sender terms, `[..., hidden_dim]` each."""
         a, b = self.lin_nodes(x).chunk(2, dim=-1)
         return a, b
 
@@ -101,10 +103,10 @@ class EdgeUpdate(nn.Module):
     def forward_blocks_native(
         self, blocks: Sequence[Tensor], a: Tensor, b: Tensor, node_offsets: Sequence[int]
     ) -> list[Tensor]:
-        """The update of every ``[B, 2, n_{l+1}, n_l, d]`` block through the C kernels: the
-        activation of both directions by :func:`nngraph_layers._native.edge_gelu` (the pair
+        """The update of every `[B, 2, n_{l+1}, n_l, d]` block through the C kernels: the
+        activation of both directions by `nngraph_layers._native.edge_gelu` (the pair
         GEMM without its bias, which goes into the node terms; no flip, no stacked node terms)
-        and each residual + LayerNorm by :func:`nngraph_layers._native.residual_layer_norm`."""
+        and each residual + LayerNorm by `nngraph_layers._native.residual_layer_norm`."""
         weight, bias = self.lin_pair.weight, self.lin_pair.bias
         c = bias[: self.hidden_dim] + bias[self.hidden_dim :]
         out = []
@@ -120,8 +122,8 @@ class EdgeUpdate(nn.Module):
         return out
 
     def _finish_native(self, edge_attr: Tensor, h: Tensor) -> Tensor:
-        """:meth:`_finish` with bias + dropout + residual + LayerNorm as one kernel pass each
-        (:func:`nngraph_layers._native.residual_layer_norm`; its own dropout masks)."""
+        """`_finish` with bias + dropout + residual + LayerNorm as one kernel pass each
+        (`nngraph_layers._native.residual_layer_norm`; its own dropout masks)."""
         first, act, second, drop = self.mlp
         assert isinstance(second, nn.Linear) and isinstance(drop, Dropout)
         p0 = self.dropout.p if self.training else 0.0
@@ -140,16 +142,18 @@ class RTLayer(nn.Module):
     r"""One NG-T layer (Kofinas et al., ICLR 2024): relational attention, then a node MLP, then
     an edge update, each with a residual connection and a post-LayerNorm:
 
-    .. math::
+    $$
+    \begin{aligned}
         \mathbf{n}_i &\leftarrow \mathrm{LN}\big(\mathbf{n}_i +
         \mathrm{RelationalAttention}(\mathbf{n}, \mathbf{e})_i\big),
         \qquad
-        \mathbf{n}_i \leftarrow \mathrm{LN}\big(\mathbf{n}_i + \mathrm{MLP}(\mathbf{n}_i)\big),
-
+        \mathbf{n}_i \leftarrow \mathrm{LN}\big(\mathbf{n}_i + \mathrm{MLP}(\mathbf{n}_i)\big), \\
         \mathbf{e}_{ij} &\leftarrow \mathrm{EdgeUpdate}(\mathbf{e}_{ij}, \mathbf{e}_{ji},
         \mathbf{n}_i, \mathbf{n}_j)
+    \end{aligned}
+    $$
 
-    (node MLP: ``Linear(no bias) -> GELU -> Linear``; see :class:`EdgeUpdate`).
+    (node MLP: `Linear(no bias) -> GELU -> Linear`; see [`EdgeUpdate`][nngraph_layers.EdgeUpdate]).
 
     Args:
         node_dim: node width (paper: 64).
@@ -159,22 +163,26 @@ class RTLayer(nn.Module):
         edge_hidden_dim: edge MLP width (paper: 64).
         heads: attention heads (paper: 8).
         dropout: dropout after the attention output and after each MLP.
-        update_edges: ``False`` skips the edge update (the reference does so in the last layer
+        update_edges: `False` skips the edge update (the reference does so in the last layer
             when only node features are read out).
-        scale: attention temperature, see :class:`RelationalAttention`.
-        modulate_values: multiplicative node-edge values, see :class:`RelationalAttention`.
-        kernel: ``"auto"``, ``"native"`` or ``"torch"``: how the attention's block path runs
-            (see :class:`RelationalAttention`).
+        scale: attention temperature, see
+            [`RelationalAttention`][nngraph_layers.RelationalAttention].
+        modulate_values: multiplicative node-edge values, see
+            [`RelationalAttention`][nngraph_layers.RelationalAttention].
+        kernel: `"auto"`, `"native"` or `"torch"`: how the attention's block path runs
+            (see [`RelationalAttention`][nngraph_layers.RelationalAttention]).
         checkpoint_edges: on the block path, recompute the edge update in the backward pass
             instead of keeping its per-pair intermediates (~8 per-pair tensors of width 32-128;
             the attention keeps only its inputs and each pair's softmax weights).
 
     Shapes:
-        - general :meth:`forward`: ``x [N, d_node]``, ``edge_attr [M, d_edge]``,
-          ``edge_index [2, M]``, ``reverse [M]`` -> ``([N, d_node], [M, d_edge])``.
-        - :meth:`forward_blocks`: ``x [B, N, d_node]``, ``edge_attr`` one
-          ``[B, 2, n_{l+1}, n_l, d_edge]`` per layer.
-        - :meth:`forward_dense`: ``x [B, N, d_node]``, ``edge_attr [B, N, N, d_edge]``.
+        - general [`forward`][nngraph_layers.RTLayer.forward]: `x [N, d_node]`,
+          `edge_attr [M, d_edge]`, `edge_index [2, M]`, `reverse [M]` ->
+          `([N, d_node], [M, d_edge])`.
+        - [`forward_blocks`][nngraph_layers.RTLayer.forward_blocks]: `x [B, N, d_node]`, `edge_attr`
+          one `[B, 2, n_{l+1}, n_l, d_edge]` per layer.
+        - [`forward_dense`][nngraph_layers.RTLayer.forward_dense]: `x [B, N, d_node]`,
+          `edge_attr [B, N, N, d_edge]`.
     """
 
     def __init__(
@@ -235,8 +243,8 @@ class RTLayer(nn.Module):
     def forward(
         self, x: Tensor, edge_attr: Tensor, edge_index: Tensor, reverse: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """General path: ``edge_index[0] -> edge_index[1]`` pairs; ``reverse[m]`` is the index of
-        the pair opposite to pair ``m``."""
+        """General path: `edge_index[0] -> edge_index[1]` pairs; `reverse[m]` is the index of
+        the pair opposite to pair `m`."""
         x = self._nodes(x, self.attention(x, edge_attr, edge_index))
         if self.edge_update is None:
             return x, edge_attr
@@ -248,9 +256,9 @@ class RTLayer(nn.Module):
     def forward_blocks(
         self, x: Tensor, edge_attr: Sequence[Tensor], layout: BlockLayout
     ) -> tuple[Tensor, list[Tensor]]:
-        """Block path: real edges in both directions, one ``[B, 2, n_{l+1}, n_l, d_edge]`` tensor
+        """Block path: real edges in both directions, one `[B, 2, n_{l+1}, n_l, d_edge]` tensor
         per layer (direction 0 along the weights, 1 reversed; see
-        :meth:`RelationalAttention.forward_blocks`)."""
+        [`RelationalAttention.forward_blocks`][nngraph_layers.RelationalAttention.forward_blocks])."""
         x = self._nodes(x, self.attention.forward_blocks(x, edge_attr, layout))
         if self.edge_update is None:
             return x, list(edge_attr)
@@ -280,7 +288,7 @@ class RTLayer(nn.Module):
         return out
 
     def forward_dense(self, x: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-        """Dense path: all node pairs, ``edge_attr[:, i, j]`` is the pair ``j -> i``."""
+        """Dense path: all node pairs, `edge_attr[:, i, j]` is the pair `j -> i`."""
         x = self._nodes(x, self.attention.forward_dense(x, edge_attr))
         if self.edge_update is None:
             return x, edge_attr

@@ -1,11 +1,11 @@
 """nngraph-probe: probe features from forward passes of whole model zoos.
 
-* :func:`functional_forward` -- run ``B`` networks of one architecture on ``K`` inputs,
-  vectorised over the batch (batched matmuls, grouped convolutions).
-* :class:`ProbeFeatures` -- each node's values on ``K`` fixed or learned probe inputs, ``[B*N, K]``
-  in canonical node order (equivariant to hidden permutations); ``attach(batch)`` stores them in
-  ``batch.probe_features``.
-* :class:`ProbeMLP` -- the probe-only, permutation-invariant baseline classifier.
+* [`functional_forward`][nngraph_probe.functional_forward] -- run `B` networks of one architecture
+  on `K` inputs, vectorised over the batch (batched matmuls, grouped convolutions).
+* [`ProbeFeatures`][nngraph_probe.ProbeFeatures] -- each node's values on `K` fixed or learned probe
+  inputs, `[B*N, K]` in canonical node order (equivariant to hidden permutations); `attach(batch)`
+  stores them in `batch.probe_features`.
+* [`ProbeMLP`][nngraph_probe.ProbeMLP] -- the probe-only, permutation-invariant baseline classifier.
 """
 
 from .classifier import ProbeMLP

@@ -15,15 +15,15 @@ __all__ = ["ProbeMLP"]
 
 
 class ProbeMLP(nn.Module):
-    r"""Probe-only classifier (ProbeGen-style; Kahana et al., 2024): query each network at ``K``
+    r"""Probe-only classifier (ProbeGen-style; Kahana et al., 2024): query each network at `K`
     probe inputs and classify the responses with an MLP,
 
-    .. math::
+    $$
+    \hat y = \mathrm{MLP}\big(\mathrm{vec}[f_\theta(x_1), \dots, f_\theta(x_K)]\big)
+    \in \mathbb{R}^{\text{num\_outputs}},
+    $$
 
-        \hat y = \mathrm{MLP}\big(\mathrm{vec}[f_\theta(x_1), \dots, f_\theta(x_K)]\big)
-        \in \mathbb{R}^{\text{num\_outputs}},
-
-    concatenated output node by output node (``[n_out * K]``). It sees the network only as a
+    concatenated output node by output node (`[n_out * K]`). It sees the network only as a
     function, so it is exactly invariant to hidden-neuron permutations (up to floating-point
     summation order), and it keeps the identity of the output neurons. On INRs the responses are
     pixel intensities at the probe coordinates: with the 28x28 grid as probes the model sees the
@@ -31,16 +31,17 @@ class ProbeMLP(nn.Module):
     such a model must reach (DESIGN §3).
 
     Args:
-        probes: the :class:`ProbeFeatures` module holding the probe inputs (fixed or learned).
-        num_output_nodes: ``n_out`` of the networks.
+        probes: the [`ProbeFeatures`][nngraph_probe.ProbeFeatures] module holding the probe inputs
+            (fixed or learned).
+        num_output_nodes: `n_out` of the networks.
         num_outputs: classes / regression targets.
         hidden: widths of the MLP's hidden layers.
         dropout: dropout after each hidden activation.
 
     Shapes:
-        - input: :class:`~nngraph_core.GraphBatch` of ``B`` networks (any architectures with the
-          probes' input shape and ``n_out`` outputs)
-        - output: ``[B, num_outputs]``
+        - input: [`GraphBatch`][nngraph_core.GraphBatch] of `B` networks (any architectures with the
+          probes' input shape and `n_out` outputs)
+        - output: `[B, num_outputs]`
     """
 
     def __init__(
@@ -81,8 +82,9 @@ class ProbeMLP(nn.Module):
         dropout: float = 0.0,
         generator_latent: int | None = None,
     ) -> ProbeMLP:
-        """A probe MLP for networks of ``template_or_spec`` (see :class:`ProbeFeatures` for the
-        probe options; ``init="grid"`` with ``grid_size=(28, 28)`` probes an INR on its pixels)."""
+        """A probe MLP for networks of `template_or_spec` (see
+        [`ProbeFeatures`][nngraph_probe.ProbeFeatures] for the
+        probe options; `init="grid"` with `grid_size=(28, 28)` probes an INR on its pixels)."""
         spec = resolve_spec(template_or_spec)
         probes = ProbeFeatures.for_graphs(
             spec, num_probes, init=init, learned=learned, grid_size=grid_size, seed=seed,

@@ -1,17 +1,17 @@
 r"""Probe features: what every neuron computes on a few probe inputs.
 
-For probe inputs :math:`x_1, \dots, x_K` and a network :math:`f_\theta`, node :math:`v` gets the
-``K``-vector of its values on the probes,
+For probe inputs $x_1, \dots, x_K$ and a network $f_\theta$, node $v$ gets the
+`K`-vector of its values on the probes,
 
-.. math::
+$$
+p_v = \big(a_v(x_1), \dots, a_v(x_K)\big) \in \mathbb{R}^K,
+$$
 
-    p_v = \big(a_v(x_1), \dots, a_v(x_K)\big) \in \mathbb{R}^K,
-
-where :math:`a_v` is the input coordinate (input nodes), the post-nonlinearity activation
-(hidden nodes) or the output (output nodes). For a conv channel, :math:`a_v(x)` is the spatial
+where $a_v$ is the input coordinate (input nodes), the post-nonlinearity activation
+(hidden nodes) or the output (output nodes). For a conv channel, $a_v(x)$ is the spatial
 mean of the channel's feature map (after its activation and pooling, before any flatten).
-Permuting hidden neurons permutes the rows of :math:`p` the same way, so a model that consumes
-:math:`p` as node features keeps its equivariance (Kofinas et al., ICLR 2024, §3.3).
+Permuting hidden neurons permutes the rows of $p$ the same way, so a model that consumes
+$p$ as node features keeps its equivariance (Kofinas et al., ICLR 2024, §3.3).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ ProbeInit = Literal["uniform", "normal", "grid"]
 def coordinate_grid(
     size: Sequence[int], *, low: float = -1.0, high: float = 1.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Pixel-centre coordinates of an ``H x W`` grid (or ``n`` points in 1-D) in ``[low, high]``.
+    """Pixel-centre coordinates of an `H x W` grid (or `n` points in 1-D) in `[low, high]`.
 
-    2-D: ``[H*W, 2]``, row-major, ``(x, y)`` per pixel with ``x`` along the columns and ``y``
-    along the rows -- the INR convention of ``nngraph_datasets.inr.grid``. 1-D: ``[n, 1]``.
+    2-D: `[H*W, 2]`, row-major, `(x, y)` per pixel with `x` along the columns and `y`
+    along the rows -- the INR convention of `nngraph_datasets.inr.grid`. 1-D: `[n, 1]`.
     """
     if len(size) == 1:
         return torch.linspace(low, high, int(size[0]), dtype=dtype).unsqueeze(1)
@@ -62,43 +62,43 @@ def _spec_input_shape(spec: ngc.NetworkSpec) -> tuple[int, ...]:
 
 
 class ProbeFeatures(nn.Module):
-    r"""Per-node probe features ``[B*N, K]`` from forward passes on ``K`` probe inputs.
+    r"""Per-node probe features `[B*N, K]` from forward passes on `K` probe inputs.
 
-    Every network of a :class:`~nngraph_core.GraphBatch` runs on the same probes (one vectorised
-    :func:`~nngraph_probe.functional_forward`); node :math:`v` gets its values on the probes: input
-    nodes the probe coordinates, hidden nodes their post-nonlinearity activations, output nodes the
-    outputs; conv channels the spatial mean of their feature map. Rows are in the canonical node
-    order of the batch (the template's order), so a hidden permutation of the networks permutes
-    the rows the same way.
+    Every network of a [`GraphBatch`][nngraph_core.GraphBatch] runs on the same probes (one
+    vectorised [`functional_forward`][nngraph_probe.functional_forward]); node $v$ gets its values
+    on the probes: input nodes the probe coordinates, hidden nodes their post-nonlinearity
+    activations, output nodes the outputs; conv channels the spatial mean of their feature map. Rows
+    are in the canonical node order of the batch (the template's order), so a hidden permutation of
+    the networks permutes the rows the same way.
 
     Args:
-        input_shape: shape of one network input, e.g. ``(2,)`` for an INR, ``(1, 28, 28)`` for a CNN.
-        num_probes: ``K`` (ignored by ``init="grid"``, where ``K = H * W``).
-        init: ``"uniform"`` -- i.i.d. :math:`U[\text{low}, \text{high}]` (INR coordinates in
-            :math:`[-1, 1]^2`, the paper's choice); ``"normal"`` -- i.i.d. :math:`N(0, 1)` (random
-            probe images for CNNs); ``"grid"`` -- the regular ``grid_size`` grid in
-            :math:`[\text{low}, \text{high}]^d` for ``d = 1, 2`` coordinates (e.g. 28x28 pixel centres).
-        learned: make the probes an ``nn.Parameter`` trained with the model (gradients flow through
+        input_shape: shape of one network input, e.g. `(2,)` for an INR, `(1, 28, 28)` for a CNN.
+        num_probes: `K` (ignored by `init="grid"`, where `K = H * W`).
+        init: `"uniform"` -- i.i.d. $U[\text{low}, \text{high}]$ (INR coordinates in
+            $[-1, 1]^2$, the paper's choice); `"normal"` -- i.i.d. $N(0, 1)$ (random
+            probe images for CNNs); `"grid"` -- the regular `grid_size` grid in
+            $[\text{low}, \text{high}]^d$ for `d = 1, 2` coordinates (e.g. 28x28 pixel centres).
+        learned: make the probes an `nn.Parameter` trained with the model (gradients flow through
             the forward pass); otherwise a buffer.
-        low: the range of ``"uniform"`` and ``"grid"``.
-        high: the range of ``"uniform"`` and ``"grid"``.
-        grid_size: ``(H, W)`` for ``init="grid"`` (default ``(28, 28)``; ``(n,)`` for 1-D inputs).
-        seed: seed of the ``torch.Generator`` that draws the probes (fixed probes are reproducible).
-        probes: explicit initial probes ``[K, *input_shape]`` (overrides ``init``).
+        low: the range of `"uniform"` and `"grid"`.
+        high: the range of `"uniform"` and `"grid"`.
+        grid_size: `(H, W)` for `init="grid"` (default `(28, 28)`; `(n,)` for 1-D inputs).
+        seed: seed of the `torch.Generator` that draws the probes (fixed probes are reproducible).
+        probes: explicit initial probes `[K, *input_shape]` (overrides `init`).
         generator_latent: generate the probes (ProbeGen, Kahana et al., ICLR 2025) instead of
-            learning them freely: probe ``k`` is $G(\mathbf{z}_k)$ with a learned latent code
+            learning them freely: probe `k` is $G(\mathbf{z}_k)$ with a learned latent code
             $\mathbf{z}_k \in \mathbb{R}^{\text{latent}}$ and a shared deep *linear* generator
             $G = \mathrm{Linear} \circ \mathrm{Linear}$ (no activation), which couples the probes
             and regularises them. At construction the generated probes have the mean and std of
-            the ``init`` draw. Implies trained probes (``learned`` is ignored).
+            the `init` draw. Implies trained probes (`learned` is ignored).
         generator_hidden: width of the generator's hidden layer.
 
     Shapes:
-        - input: a :class:`~nngraph_core.GraphBatch` of ``B`` graphs with ``N`` nodes each (or
-          flat parameters ``[B, P]`` plus ``template``)
-        - output: ``[B*N, K]`` (mixed batches: ``[sum N, K]``)
+        - input: a [`GraphBatch`][nngraph_core.GraphBatch] of `B` graphs with `N` nodes each (or
+          flat parameters `[B, P]` plus `template`)
+        - output: `[B*N, K]` (mixed batches: `[sum N, K]`)
 
-    Example:
+    Examples:
         >>> probe = ProbeFeatures.for_graphs(template, num_probes=64, learned=True)
         >>> batch = probe.attach(template.batch(params))   # batch.probe_features: [B*N, 64]
     """
@@ -202,8 +202,8 @@ class ProbeFeatures(nn.Module):
         input_shape: Sequence[int] | None = None,
         **kwargs: object,
     ) -> ProbeFeatures:
-        """Probes for an architecture: its input shape, ``"uniform"`` coordinates for MLPs
-        (INRs) and ``"normal"`` random images for CNNs unless ``init`` says otherwise."""
+        """Probes for an architecture: its input shape, `"uniform"` coordinates for MLPs
+        (INRs) and `"normal"` random images for CNNs unless `init` says otherwise."""
         spec = resolve_spec(template_or_spec)
         shape = tuple(input_shape) if input_shape is not None else _spec_input_shape(spec)
         chosen: ProbeInit = init if init is not None else ("normal" if spec.is_cnn else "uniform")
@@ -211,7 +211,7 @@ class ProbeFeatures(nn.Module):
 
     @property
     def num_probes(self) -> int:
-        """``K``."""
+        """`K`."""
         if self.generated:
             return int(self.latent.shape[0])
         return int(self.probes.shape[0])
@@ -237,7 +237,7 @@ class ProbeFeatures(nn.Module):
     def dense(
         self, template_or_spec: ngc.GraphTemplate | ngc.NetworkSpec, params: Tensor
     ) -> Tensor:
-        """Probe features ``[B, N, K]`` of flat parameters ``[B, P]`` (canonical node order)."""
+        """Probe features `[B, N, K]` of flat parameters `[B, P]` (canonical node order)."""
         spec = resolve_spec(template_or_spec)
         self._check(spec)
         _, acts = functional_forward(
@@ -257,7 +257,8 @@ class ProbeFeatures(nn.Module):
     def dense_outputs(
         self, template_or_spec: ngc.GraphTemplate | ngc.NetworkSpec, params: Tensor
     ) -> Tensor:
-        """The output nodes' probe features ``[B, n_out, K]`` (cheaper than :meth:`dense`)."""
+        """The output nodes' probe features `[B, n_out, K]` (cheaper than
+        [`dense`][nngraph_probe.ProbeFeatures.dense])."""
         spec = resolve_spec(template_or_spec)
         self._check(spec)
         out = functional_forward(spec, params, self.probes, shared_input=True)
@@ -273,7 +274,7 @@ class ProbeFeatures(nn.Module):
     def forward(
         self, batch_or_params: ngc.GraphBatch | Tensor, template: ngc.GraphTemplate | None = None
     ) -> Tensor:
-        """Probe features ``[B*N, K]`` of a batch (or of flat parameters ``[B, P]`` and ``template``).
+        """Probe features `[B*N, K]` of a batch (or of flat parameters `[B, P]` and `template`).
 
         A mixed-architecture batch is handled one architecture at a time (one vectorised forward
         per distinct spec, never one per network); rows follow the batch's node order.
@@ -295,7 +296,7 @@ class ProbeFeatures(nn.Module):
         return out
 
     def outputs(self, batch: ngc.GraphBatch) -> Tensor:
-        """The output nodes' probe features ``[B, n_out, K]`` of a batch (every graph needs the same
+        """The output nodes' probe features `[B, n_out, K]` of a batch (every graph needs the same
         number of outputs)."""
         if batch.template is not None:
             return self.dense_outputs(batch.template, batch.params())
@@ -312,7 +313,7 @@ class ProbeFeatures(nn.Module):
         return out
 
     def attach(self, batch: ngc.GraphBatch) -> ngc.GraphBatch:
-        """Set ``batch.probe_features`` to ``self(batch)`` and return the batch."""
+        """Set `batch.probe_features` to `self(batch)` and return the batch."""
         batch.probe_features = self(batch)
         return batch
 
@@ -323,7 +324,7 @@ class ProbeFeatures(nn.Module):
 
 
 def _groups(batch: ngc.GraphBatch) -> list[tuple[ngc.NetworkSpec, Tensor]]:
-    """``(spec, graph ids)`` for each distinct architecture of a batch, in order of appearance."""
+    """`(spec, graph ids)` for each distinct architecture of a batch, in order of appearance."""
     index: dict[ngc.NetworkSpec, list[int]] = {}
     for i, spec in enumerate(batch.specs):
         index.setdefault(spec, []).append(i)
@@ -335,9 +336,9 @@ def _canonical_edges(spec: ngc.NetworkSpec) -> tuple[Tensor, Tensor]:
     """For every node in canonical order: one edge position (canonical edge order) that touches
     it, and the edge-index row (0: it is that edge's source, 1: its target).
 
-    Input node ``i`` is the source of edge ``i`` of layer 0; node ``o`` of node layer ``l + 1`` is
-    the target of edge ``o * n_l`` of layer ``l``. Edge order survives any relabelling of nodes
-    (``NeuralGraph.permute_nodes`` keeps it), so this recovers the canonical node order.
+    Input node `i` is the source of edge `i` of layer 0; node `o` of node layer `l + 1` is
+    the target of edge `o * n_l` of layer `l`. Edge order survives any relabelling of nodes
+    (`NeuralGraph.permute_nodes` keeps it), so this recovers the canonical node order.
     """
     template = ngc.GraphTemplate(spec)
     pos = [torch.arange(spec.widths[0])]
@@ -353,8 +354,8 @@ def _canonical_edges(spec: ngc.NetworkSpec) -> tuple[Tensor, Tensor]:
 def _group_params(
     batch: ngc.GraphBatch, spec: ngc.NetworkSpec, ids: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Flat parameters ``[B_g, P]`` of the graphs ``ids`` of a mixed batch (one scatter), and the
-    batch rows ``[B_g, N]`` of their nodes in canonical order."""
+    """Flat parameters `[B_g, P]` of the graphs `ids` of a mixed batch (one scatter), and the
+    batch rows `[B_g, N]` of their nodes in canonical order."""
     dev = batch.node_features.device
     n, e, p = spec.num_nodes, spec.num_edges, spec.num_params
     node_rows = batch.node_ptr[ids].unsqueeze(1) + torch.arange(n, device=dev)  # [B_g, N]

@@ -1,21 +1,22 @@
 """Run a whole zoo of one architecture at once, from flat parameter vectors.
 
-:func:`functional_forward` evaluates ``B`` networks of one :class:`~nngraph_core.NetworkSpec` on
-``K`` inputs with batched kernels and no Python loop over the networks:
+[`functional_forward`][nngraph_probe.functional_forward] evaluates `B` networks of one
+[`NetworkSpec`][nngraph_core.NetworkSpec] on `K` inputs with batched kernels and no Python loop over
+the networks:
 
-* a linear layer is one batched matmul (``baddbmm``); when the input is shared by all networks
-  (the first layer with common probe inputs) it is one ``[K, F] x [F, B*O]`` matmul;
-* a conv layer is one *grouped* convolution: the ``B`` networks become ``B`` channel groups of a
-  single ``conv2d`` call (``[K, B*C, H, W]`` input, ``[B*O, C, kh, kw]`` weight, ``groups=B``); the
-  shared first layer is an ungrouped conv with the ``B*O`` kernels stacked as output channels.
-  The conv part of the network is kept in this ``K``-major layout, so no transposes are needed
-  between conv layers. ``torch.func.vmap`` over ``F.conv2d`` lowers to the same grouped call;
-  ``benchmarks/bench_probe.py`` times both (on a loaded 2-core machine they were within noise,
+* a linear layer is one batched matmul (`baddbmm`); when the input is shared by all networks
+  (the first layer with common probe inputs) it is one `[K, F] x [F, B*O]` matmul;
+* a conv layer is one *grouped* convolution: the `B` networks become `B` channel groups of a
+  single `conv2d` call (`[K, B*C, H, W]` input, `[B*O, C, kh, kw]` weight, `groups=B`); the
+  shared first layer is an ungrouped conv with the `B*O` kernels stacked as output channels.
+  The conv part of the network is kept in this `K`-major layout, so no transposes are needed
+  between conv layers. `torch.func.vmap` over `F.conv2d` lowers to the same grouped call;
+  `benchmarks/bench_probe.py` times both (on a loaded 2-core machine they were within noise,
   266-302 ms vs 271 ms for 32 three-layer CNNs on 16 images), and the explicit form needs no
   functorch transform and keeps the layout under our control;
-* the parameter-free modules of the spec (``input_ops`` and each layer's ``ops_after``:
-  activations, pooling, flatten) run on the batch with ``B`` and ``K`` merged into one leading
-  dimension, which is exactly what each network would see with a batch of ``B*K`` inputs.
+* the parameter-free modules of the spec (`input_ops` and each layer's `ops_after`:
+  activations, pooling, flatten) run on the batch with `B` and `K` merged into one leading
+  dimension, which is exactly what each network would see with a batch of `B*K` inputs.
   Dropout modules are skipped: the functional forward is an evaluation-mode forward.
 
 Gradients flow to both the parameters and the inputs (learned probe inputs).
@@ -34,14 +35,14 @@ import nngraph_core as ngc
 
 __all__ = ["NodeActivations", "functional_forward", "resolve_spec"]
 
-#: ``[B, K, n_l]`` (dense layers) or ``[B, K, C_l, h, w]`` (conv maps), one per node layer.
+#: `[B, K, n_l]` (dense layers) or `[B, K, C_l, h, w]` (conv maps), one per node layer.
 NodeActivations = list[Tensor]
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 def resolve_spec(template_or_spec: ngc.GraphTemplate | ngc.NetworkSpec) -> ngc.NetworkSpec:
-    """The :class:`~nngraph_core.NetworkSpec` of a template or spec."""
+    """The [`NetworkSpec`][nngraph_core.NetworkSpec] of a template or spec."""
     if isinstance(template_or_spec, ngc.GraphTemplate):
         return template_or_spec.spec
     if isinstance(template_or_spec, ngc.NetworkSpec):
@@ -52,7 +53,7 @@ def resolve_spec(template_or_spec: ngc.GraphTemplate | ngc.NetworkSpec) -> ngc.N
 
 
 def input_rank(spec: ngc.NetworkSpec) -> int | None:
-    """Number of dimensions of one input (without batch), or ``None`` if it cannot be told."""
+    """Number of dimensions of one input (without batch), or `None` if it cannot be told."""
     if spec.input_shape is not None:
         return len(spec.input_shape)
     if spec.layers[0].kind == "conv2d":
@@ -63,10 +64,10 @@ def input_rank(spec: ngc.NetworkSpec) -> int | None:
 
 
 def _apply_ops(ops: Sequence[nn.Module], h: Tensor, lead: int) -> tuple[Tensor, Tensor | None]:
-    """Run ``ops`` on ``h`` whose first ``lead`` dims are batch dims (merged for the call).
+    """Run `ops` on `h` whose first `lead` dims are batch dims (merged for the call).
 
-    Returns the result and the last 4-D feature map seen on the way (``[*lead, C, h, w]``), or
-    ``None`` if no op produced one (the per-channel node values of a conv layer are read off it,
+    Returns the result and the last 4-D feature map seen on the way (`[*lead, C, h, w]`), or
+    `None` if no op produced one (the per-channel node values of a conv layer are read off it,
     before any flatten).
     """
     shape = h.shape[:lead]
@@ -83,7 +84,7 @@ def _apply_ops(ops: Sequence[nn.Module], h: Tensor, lead: int) -> tuple[Tensor, 
 
 
 def _conv_padding(layer: ngc.LayerSpec) -> tuple[int, int, int, int]:
-    """``F.pad`` amounts ``(left, right, top, bottom)`` of a conv layer (as ``nn.Conv2d`` does)."""
+    """`F.pad` amounts `(left, right, top, bottom)` of a conv layer (as `nn.Conv2d` does)."""
     kh, kw = layer.kernel_size
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
@@ -98,7 +99,7 @@ def _conv_padding(layer: ngc.LayerSpec) -> tuple[int, int, int, int]:
 def _conv(
     h: Tensor, weight: Tensor, bias: Tensor | None, layer: ngc.LayerSpec, groups: int
 ) -> Tensor:
-    """``conv2d`` of ``h [K, groups*C, H, W]`` with the stacked kernels ``[groups*O, C, kh, kw]``."""
+    """`conv2d` of `h [K, groups*C, H, W]` with the stacked kernels `[groups*O, C, kh, kw]`."""
     if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         pad = _conv_padding(layer)
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
@@ -118,32 +119,32 @@ def functional_forward(
     return_activations: bool = False,
     shared_input: bool | None = None,
 ) -> Tensor | tuple[Tensor, NodeActivations]:
-    r"""Evaluate ``B`` networks of one architecture on ``K`` inputs each, vectorised over ``B``.
+    r"""Evaluate `B` networks of one architecture on `K` inputs each, vectorised over `B`.
 
-    Computes ``y[b, k] = f_{\theta_b}(x_k)`` (or ``f_{\theta_b}(x_{b, k})``) exactly as running
-    the ``b``-th ``nn.Module`` on the inputs would (in evaluation mode).
+    Computes `y[b, k] = f_{\theta_b}(x_k)` (or `f_{\theta_b}(x_{b, k})`) exactly as running
+    the `b`-th `nn.Module` on the inputs would (in evaluation mode).
 
     Args:
         template_or_spec: the architecture.
-        params: flat parameters ``[B, P]`` in state-dict order (``template.flatten`` order).
-        x: inputs, ``[K, *input_shape]`` shared by every network or ``[B, K, *input_shape]``.
-            Cast to ``params.dtype``.
+        params: flat parameters `[B, P]` in state-dict order (`template.flatten` order).
+        x: inputs, `[K, *input_shape]` shared by every network or `[B, K, *input_shape]`.
+            Cast to `params.dtype`.
         return_activations: also return each node layer's values (see Returns).
-        shared_input: whether ``x`` is shared; inferred from its rank when the input rank is
-            known (inputs to an MLP, an image to a CNN, or ``spec.input_shape`` set).
+        shared_input: whether `x` is shared; inferred from its rank when the input rank is
+            known (inputs to an MLP, an image to a CNN, or `spec.input_shape` set).
 
     Returns:
-        The outputs ``[B, K, *output_shape]``; with ``return_activations``, also a list of
-        ``L + 1`` tensors, one per node layer: the inputs after ``spec.input_ops``, each layer's
+        The outputs `[B, K, *output_shape]`; with `return_activations`, also a list of
+        `L + 1` tensors, one per node layer: the inputs after `spec.input_ops`, each layer's
         output after its parameter-free modules (for a conv layer the last feature map before
-        any flatten, ``[B, K, C, h, w]``), and the outputs. Dense layers give ``[B, K, n_l]``.
+        any flatten, `[B, K, C, h, w]`), and the outputs. Dense layers give `[B, K, n_l]`.
 
     Shapes:
-        - params: ``[B, P]``
-        - x: ``[K, *input_shape]`` or ``[B, K, *input_shape]``
-        - output: ``[B, K, *output_shape]``
+        - params: `[B, P]`
+        - x: `[K, *input_shape]` or `[B, K, *input_shape]`
+        - output: `[B, K, *output_shape]`
 
-    Example:
+    Examples:
         >>> y = functional_forward(template, params, coords)   # [B, 784, 1]
     """
     spec = resolve_spec(template_or_spec)
@@ -237,7 +238,7 @@ def functional_forward(
 
 
 def _is_dense(h: Tensor, layout: str) -> bool:
-    """Whether the state ``h`` has no spatial dims (``[.., F]`` instead of ``[.., C, H, W]``)."""
+    """Whether the state `h` has no spatial dims (`[.., F]` instead of `[.., C, H, W]`)."""
     lead = 1 if layout == "shared" else 2
     return h.dim() - lead < 3
 

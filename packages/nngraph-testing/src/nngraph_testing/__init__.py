@@ -2,7 +2,7 @@
 
 Hypothesis strategies for architectures, seeded networks and hidden permutations; equivariance
 assertions with a tolerance table by dtype; base test classes for graph models; Hypothesis
-profiles (``ci``, ``dev``, ``thorough``).
+profiles (`ci`, `dev`, `thorough`).
 """
 
 from .asserts import (

@@ -21,17 +21,17 @@ __all__ = [
     "tolerance",
 ]
 
-#: ``dtype -> (rtol, atol)`` used by every assertion here.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (1e-4, 1e-5),
     torch.bfloat16: (1.6e-2, 1e-2),
     torch.float16: (1e-3, 1e-3),
 }
+"""`dtype -> (rtol, atol)` used by every assertion here."""
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` for ``dtype``."""
+    """`(rtol, atol)` for `dtype`."""
     try:
         return TOLERANCES[dtype]
     except KeyError:
@@ -41,9 +41,10 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
 def assert_close_by_dtype(
     actual: Tensor, expected: Tensor, msg: str = "", *, scale: float = 1.0
 ) -> None:
-    """``torch.testing.assert_close`` with the :data:`TOLERANCES` of ``actual``'s dtype.
+    """`torch.testing.assert_close` with the [`TOLERANCES`][nngraph_testing.TOLERANCES] of
+    `actual`'s dtype.
 
-    ``scale`` multiplies both tolerances (e.g. for long reductions); keep it small.
+    `scale` multiplies both tolerances (e.g. for long reductions); keep it small.
     """
     rtol, atol = tolerance(actual.dtype)
     torch.testing.assert_close(
@@ -56,7 +57,7 @@ def assert_close_by_dtype(
 
 
 def assert_same_function(a: nn.Module, b: nn.Module, x: Tensor, *, scale: float = 1.0) -> None:
-    """``a`` and ``b`` compute the same function on inputs ``x`` (tolerance by ``x``'s dtype)."""
+    """`a` and `b` compute the same function on inputs `x` (tolerance by `x`'s dtype)."""
     with torch.no_grad():
         assert_close_by_dtype(
             b(x), a(x), "the two networks compute different functions", scale=scale
@@ -70,7 +71,7 @@ def assert_invariant(
     *,
     scale: float = 1.0,
 ) -> None:
-    """``fn(transform(x)) == fn(x)``."""
+    """`fn(transform(x)) == fn(x)`."""
     expected = fn(x)
     actual = fn(transform(x))
     assert_close_by_dtype(
@@ -86,7 +87,7 @@ def assert_equivariant(
     *,
     scale: float = 1.0,
 ) -> None:
-    """``fn(transform_in(x)) == transform_out(fn(x))``.
+    """`fn(transform_in(x)) == transform_out(fn(x))`.
 
     The output action runs in float64 and the result is cast back, so the comparison measures
     the model's error, not the action's.
@@ -100,7 +101,7 @@ def assert_equivariant(
 
 
 def assert_differs(a: Tensor, b: Tensor, msg: str = "", *, factor: float = 10.0) -> None:
-    """``a`` and ``b`` differ by more than ``factor`` times the dtype's tolerance."""
+    """`a` and `b` differ by more than `factor` times the dtype's tolerance."""
     rtol, atol = tolerance(a.dtype)
     diff = float((a - b).abs().max())
     bound = factor * (atol + rtol * float(b.abs().max()))
@@ -114,7 +115,7 @@ def assert_sensitive(
     *,
     factor: float = 10.0,
 ) -> None:
-    """``fn(transform(x))`` differs from ``fn(x)`` by clearly more than the dtype's tolerance.
+    """`fn(transform(x))` differs from `fn(x)` by clearly more than the dtype's tolerance.
 
     Used with an *illegal* transformation (an uncoupled permutation, swapped outputs) to prove that
     an invariance test has power: a model that ignores its input would pass invariance trivially.
@@ -130,7 +131,7 @@ def assert_sensitive(
 def assert_graphs_isomorphic(
     permuted: ngc.NeuralGraph, original: ngc.NeuralGraph, node_perm: Tensor
 ) -> None:
-    """Node ``v`` of ``permuted`` is node ``node_perm[v]`` of ``original``, and the map carries node
+    """Node `v` of `permuted` is node `node_perm[v]` of `original`, and the map carries node
     features, node attributes, edges and edge features over exactly (bit for bit)."""
     n = original.num_nodes
     assert permuted.num_nodes == n, f"node counts differ: {permuted.num_nodes} vs {n}"

@@ -1,16 +1,19 @@
 """Base test classes that every graph model's test suite subclasses.
 
-Subclass, implement :meth:`GraphModelTests.make_model`, and pytest collects the inherited
-property tests (drawn by Hypothesis, run in float32 and float64, eval and train mode)::
+Subclass, implement [`GraphModelTests.make_model`][nngraph_testing.GraphModelTests.make_model], and
+pytest collects the inherited property tests (drawn by Hypothesis, run in float32 and float64, eval
+and train mode):
 
-    class TestMyModel(InvariantModelTests):
-        kinds = ("mlp", "cnn")
+```python
+class TestMyModel(InvariantModelTests):
+    kinds = ("mlp", "cnn")
 
-        def make_model(self, template, dtype):
-            return MyModel.for_graphs(template, num_outputs=3, dropout=0.0).to(dtype)
+    def make_model(self, template, dtype):
+        return MyModel.for_graphs(template, num_outputs=3, dropout=0.0).to(dtype)
+```
 
-The model takes a :class:`~nngraph_core.GraphBatch` built by ``template.batch(params)`` and
-returns ``[B, k]`` (invariant models) or flat parameters ``[B, P]`` (equivariant models). In train
+The model takes a [`GraphBatch`][nngraph_core.GraphBatch] built by `template.batch(params)` and
+returns `[B, k]` (invariant models) or flat parameters `[B, P]` (equivariant models). In train
 mode the tests expect a deterministic model (dropout 0): a dropout mask is not permuted along.
 """
 
@@ -34,8 +37,8 @@ __all__ = ["EquivariantModelTests", "GraphModelTests", "InvariantModelTests"]
 
 
 def _property(fn: Callable[..., None]) -> Callable[..., None]:
-    """Mark a property test of a base class. Every subclass gets its own ``@given``-wrapped copy
-    (see :meth:`GraphModelTests.__init_subclass__`), so the settings come from the profile that
+    """Mark a property test of a base class. Every subclass gets its own `@given`-wrapped copy
+    (see `GraphModelTests.__init_subclass__`), so the settings come from the profile that
     is active when the tests run, and Hypothesis sees one test function per test class."""
     fn._nngraph_property = True  # type: ignore[attr-defined]
     return fn
@@ -84,7 +87,7 @@ class GraphModelTests:
                 setattr(cls, name, _wrap(raw, cls))
 
     def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
-        """Build the model under test for graphs of ``template``, in ``dtype``."""
+        """Build the model under test for graphs of `template`, in `dtype`."""
         raise NotImplementedError
 
     def run_model(self, model: nn.Module, template: ngc.GraphTemplate, params: Tensor) -> Tensor:
@@ -125,7 +128,7 @@ class GraphModelTests:
         return template, params, dtype, mode
 
     def _draw_uncoupled_index(self, data: st.DataObject, template: ngc.GraphTemplate) -> Tensor:
-        """Index ``pi`` [P] of an illegal permutation: the first hidden layer that a drawn
+        """Index `pi` [P] of an illegal permutation: the first hidden layer that a drawn
         non-trivial permutation moves is permuted in its incoming weights and biases only."""
         perm = data.draw(nontrivial_hidden_permutations(template.spec), label="permutation")
         layer = next(

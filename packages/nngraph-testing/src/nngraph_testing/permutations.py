@@ -1,7 +1,7 @@
 """Legal and illegal permutations acting on flat parameter vectors.
 
-A *legal* hidden permutation moves the rows of ``W_l`` and ``b_l`` together with the columns of
-``W_{l+1}``; it is a symmetry. An *illegal* one breaks that coupling (only the incoming weights,
+A *legal* hidden permutation moves the rows of `W_l` and `b_l` together with the columns of
+`W_{l+1}`; it is a symmetry. An *illegal* one breaks that coupling (only the incoming weights,
 only the outgoing weights) or moves input/output neurons; it changes the function, so a model
 must notice it.
 """
@@ -24,10 +24,10 @@ def partial_permutation_index(
     incoming: bool = True,
     outgoing: bool = True,
 ) -> Tensor:
-    """Index ``pi`` [P] (use ``params[..., pi]``) that permutes the neurons of ``node_layer`` by
-    ``perm`` in their bias and incoming weights (if ``incoming``) and in the next layer's weights
-    (if ``outgoing``). With both flags and a hidden layer it equals the legal
-    :meth:`~nngraph_core.GraphTemplate.param_permutation`; anything else is illegal.
+    """Index `pi` [P] (use `params[..., pi]`) that permutes the neurons of `node_layer` by
+    `perm` in their bias and incoming weights (if `incoming`) and in the next layer's weights
+    (if `outgoing`). With both flags and a hidden layer it equals the legal
+    [`param_permutation`][nngraph_core.GraphTemplate.param_permutation]; anything else is illegal.
     """
     spec = template.spec
     n = spec.widths[node_layer]

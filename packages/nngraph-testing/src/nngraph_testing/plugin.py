@@ -1,7 +1,7 @@
 """pytest plugin: registers the nngraph Hypothesis profiles and loads the default one.
 
-``--hypothesis-profile NAME`` (Hypothesis' own option) still wins: Hypothesis applies it in its
-``pytest_configure``, after this module has registered the profiles at import time.
+`--hypothesis-profile NAME` (Hypothesis' own option) still wins: Hypothesis applies it in its
+`pytest_configure`, after this module has registered the profiles at import time.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ import nngraph_core as ngc
 
 __all__ = ["STRUCTURAL_PROBE_DIM", "batch_with_structural_probes", "structural_probe_features"]
 
-#: width ``K`` of :func:`structural_probe_features`.
+#: width `K` of `structural_probe_features`.
 STRUCTURAL_PROBE_DIM = 4
 
 
 def structural_probe_features(template: ngc.GraphTemplate, params: Tensor) -> Tensor:
-    """``[B*N, 4]`` per-node features: the node's bias, the sum and the sum of squares of its
+    """`[B*N, 4]` per-node features: the node's bias, the sum and the sum of squares of its
     incoming weights, and the sum of its outgoing weights.
 
     A function of the node's own parameters and its incident edges only, so it permutes with
@@ -36,7 +36,8 @@ def structural_probe_features(template: ngc.GraphTemplate, params: Tensor) -> Te
 
 
 def batch_with_structural_probes(template: ngc.GraphTemplate, params: Tensor) -> ngc.GraphBatch:
-    """``template.batch(params)`` carrying :func:`structural_probe_features`."""
+    """`template.batch(params)` carrying
+    [`structural_probe_features`][nngraph_testing.structural_probe_features]."""
     batch = template.batch(params)
     batch.probe_features = structural_probe_features(template, params)
     return batch

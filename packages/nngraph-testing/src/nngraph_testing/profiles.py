@@ -1,11 +1,11 @@
 """Hypothesis profiles for nngraph test suites.
 
-* ``ci`` -- Hypothesis' built-in ``ci`` profile (derandomized, no deadline, no database), with
-  200 examples per property. Hypothesis selects it when the ``CI`` environment variable is set.
-* ``dev`` -- quick local runs: 25 examples, no deadline (torch code has no stable timing).
-* ``thorough`` -- 2,000 examples, for a nightly or a release.
+* `ci` -- Hypothesis' built-in `ci` profile (derandomized, no deadline, no database), with
+  200 examples per property. Hypothesis selects it when the `CI` environment variable is set.
+* `dev` -- quick local runs: 25 examples, no deadline (torch code has no stable timing).
+* `thorough` -- 2,000 examples, for a nightly or a release.
 
-Select one with ``pytest --hypothesis-profile NAME`` or ``NNGRAPH_HYPOTHESIS_PROFILE=NAME``.
+Select one with `pytest --hypothesis-profile NAME` or `NNGRAPH_HYPOTHESIS_PROFILE=NAME`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 __all__ = ["PROFILES", "device_under_test", "load_profile", "register_profiles"]
 
 PROFILES = ("ci", "dev", "thorough")
+"""The hypothesis profiles [`register_profiles`][nngraph_testing.register_profiles] registers."""
 CI_EXAMPLES = 200
 
 
@@ -45,7 +46,7 @@ def register_profiles() -> None:
 
 
 def default_profile() -> str:
-    """``$NNGRAPH_HYPOTHESIS_PROFILE`` if set, else ``ci`` under CI, else ``dev``."""
+    """`$NNGRAPH_HYPOTHESIS_PROFILE` if set, else `ci` under CI, else `dev`."""
     chosen = os.environ.get("NNGRAPH_HYPOTHESIS_PROFILE")
     if chosen:
         if chosen not in PROFILES:
@@ -55,7 +56,7 @@ def default_profile() -> str:
 
 
 def load_profile(name: str | None = None) -> str:
-    """Register the profiles and load ``name`` (default: :func:`default_profile`)."""
+    """Register the profiles and load `name` (default: `default_profile`)."""
     register_profiles()
     chosen = name or default_profile()
     settings.load_profile(chosen)
@@ -63,8 +64,8 @@ def load_profile(name: str | None = None) -> str:
 
 
 def device_under_test() -> str:
-    """The device the suites run on: ``$NNGRAPH_DEVICE`` (``cpu`` by default; ``nox -s tests_gpu``
-    sets ``cuda``). Raises if CUDA is asked for but not available, so a GPU run never silently
+    """The device the suites run on: `$NNGRAPH_DEVICE` (`cpu` by default; `nox -s tests_gpu`
+    sets `cuda`). Raises if CUDA is asked for but not available, so a GPU run never silently
     tests the CPU."""
     import torch
 

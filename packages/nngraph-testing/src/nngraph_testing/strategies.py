@@ -1,7 +1,7 @@
 """Hypothesis strategies: architectures, seeded networks, hidden permutations.
 
 Structure is drawn by Hypothesis (depths, widths, kernel sizes, activations, permutations);
-values come from a ``torch.Generator`` seeded with a drawn integer, never from torch's global RNG,
+values come from a `torch.Generator` seeded with a drawn integer, never from torch's global RNG,
 so every example replays exactly.
 """
 
@@ -29,7 +29,6 @@ __all__ = [
     "seeds",
 ]
 
-#: Activations drawn for random networks: name -> factory. "smooth" ones never zero a neuron out.
 ACTIVATIONS: dict[str, type[nn.Module] | object] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -38,7 +37,10 @@ ACTIVATIONS: dict[str, type[nn.Module] | object] = {
     "silu": nn.SiLU,
     "identity": nn.Identity,
 }
+"""Activations drawn for random networks: name -> factory. "Smooth" ones never zero a neuron
+out."""
 SMOOTH_ACTIVATIONS = ("tanh", "sine", "silu")
+"""The activations of [`ACTIVATIONS`][nngraph_testing.ACTIVATIONS] that never zero a neuron out."""
 
 
 def _make_activation(name: str) -> nn.Module:
@@ -50,17 +52,18 @@ def _make_activation(name: str) -> nn.Module:
 
 @dataclass(frozen=True)
 class NetworkRecipe:
-    """A drawn architecture; :meth:`build` makes a seeded network of it.
+    """A drawn architecture; [`build`][nngraph_testing.NetworkRecipe.build] makes a seeded network
+    of it.
 
     Args:
-        kind: ``"mlp"`` or ``"cnn"``.
+        kind: `"mlp"` or `"cnn"`.
         widths: nodes per node layer (inputs/channels first, outputs last).
         activations: one name per parameterised layer but the last.
         bias: one flag per parameterised layer.
-        kernels: ``(kh, kw)`` per conv layer (CNN only; the rest of the layers are linear).
+        kernels: `(kh, kw)` per conv layer (CNN only; the rest of the layers are linear).
         strides: stride per conv layer.
-        pooling: ``"avg"`` (global average pooling) or ``"flatten"`` between convs and linears.
-        image_size: input ``(H, W)`` of a CNN.
+        pooling: `"avg"` (global average pooling) or `"flatten"` between convs and linears.
+        image_size: input `(H, W)` of a CNN.
     """
 
     kind: str
@@ -92,7 +95,7 @@ class NetworkRecipe:
         return h, w
 
     def build(self, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
-        """A network of this architecture with weights drawn from ``torch.Generator(seed)``.
+        """A network of this architecture with weights drawn from `torch.Generator(seed)`.
 
         Weights ~ N(0, 1/fan_in) (biases N(0, 0.1^2)) so activations stay O(1) at any depth.
         """
@@ -202,7 +205,7 @@ def cnn_recipes(
 
 
 def network_recipes(kind: str = "any", **kwargs: object) -> st.SearchStrategy[NetworkRecipe]:
-    """MLP (``kind="mlp"``), CNN (``"cnn"``) or either (``"any"``) recipes."""
+    """MLP (`kind="mlp"`), CNN (`"cnn"`) or either (`"any"`) recipes."""
     if kind == "mlp":
         return mlp_recipes(**kwargs)  # type: ignore[arg-type]
     if kind == "cnn":
@@ -216,7 +219,7 @@ def network_recipes(kind: str = "any", **kwargs: object) -> st.SearchStrategy[Ne
 def networks(
     draw: st.DrawFn, kind: str = "any", dtype: torch.dtype | None = None, **kwargs: object
 ) -> tuple[NetworkRecipe, nn.Module]:
-    """``(recipe, module)``: a seeded network of a drawn architecture (dtype drawn if ``None``)."""
+    """`(recipe, module)`: a seeded network of a drawn architecture (dtype drawn if `None`)."""
     recipe = draw(network_recipes(kind, **kwargs))
     chosen = dtype if dtype is not None else draw(dtypes)
     return recipe, recipe.build(draw(seeds), chosen)
@@ -224,7 +227,7 @@ def networks(
 
 @st.composite
 def hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPermutation:
-    """A hidden permutation of ``spec`` drawn with ``st.permutations`` (shrinks towards identity)."""
+    """A hidden permutation of `spec` drawn with `st.permutations` (shrinks towards identity)."""
     return ngc.HiddenPermutation.from_lists(
         [draw(st.permutations(range(n))) for n in spec.widths[1:-1]]
     )
@@ -232,7 +235,8 @@ def hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPer
 
 @st.composite
 def nontrivial_hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPermutation:
-    """A hidden permutation that moves at least one neuron (``spec`` needs a hidden layer of width >= 2)."""
+    """A hidden permutation that moves at least one neuron (`spec` needs a hidden layer of width >=
+    2)."""
     candidates = [i for i, n in enumerate(spec.widths[1:-1]) if n >= 2]
     if not candidates:
         raise ValueError("no hidden layer has two or more neurons")

@@ -1,10 +1,12 @@
 """Baselines for the comparison table, with the graph models' interface:
-``Model.for_graphs(template, num_outputs)`` and ``model(GraphBatch) -> [B, num_outputs]``.
+`Model.for_graphs(template, num_outputs)` and `model(GraphBatch) -> [B, num_outputs]`.
 
-* :class:`FlatMLP` -- MLP on the flattened, normalised weights (not permutation invariant).
-* :class:`DeepSets` -- set encoder over all weights and biases (invariant, but to a much larger
-  group than the hidden-neuron permutations).
-* :class:`NFNBaseline` -- NFN_HNP / NFN_NP through the ``nfn`` package (extra ``nfn``).
+* [`FlatMLP`][nngraph_layers.baselines.FlatMLP] -- MLP on the flattened, normalised weights (not
+  permutation invariant).
+* [`DeepSets`][nngraph_layers.baselines.DeepSets] -- set encoder over all weights and biases
+  (invariant, but to a much larger group than the hidden-neuron permutations).
+* [`NFNBaseline`][nngraph_layers.baselines.NFNBaseline] -- NFN_HNP / NFN_NP through the `nfn`
+  package (extra `nfn`).
 """
 
 from ._normalize import ParamNormalizer

@@ -22,7 +22,7 @@ B = TypeVar("B", bound="Baseline")
 def relu_mlp(
     width: int, hidden: Sequence[int], num_outputs: int, dropout: float
 ) -> list[nn.Module]:
-    """``[Linear, ReLU, (Dropout)] * len(hidden) + [Linear]`` from ``width`` to ``num_outputs``."""
+    """`[Linear, ReLU, (Dropout)] * len(hidden) + [Linear]` from `width` to `num_outputs`."""
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
@@ -46,18 +46,18 @@ class Baseline(nn.Module):
         num_outputs: int = 10,
         **kwargs: object,
     ) -> B:
-        """A model for graphs of ``template`` (keyword arguments as in the constructor)."""
+        """A model for graphs of `template` (keyword arguments as in the constructor)."""
         spec = template.spec if isinstance(template, ngc.GraphTemplate) else template
         return cls(spec, num_outputs, **kwargs)  # type: ignore[call-arg]
 
     def fit_normalization(self: B, params: Tensor) -> B:
-        """Per-layer statistics from training parameters ``[B, P]``."""
+        """Per-layer statistics from training parameters `[B, P]`."""
         self.normalizer.fit(params)
         return self
 
 
 def batch_params(batch: ngc.GraphBatch, spec: ngc.NetworkSpec, model: str) -> Tensor:
-    """Flat parameters ``[B, P]`` of a batch of one architecture ``spec`` (one scatter)."""
+    """Flat parameters `[B, P]` of a batch of one architecture `spec` (one scatter)."""
     if batch.template is None or batch.template.spec != spec:
         raise ngc.ShapeMismatchError(
             f"{model} needs a batch of its own architecture built by GraphTemplate.batch "

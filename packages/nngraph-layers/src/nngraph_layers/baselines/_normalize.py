@@ -12,8 +12,8 @@ __all__ = ["ParamNormalizer"]
 
 class ParamNormalizer(nn.Module):
     r"""Standardise each parameter tensor of an architecture (each layer's weight and bias):
-    :math:`\tilde\theta_i = (\theta_i - \mu_{k(i)}) / \sigma_{k(i)}` with one mean and standard
-    deviation per state-dict key :math:`k`. Starts as the identity; :meth:`fit` sets the
+    $\tilde\theta_i = (\theta_i - \mu_{k(i)}) / \sigma_{k(i)}$ with one mean and standard
+    deviation per state-dict key $k$. Starts as the identity; `fit` sets the
     statistics from training parameters. Per-tensor statistics are shared by all neurons of a
     layer, so the map commutes with hidden-neuron permutations.
 
@@ -21,8 +21,8 @@ class ParamNormalizer(nn.Module):
         spec: the architecture.
 
     Shapes:
-        - input: ``[B, P]``
-        - output: ``[B, P]``
+        - input: `[B, P]`
+        - output: `[B, P]`
     """
 
     key_index: Tensor
@@ -39,7 +39,7 @@ class ParamNormalizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, params: Tensor, *, eps: float = 1e-8) -> ParamNormalizer:
-        """Set the per-tensor mean and standard deviation from training parameters ``[B, P]``."""
+        """Set the per-tensor mean and standard deviation from training parameters `[B, P]`."""
         p = params.detach().to(self.mean.dtype)
         n = self.mean.numel()
         count = torch.bincount(self.key_index, minlength=n).to(p.dtype) * p.shape[0]

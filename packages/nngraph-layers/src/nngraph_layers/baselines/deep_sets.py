@@ -23,13 +23,13 @@ class DeepSets(Baseline):
     or bias) and, for the first and last layer, the embedding of its input / output neuron, whose
     identities are fixed:
 
-    .. math::
+    $$
+    h_s = \phi\big(W_v\, \tilde\theta_s + t_{\mathrm{type}(s)} + u_{\mathrm{in}(s)}
+          + o_{\mathrm{out}(s)}\big), \qquad
+    \hat y = \rho\Big(\big\Vert_{\tau} \tfrac{1}{|S_\tau|} \textstyle\sum_{s \in S_\tau} h_s\Big),
+    $$
 
-        h_s = \phi\big(W_v\, \tilde\theta_s + t_{\mathrm{type}(s)} + u_{\mathrm{in}(s)}
-              + o_{\mathrm{out}(s)}\big), \qquad
-        \hat y = \rho\Big(\big\Vert_{\tau} \tfrac{1}{|S_\tau|} \textstyle\sum_{s \in S_\tau} h_s\Big),
-
-    where the sets :math:`S_\tau` are: the weights of each layer but the last, the biases of
+    where the sets $S_\tau$ are: the weights of each layer but the last, the biases of
     each hidden layer, and, for every output neuron (whose identity is fixed), its incoming
     weights and its bias. Set means are concatenated, so outputs keep their order (swapping two
     output neurons changes the prediction). The means make the model invariant to every
@@ -41,14 +41,14 @@ class DeepSets(Baseline):
     Args:
         spec: the architecture.
         num_outputs: classes / targets.
-        hidden: width of the element embedding and of ``phi``.
-        phi_layers: hidden layers of ``phi`` (each ``SiLU -> Linear(hidden, hidden)``).
-        rho_hidden: hidden widths of ``rho``.
-        dropout: dropout in ``rho``.
+        hidden: width of the element embedding and of `phi`.
+        phi_layers: hidden layers of `phi` (each `SiLU -> Linear(hidden, hidden)`).
+        rho_hidden: hidden widths of `rho`.
+        dropout: dropout in `rho`.
 
     Shapes:
-        - input: :class:`~nngraph_core.GraphBatch` of ``B`` networks of ``spec``
-        - output: ``[B, num_outputs]``
+        - input: [`GraphBatch`][nngraph_core.GraphBatch] of `B` networks of `spec`
+        - output: `[B, num_outputs]`
     """
 
     edge_type: Tensor

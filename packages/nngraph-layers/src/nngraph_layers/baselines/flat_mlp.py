@@ -15,8 +15,8 @@ __all__ = ["FlatMLP"]
 
 
 class FlatMLP(Baseline):
-    r"""An MLP on the flat parameter vector, :math:`\hat y = \mathrm{MLP}(\tilde\theta)`, with
-    :math:`\tilde\theta` standardised per layer (:class:`ParamNormalizer`).
+    r"""An MLP on the flat parameter vector, $\hat y = \mathrm{MLP}(\tilde\theta)$, with
+    $\tilde\theta$ standardised per layer (`ParamNormalizer`).
 
     It ignores the hidden-neuron permutation symmetry: the same function written with permuted
     neurons gets a different prediction, so it must learn the symmetry from data and fails to on
@@ -30,8 +30,8 @@ class FlatMLP(Baseline):
         dropout: dropout after each hidden activation.
 
     Shapes:
-        - input: :class:`~nngraph_core.GraphBatch` of ``B`` networks of ``spec``
-        - output: ``[B, num_outputs]``
+        - input: [`GraphBatch`][nngraph_core.GraphBatch] of `B` networks of `spec`
+        - output: `[B, num_outputs]`
     """
 
     def __init__(

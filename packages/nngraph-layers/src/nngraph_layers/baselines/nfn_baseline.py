@@ -1,4 +1,4 @@
-"""NFN (Zhou et al., NeurIPS 2023) through the ``nfn`` package: NP / HNP equivariant layers."""
+"""NFN (Zhou et al., NeurIPS 2023) through the `nfn` package: NP / HNP equivariant layers."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def _require_nfn() -> Any:
 
 
 def to_weight_space_features(spec: ngc.NetworkSpec, params: Tensor) -> Any:
-    """``nfn.common.WeightSpaceFeatures`` (one channel) of flat parameters ``[B, P]``.
+    """`nfn.common.WeightSpaceFeatures` (one channel) of flat parameters `[B, P]`.
 
-    Weights become ``[B, 1, out, in]`` (linear) or ``[B, 1, out, in, kh, kw]`` (conv, and a linear
-    layer fed by a flattened ``[C, h, w]`` map, whose ``(h, w)`` block per channel acts like a
-    kernel); biases ``[B, 1, out]`` (zeros for a layer without bias, which is still invariant).
+    Weights become `[B, 1, out, in]` (linear) or `[B, 1, out, in, kh, kw]` (conv, and a linear
+    layer fed by a flattened `[C, h, w]` map, whose `(h, w)` block per channel acts like a
+    kernel); biases `[B, 1, out]` (zeros for a layer without bias, which is still invariant).
     """
     nfn = _require_nfn()
     b = params.shape[0]
@@ -55,19 +55,19 @@ def to_weight_space_features(spec: ngc.NetworkSpec, params: Tensor) -> Any:
 
 
 class NFNBaseline(Baseline):
-    r"""Neural functional network classifier built from the ``nfn`` package's layers.
+    r"""Neural functional network classifier built from the `nfn` package's layers.
 
-    ``num_layers`` equivariant linear layers (``HNPLinear`` -- hidden-neuron permutations only,
-    inputs and outputs keep their identities -- or ``NPLinear`` with learned input/output
-    embeddings) with a nonlinearity between them, an invariant pooling (``HNPPool`` / ``NPPool``), then an
-    MLP head. Weights are standardised per layer first (:class:`ParamNormalizer`). The
+    `num_layers` equivariant linear layers (`HNPLinear` -- hidden-neuron permutations only,
+    inputs and outputs keep their identities -- or `NPLinear` with learned input/output
+    embeddings) with a nonlinearity between them, an invariant pooling (`HNPPool` / `NPPool`), then
+    an MLP head. Weights are standardised per layer first (`ParamNormalizer`). The
     comparison table's "NFN" row (DESIGN §4). Needs at least two layers. HNP's layers grow
-    with ``n_in * n_out * kh * kw``: for a CNN, pool before the linear layers rather than flatten.
+    with `n_in * n_out * kh * kw`: for a CNN, pool before the linear layers rather than flatten.
 
     Args:
         spec: the architecture (MLP, or CNN whose last layers are linear).
         num_outputs: classes / targets.
-        mode: ``"hnp"`` or ``"np"``.
+        mode: `"hnp"` or `"np"`.
         hidden: channels of the equivariant layers.
         num_layers: number of equivariant layers.
         head_hidden: hidden widths of the MLP head.
@@ -76,8 +76,8 @@ class NFNBaseline(Baseline):
             bias feature; ReLU as in the NFN paper).
 
     Shapes:
-        - input: :class:`~nngraph_core.GraphBatch` of ``B`` networks of ``spec``
-        - output: ``[B, num_outputs]``
+        - input: [`GraphBatch`][nngraph_core.GraphBatch] of `B` networks of `spec`
+        - output: `[B, num_outputs]`
     """
 
     def __init__(
