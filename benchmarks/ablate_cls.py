@@ -31,24 +31,24 @@ from _machine import cpu_model, gemm_gflops
 # name -> (config, extra CLI arguments, what it is)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "probe_mlp": ("mnist5k_probe_mlp", [], "probe-only MLP, 64 learned probes"),
-    "ngnn": ("mnist5k_ngnn", [], "NG-GNN + 64 learned probes (the paper's model)"),
+    "ngnn": ("mnist5k_ngnn_paper", [], "NG-GNN + 64 learned probes (the paper's model)"),
     "ngnn_branch": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         ["--model.probe_branch", "true"],
         "NG-GNN + probes, probe reader as a second readout (logits summed)",
     ),
     "ngnn_branch_aux": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         ["--model.probe_branch", "true", "--model.branch_loss", "1.0"],
         "... + each readout's own loss (deep supervision)",
     ),
     "ngnn_branch_drop": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         ["--model.probe_branch", "true", "--model.graph_drop", "0.5"],
         "... + graph readout dropped for half of the INRs in training",
     ),
     "ngnn_branch_aux_drop": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         [
             "--model.probe_branch",
             "true",
@@ -60,12 +60,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
         "... + deep supervision + graph readout dropped for half of the INRs",
     ),
     "ngnn_bw": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         ["--model.probe_branch", "true", "--model.branch_warmup_steps", "8000"],
         "NG-GNN + probes + probe readout; the probe reader alone for the first 8,000 steps",
     ),
     "ngnn_bw_aux": (
-        "mnist5k_ngnn",
+        "mnist5k_ngnn_paper",
         [
             "--model.probe_branch",
             "true",
@@ -76,14 +76,14 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
         ],
         "... + deep supervision",
     ),
-    "ngt": ("mnist5k_ngt", [], "NG-T + 64 learned probes (sparse attention)"),
+    "ngt": ("mnist5k_ngt_paper", [], "NG-T + 64 learned probes (sparse attention)"),
     "ngt_bw": (
-        "mnist5k_ngt",
+        "mnist5k_ngt_paper",
         ["--model.probe_branch", "true", "--model.branch_warmup_steps", "8000"],
         "NG-T + probes + probe readout; the probe reader alone for the first 8,000 steps",
     ),
     "ngt_branch_aux": (
-        "mnist5k_ngt",
+        "mnist5k_ngt_paper",
         ["--model.probe_branch", "true", "--model.branch_loss", "1.0"],
         "NG-T + probes, probe readout branch + deep supervision",
     ),
@@ -113,12 +113,12 @@ for _base in ("ngnn_bw", "probe_mlp", "probe_mlp_aug"):
         _config, [*_extra, "--model.probe_generator", "32"], f"{_what}; generated probes"
     )  # fmt: skip
 VARIANTS["ngt_dense"] = (
-    "mnist5k_ngt",
+    "mnist5k_ngt_paper",
     ["--model.model_kwargs", "{attention: dense}"],
     "NG-T + 64 learned probes, dense attention over all node pairs (as the paper)",
 )
 VARIANTS["ngt_bw_dense"] = (
-    "mnist5k_ngt",
+    "mnist5k_ngt_paper",
     [*VARIANTS["ngt_bw"][1], "--model.model_kwargs", "{attention: dense}"],
     "NG-T as ngt_bw, dense attention over all node pairs",
 )
@@ -175,6 +175,19 @@ def _best_val(run_dir: Path) -> float | None:
     return best
 
 
+def _graph_on(results: dict[str, object], run_dir: Path) -> bool | None:
+    """Whether the tested (best) checkpoint used the graph readout (probe_branch runs)."""
+    if results.get("graph_readout_on") is not None:
+        return bool(results["graph_readout_on"])
+    best = results.get("best_checkpoint")
+    if not best or not Path(str(best)).exists():
+        return None
+    import torch
+
+    state = torch.load(str(best), map_location="cpu", weights_only=True)["state_dict"]
+    return bool(state["graph_on"]) if "graph_on" in state else None
+
+
 def summarize(args: argparse.Namespace, names: list[str]) -> None:
     rows = []
     for name in names:
@@ -195,6 +208,7 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
                     "epochs": r["epochs"],
                     "steps": r["steps"],
                     "inrs_per_s": r.get("train_inrs_per_second"),
+                    "graph_readout_on": _graph_on(r, f.parent),
                 }
             )
         if per_seed:
@@ -208,8 +222,9 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
         f"measured when this summary was written); {args.minutes} min of training per run, "
         f"{args.threads} torch thread(s), {args.jobs} runs at a time.",
         "",
-        "| variant | what | test acc per seed | **mean ± std** | best val (mean) | epochs |",
-        "|---|---|---|---|---|---|",
+        "| variant | what | test acc per seed | **mean ± std** | best val (mean) | epochs "
+        "| graph readout in the tested checkpoint |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         accs = [100 * r["test_acc"] for r in row["runs"] if r["test_acc"] is not None]
@@ -220,9 +235,11 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
         seeds = " / ".join(f"{a:.1f}" for a in accs)
         epochs = " / ".join(str(r["epochs"]) for r in row["runs"])
         val = f"{statistics.mean(vals):.1f}" if vals else "—"
+        on = [r["graph_readout_on"] for r in row["runs"] if r["graph_readout_on"] is not None]
+        used = f"{sum(on)} of {len(on)} seeds" if on else "—"
         lines.append(
             f"| `{row['variant']}` | {row['what']} | {seeds} | **{mean:.1f} ± {std:.1f}** "
-            f"| {val} | {epochs} |"
+            f"| {val} | {epochs} | {used} |"
         )
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -20,6 +20,7 @@ TINY = [
     "--model.model_kwargs", "{hidden_channels: 8, num_layers: 1}",
     "--model.num_probes", "8",
     "--model.warmup_steps", "2",
+    "--model.branch_warmup_steps", "2",  # configs with probe_branch: the graph joins at step 2
     "--num_threads", "1",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
