@@ -295,7 +295,7 @@ def _batched(
             f"{what} has shape {tuple(value.shape)}, expected {list(shape)} or [B, *{list(shape)}]"
         )
     value = value.to(device=like.device, dtype=like.dtype)
-    check_finite(value.reshape(value.shape[0], -1), what)
+    check_finite(value.flatten(1), what)
     return value
 
 
@@ -684,10 +684,12 @@ def random_symmetry(
     return _finish(out, batched)
 
 
-def _lexsort(primary: Tensor, secondary: Tensor) -> Tensor:
-    """Per row, the order sorting by ``primary`` and then ``secondary`` (both ``[B, n]``)."""
-    order = torch.argsort(secondary, dim=1, stable=True)
-    return order.gather(1, torch.argsort(primary.gather(1, order), dim=1, stable=True))
+def _lexsort(*keys: Tensor) -> Tensor:
+    """Per row, the stable order sorting by ``keys[0]``, then ``keys[1]``, ... (all ``[B, n]``)."""
+    order = torch.argsort(keys[-1], dim=1, stable=True)
+    for key in reversed(keys[:-1]):
+        order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
+    return order
 
 
 def canonicalize(
@@ -709,9 +711,14 @@ def canonicalize(
     * **other odd activations** (tanh, identity): negated so that $b \ge 0$;
     * **positively homogeneous activations** (ReLU): the incoming row $(w, b)$ scaled to unit
       $L_2$ norm, the outgoing weights by the inverse (an all-zero row is left as it is);
-      identity layers get both this and the sign rule;
-    * with `permutations=True`, the neurons of the layer are then sorted by their canonical bias,
-      ties (e.g. a layer without bias) broken by the sum of their incoming weights.
+      identity layers get both this and the sign rule.
+
+    With `permutations=True` the neurons of every hidden layer are then sorted by their canonical
+    bias, ties (e.g. a layer without bias) broken by the sum of their canonical incoming weights,
+    then by the sum of their canonical outgoing weights (which separates neurons with identical
+    incoming weights, as in a ReLU layer without bias fed by a single neuron). These keys do not
+    depend on the order of the other layers' neurons, so the result is invariant under hidden
+    permutations as long as no two neurons of a layer tie in all three keys.
 
     A neuron with $b = 0$ exactly (also every neuron of a layer without bias) is negated so that
     the sum of its incoming weights is $\ge 0$.
@@ -720,7 +727,7 @@ def canonicalize(
     jumps where a choice flips — a sine phase at $\varphi \equiv \pi/2 \pmod \pi$ (the incoming
     weights change sign; both sides are valid representatives: $\cos$ is even) or at
     $\varphi \equiv 0 \pmod \pi$ (incoming and outgoing weights change sign), a tanh bias
-    crossing 0, two neurons whose sort keys cross (they swap places). Networks near these sets
+    crossing 0, a ReLU row near zero, two neurons whose sort keys cross (they swap places). Networks near these sets
     have far-apart canonical forms although their functions are close, and rounding may pick
     either side of a boundary. Other symmetries (e.g. the full linear symmetry of identity
     layers) are not removed.
@@ -750,7 +757,10 @@ def canonicalize(
             sq = weight.square().sum(dim=(2, 3))
             norm = (sq if bias is None else sq + bias.square()).sqrt()
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-            _scale_neurons(layers, h, incoming=1 / safe, outgoing=safe)
+            # Divided, not multiplied by 1 / norm: a one-entry row becomes exactly ±1, so
+            # neurons that are equal up to scale tie exactly in the sort keys below.
+            layers[h] = (weight / safe[:, :, None, None], None if bias is None else bias / safe)
+            _scale_neurons(layers, h, outgoing=safe)
         if hl.odd:
             weight, bias = layers[h]
             wsum = weight.sum(dim=(2, 3))
@@ -767,9 +777,16 @@ def canonicalize(
                 neg = (b0 < 0) | ((b0 == 0) & (wsum < 0))
                 s = torch.where(neg, -1.0, 1.0).to(flat.dtype)
                 _scale_neurons(layers, h, incoming=s, outgoing=s)
-        if permutations:
-            weight, bias = layers[h]
+    if permutations:
+        # Every key is invariant under the permutations of the other layers (sums over their
+        # neurons), so the orders can be found first and applied after.
+        orders = []
+        for hl in _hidden_layers(spec):
+            weight, bias = layers[hl.index]
             wsum = weight.sum(dim=(2, 3))
             primary = torch.zeros_like(wsum) if bias is None else bias
-            _permute_neurons(layers, h, _lexsort(primary, wsum))
+            outgoing = layers[hl.index + 1][0].sum(dim=(1, 3))
+            orders.append(_lexsort(primary, wsum, outgoing))
+        for h, order in enumerate(orders):
+            _permute_neurons(layers, h, order)
     return _finish(_join(spec, layers), batched)
