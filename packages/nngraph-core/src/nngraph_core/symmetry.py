@@ -75,8 +75,6 @@ _POSITIVELY_HOMOGENEOUS: tuple[type[nn.Module], ...] = (
 # Odd: sigma(-z) = -sigma(z).
 _ODD: tuple[type[nn.Module], ...] = (Sine, nn.Tanh, nn.Softsign, nn.Tanhshrink)
 
-PerLayer = Sequence[Tensor | None]
-
 
 def _is_odd(m: nn.Module) -> bool:
     if type(m) is nn.Hardtanh:
@@ -123,9 +121,8 @@ def _hidden_layers(spec: NetworkSpec) -> list[_Hidden]:
 
 # -- flat parameters <-> per-layer views ------------------------------------------------------------
 
-_Layers = list[
-    tuple[Tensor, Tensor | None]
-]  # per layer: weight [B, n_out, n_in, k], bias [B, n_out]
+# Per layer: weight [B, n_out, n_in, k] and bias [B, n_out] (None for a layer without bias).
+_Layers = list[tuple[Tensor, Tensor | None]]
 
 
 def _as_batch(spec: NetworkSpec, params: Tensor, allow_nonfinite: bool) -> tuple[Tensor, bool]:
@@ -219,7 +216,7 @@ def _permute_neurons(layers: _Layers, h: int, perm: Tensor) -> None:
 
 def _per_layer(
     spec: NetworkSpec,
-    values: PerLayer,
+    values: Sequence[Tensor | None],
     what: str,
     batch: int,
     batched: bool,
@@ -432,7 +429,11 @@ def fold_output_affine(
 
 
 def flip_signs(
-    spec: NetworkSpec, params: Tensor, signs: PerLayer, *, allow_nonfinite: bool = False
+    spec: NetworkSpec,
+    params: Tensor,
+    signs: Sequence[Tensor | None],
+    *,
+    allow_nonfinite: bool = False,
 ) -> Tensor:
     r"""Negate hidden neurons of odd activations: $(w_j, b_j, W_{:, j}) \to s_j (w_j, b_j, W_{:, j})$.
 
@@ -480,7 +481,7 @@ def flip_signs(
 
 
 def shift_phases(
-    spec: NetworkSpec, params: Tensor, k: PerLayer, *, allow_nonfinite: bool = False
+    spec: NetworkSpec, params: Tensor, k: Sequence[Tensor | None], *, allow_nonfinite: bool = False
 ) -> Tensor:
     r"""Shift sine neurons by $k$ half-periods: $b_j \to b_j + k_j \pi / \omega_0$,
     $W_{:, j} \to (-1)^{k_j} W_{:, j}$.
@@ -530,7 +531,11 @@ def shift_phases(
 
 
 def rescale(
-    spec: NetworkSpec, params: Tensor, scales: PerLayer, *, allow_nonfinite: bool = False
+    spec: NetworkSpec,
+    params: Tensor,
+    scales: Sequence[Tensor | None],
+    *,
+    allow_nonfinite: bool = False,
 ) -> Tensor:
     r"""Rescale neurons of positively homogeneous activations: $(w_j, b_j) \to a_j (w_j, b_j)$,
     $W_{:, j} \to W_{:, j} / a_j$, $a_j > 0$.
