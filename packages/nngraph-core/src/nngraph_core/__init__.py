@@ -10,16 +10,27 @@ from .activations import Sine
 from .batch import GraphBatch, batch
 from .errors import (
     ArchitectureError,
+    InvalidTransformError,
     MissingKeyError,
     NNGraphError,
     NonFiniteWeightsError,
     ShapeMismatchError,
     UnexpectedKeyError,
     UnsupportedLayerError,
+    UnsupportedSymmetryError,
 )
 from .graph import NeuralGraph, from_module, from_state_dict, to_state_dict
 from .permutation import HiddenPermutation, permute_hidden, random_hidden_permutation
 from .spec import LayerSpec, NetworkSpec, network_spec
+from .symmetry import (
+    canonicalize,
+    flip_signs,
+    fold_input_affine,
+    fold_output_affine,
+    random_symmetry,
+    rescale,
+    shift_phases,
+)
 from .template import GraphTemplate, NodeRole, check_finite
 
 __version__ = "0.1.0"
@@ -29,6 +40,7 @@ __all__ = [
     "GraphBatch",
     "GraphTemplate",
     "HiddenPermutation",
+    "InvalidTransformError",
     "LayerSpec",
     "MissingKeyError",
     "NNGraphError",
@@ -40,13 +52,21 @@ __all__ = [
     "Sine",
     "UnexpectedKeyError",
     "UnsupportedLayerError",
+    "UnsupportedSymmetryError",
     "__version__",
     "batch",
+    "canonicalize",
     "check_finite",
+    "flip_signs",
+    "fold_input_affine",
+    "fold_output_affine",
     "from_module",
     "from_state_dict",
     "network_spec",
     "permute_hidden",
     "random_hidden_permutation",
+    "random_symmetry",
+    "rescale",
+    "shift_phases",
     "to_state_dict",
 ]

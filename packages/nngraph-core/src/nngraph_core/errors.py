@@ -10,12 +10,14 @@ from __future__ import annotations
 
 __all__ = [
     "ArchitectureError",
+    "InvalidTransformError",
     "MissingKeyError",
     "NNGraphError",
     "NonFiniteWeightsError",
     "ShapeMismatchError",
     "UnexpectedKeyError",
     "UnsupportedLayerError",
+    "UnsupportedSymmetryError",
 ]
 
 
@@ -29,6 +31,18 @@ class UnsupportedLayerError(NNGraphError, TypeError):
 
 class ArchitectureError(NNGraphError, ValueError):
     """Layers do not chain (widths disagree), or the architecture is otherwise not a network we support."""
+
+
+class UnsupportedSymmetryError(ArchitectureError):
+    """The architecture lacks the transformation asked for: a sign flip of a neuron whose
+    activation is not odd (ReLU), a phase shift of a neuron that is not a sine, a positive rescaling
+    of a neuron whose activation is not positively homogeneous (tanh), an input transformation
+    folded into a convolution. The message names the layer and its activation."""
+
+
+class InvalidTransformError(NNGraphError, ValueError):
+    """A transformation's values are invalid: signs other than ±1, non-integer phase shifts,
+    non-positive scales."""
 
 
 class ShapeMismatchError(NNGraphError, ValueError):

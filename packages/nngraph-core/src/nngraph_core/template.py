@@ -58,8 +58,10 @@ def check_finite(params: Tensor, what: str = "parameters") -> None:
     Uses one fast row reduction; only when that is not finite (NaN, Inf, or an overflowing sum)
     the exact elementwise check runs to name the offending rows.
     """
+    if params.numel() == 0:  # also an empty batch [0, P], which reshape(0, -1) rejects
+        return
     rows = params.reshape(1, -1) if params.dim() == 1 else params.reshape(params.shape[0], -1)
-    if rows.numel() == 0 or bool(torch.isfinite(rows.sum(dim=1)).all()):
+    if bool(torch.isfinite(rows.sum(dim=1)).all()):
         return
     bad = (~torch.isfinite(rows)).any(dim=1).nonzero().flatten()
     if bad.numel():
