@@ -215,8 +215,9 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
             rows.append({"variant": name, "what": VARIANTS[name][2], "runs": per_seed})
     machine = {"cpu": cpu_model(), "fp32_gflops": round(gemm_gflops(), 1)}
     out = {"machine": machine, "minutes": args.minutes, "threads": args.threads, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(out, indent=2))
+    dest = args.summary_out or args.out
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "summary.json").write_text(json.dumps(out, indent=2))
     lines = [
         f"Machine: {machine['cpu']}, fp32 GEMM {machine['fp32_gflops']} GFLOP/s (2 threads, "
         f"measured when this summary was written); {args.minutes} min of training per run, "
@@ -241,9 +242,9 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
             f"| `{row['variant']}` | {row['what']} | {seeds} | **{mean:.1f} ± {std:.1f}** "
             f"| {val} | {epochs} | {used} |"
         )
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    (dest / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(rows, args.out / "summary.png", args.minutes)
+    _plot(rows, dest / "summary.png", args.minutes)
 
 
 def _plot(rows: list[dict[str, object]], path: Path, minutes: float) -> None:
@@ -279,6 +280,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--summary-out", type=Path, default=None, help="summary folder (default --out)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("cli", nargs="*", help="further nngraph-train arguments (after --)")
