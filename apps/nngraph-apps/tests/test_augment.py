@@ -102,7 +102,7 @@ def test_bad_settings_are_config_errors(kwargs: dict[str, float]) -> None:
 def test_data_module_augments_training_batches_only(tiny_args: list[str], tmp_path: Path) -> None:
     """Through the CLI: a run with augmentation differs from one without, validation batches are
     untouched (the same model evaluates the same numbers), and the setting is in the checkpoint."""
-    common = ["fit", "--config", "mnist5k_ngnn", *tiny_args[:-2], "--trainer.max_steps", "3",
+    common = ["fit", "--config", "mnist5k_ngnn_paper", *tiny_args[:-2], "--trainer.max_steps", "3",
               "--test_after_fit", "false"]  # fmt: skip
     plain, augmented = tmp_path / "plain", tmp_path / "aug"
     assert main([*common, "--run_dir", str(plain)]) == 0

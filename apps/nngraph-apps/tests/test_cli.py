@@ -27,7 +27,8 @@ def test_configs_are_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     ("config", "extra"),
     [
         ("mnist5k_ngnn", []),
-        ("mnist5k_ngnn", ["--model.use_probes", "false"]),
+        ("mnist5k_ngnn", ["--model.use_probes", "false", "--model.probe_branch", "false"]),
+        ("mnist5k_ngnn_paper", []),
         ("mnist5k_ngt", ["--model.model_kwargs", "{node_dim: 8, edge_channels: 8, attention_dim: 8, "
                          "node_hidden_dim: 8, edge_hidden_dim: 8, num_layers: 1, heads: 2, "
                          "out_hidden_dim: 8}"]),
@@ -119,7 +120,7 @@ def test_aggregate_rejects_unfinished_or_different_runs(
     args = tiny_args[:-2]
     a, b = tmp_path / "a", tmp_path / "b"
     fast = ["--trainer.fast_dev_run", "1"]
-    assert main(["fit", "--config", "mnist5k_ngnn", *args, "--run_dir", str(a), *fast]) == 0
+    assert main(["fit", "--config", "mnist5k_ngnn_paper", *args, "--run_dir", str(a), *fast]) == 0
     assert main(["fit", "--config", "mnist5k_probe_mlp", *args, "--run_dir", str(b),
                  "--model.model_kwargs", "{hidden: [16]}", *fast]) == 0  # fmt: skip
     assert main(["aggregate", str(a), str(b)]) == 2
