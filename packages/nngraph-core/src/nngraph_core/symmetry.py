@@ -166,7 +166,7 @@ def _split(spec: NetworkSpec, flat: Tensor) -> _Layers:
 
 
 def _join(spec: NetworkSpec, layers: _Layers) -> Tensor:
-    """The inverse of :func:`_split`: flat ``[B, P]`` in ``spec.param_keys`` order."""
+    """The inverse of `_split`: flat `[B, P]` in `spec.param_keys` order."""
     parts: dict[str, Tensor] = {}
     for layer, (weight, bias) in zip(spec.layers, layers, strict=True):
         parts[layer.weight_key] = weight.reshape(weight.shape[0], math.prod(weight.shape[1:]))
