@@ -48,6 +48,13 @@ def test_branch_run_logs_each_readout(trained: Path) -> None:
     task = InrClassificationTask.load_from_checkpoint(_ckpt(trained), weights_only=True)
     assert task.branch is not None and task.probe is not None and task.probe.generated
     assert task.branch.probes is task.probe  # the readout shares the probe inputs
+    # the reader's logits from the attached probe features == its own forward on the outputs
+    assert bool(task.graph_on)
+    params = torch.randn(4, task.template.num_params) * 0.05
+    task.eval()
+    with torch.no_grad():
+        _, function = task.branch_outputs(params)
+        torch.testing.assert_close(function, task.branch(task.template.batch(params)))
 
 
 def test_predict_matches_the_task_forward(trained: Path, tiny_zoo: Path, tmp_path: Path) -> None:

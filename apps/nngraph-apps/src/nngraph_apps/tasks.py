@@ -158,12 +158,16 @@ class InrTask(pl.LightningModule):
 
     def graphs(self, params: Tensor) -> ngc.GraphBatch:
         """Flat parameters `[B, P]` -> a template batch (with probe features when used)."""
-        if self.hparams.get("canonicalize"):
-            params = ngc.canonicalize(self.template.spec, params)
-        batch = self.template.batch(params)
+        batch = self.template.batch(self._canonical(params))
         if self.probe is not None:
             self.probe.attach(batch)
         return batch
+
+    def _canonical(self, params: Tensor) -> Tensor:
+        """The networks as the model reads them (canonical forms with `canonicalize`)."""
+        if self.hparams.get("canonicalize"):
+            return ngc.canonicalize(self.template.spec, params)
+        return params
 
     def forward(self, params: Tensor) -> Any:
         if self.branch is None:
@@ -175,10 +179,14 @@ class InrTask(pl.LightningModule):
         """With `probe_branch`: the graph model's and the probe reader's outputs, unsummed."""
         if self.branch is None:
             raise ConfigError("branch_outputs needs probe_branch: true")
-        batch = self.graphs(params)
-        function = self.branch(batch)
-        if not bool(self.graph_on):  # branch warm-up: the probe reader alone
+        if not bool(self.graph_on):  # branch warm-up: the probe reader alone, outputs only
+            function = self.branch(self.template.batch(self._canonical(params)))
             return torch.zeros_like(function), function
+        batch = self.graphs(params)
+        # the probe reader reads the output rows of the probe features the graph model gets
+        t, k = self.template, batch.probe_features.shape[-1]
+        dense = batch.probe_features.view(batch.num_graphs, t.num_nodes, k)
+        function = self.branch.classify(dense[:, t.layer_nodes(t.spec.num_layers)])
         return self.model(batch), function
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

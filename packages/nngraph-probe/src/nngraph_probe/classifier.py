@@ -93,7 +93,11 @@ class ProbeMLP(nn.Module):
         return cls(probes, spec.widths[-1], num_outputs, hidden=hidden, dropout=dropout)
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
-        responses = self.probes.outputs(batch)  # [B, n_out, K]
+        return self.classify(self.probes.outputs(batch))
+
+    def classify(self, responses: Tensor) -> Tensor:
+        """Logits `[B, num_outputs]` of responses `[B, n_out, K]` already computed with
+        `self.probes` (e.g. the output rows of probe features attached to a batch)."""
         if responses.shape[1] != self.num_output_nodes:
             raise ngc.ShapeMismatchError(
                 f"networks with {responses.shape[1]} outputs; this model expects "
