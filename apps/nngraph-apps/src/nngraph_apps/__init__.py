@@ -9,9 +9,10 @@
 """
 
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer
+from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint, read_checkpoint
 from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
-from .errors import ConfigError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, UnsafeCheckpointError
 from .models import MODELS, build_model
 from .report import aggregate_runs, write_aggregate, write_report
 from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
@@ -20,6 +21,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "InrClassificationTask",
     "InrDataModule",
@@ -27,10 +31,12 @@ __all__ = [
     "InrTask",
     "NNGraphCLI",
     "NonFiniteLossError",
+    "SafeModelCheckpoint",
     "SigtermCheckpoint",
     "TensorLoader",
     "TimeBudget",
     "Timer",
+    "UnsafeCheckpointError",
     "__version__",
     "aggregate_runs",
     "build_model",
@@ -39,6 +45,7 @@ __all__ = [
     "inr_template",
     "list_configs",
     "main",
+    "read_checkpoint",
     "write_aggregate",
     "write_report",
 ]
