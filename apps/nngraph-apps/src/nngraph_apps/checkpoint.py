@@ -106,7 +106,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"cannot write the checkpoint {path}: {why}; {kept}. Free some space or choose "
                 "a writable --run_dir, then resume with --ckpt_path last."
             )
-            err.errno, err.strerror, err.filename = e.errno, e.strerror, e.filename
+            err.errno = e.errno  # (strerror and filename unset: str(err) is the message)
             raise err from e
 
     def load_checkpoint(
@@ -191,13 +191,13 @@ def _check_structure(ckpt: object, path: Path) -> None:
         if key in ckpt and not _count(ckpt[key]):
             raise bad(f"{key} must be a non-negative integer, got {ckpt[key]!r}")
     version = ckpt.get("pytorch-lightning_version")
-    if version is not None:
-        from packaging.version import InvalidVersion, Version
+    from packaging.version import InvalidVersion, Version
 
-        try:
-            Version(version)
-        except (InvalidVersion, TypeError) as e:
-            raise bad(f"pytorch-lightning_version {version!r} is not a version") from e
+    try:  # Lightning migrates checkpoints by this version; ours are all written by >= 2.0
+        if Version(version) < Version("2.0"):
+            raise bad(f"written by Lightning {version}, before 2.0: not resumable here")
+    except (InvalidVersion, TypeError) as e:
+        raise bad(f"pytorch-lightning_version {version!r} is not a version") from e
     for key in ("loops", "callbacks", "hyper_parameters", "datamodule_hyper_parameters"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             raise bad(f"{key} must be a dict, got {type(ckpt[key]).__name__}")
@@ -405,6 +405,8 @@ def check_against_task(checkpoint: dict[str, Any], task: Any) -> None:
         got_loop = loops.get(name)
         if not isinstance(got_loop, dict):
             raise CheckpointError(f"loops.{name} is missing")
+        if not isinstance(got_loop.get("state_dict"), dict):
+            raise CheckpointError(f"loops.{name}.state_dict is missing")
         for key, value in ref_loop.items():
             if key == "state_dict":
                 continue  # loader states: checked below

@@ -180,7 +180,7 @@ def _storage_errors(target: Path, kept: str) -> Iterator[None]:
             )
         else:
             raise
-        err.errno, err.strerror, err.filename = e.errno, e.strerror, e.filename
+        err.errno = e.errno  # (strerror and filename stay unset: str(err) is the message)
         raise err from e
 
 
@@ -264,7 +264,11 @@ def _mmap_shard(path: Path) -> dict[str, np.ndarray]:
     for key, meta in header.items():
         if key == "__metadata__":
             continue
-        if not isinstance(meta, dict) or meta.get("dtype") not in _ST_DTYPES:
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("dtype"), str)
+            or (meta["dtype"] not in _ST_DTYPES)
+        ):
             raise ZooFormatError(f"{path}: tensor {key!r} has no known dtype")
         dtype = np.dtype(_ST_DTYPES[meta["dtype"]])
         shape, offsets = meta.get("shape"), meta.get("data_offsets")
