@@ -66,27 +66,31 @@ def kill_at(
     *,
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    ready: str | None = None,
+    ready: str | Path | None = None,
     timeout: float = 600,
 ) -> tuple[bool, str]:
-    """Start `command`, send it SIGKILL `seconds` after it starts (or after the line `ready`
-    appears on its stderr), and wait for it.
+    """Start `command`, send it SIGKILL `seconds` after it starts -- or after `ready`: a line
+    containing this text on its stderr, or this path existing -- and wait for it.
 
     Returns `(killed, stderr)`: `killed` is False when the process ended on its own first.
-    """  # fmt: skip
+    """
     proc = subprocess.Popen(
         list(command), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )  # fmt: skip
     assert proc.stderr is not None
     err: list[bytes] = []
     try:
-        if ready is not None:
-            deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
+        if isinstance(ready, str):
             for line in proc.stderr:
                 err.append(line)
                 if ready.encode() in line or time.monotonic() > deadline:
                     break
         os.set_blocking(proc.stderr.fileno(), False)
+        if isinstance(ready, Path):
+            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+                err.append(proc.stderr.read() or b"")
+                time.sleep(0.002)
         end = time.monotonic() + seconds
         while time.monotonic() < end and proc.poll() is None:
             chunk = proc.stderr.read()  # non-blocking: keep the pipe from filling up

@@ -105,10 +105,12 @@ class UnexpectedWrite(AssertionError):
 
 # ----------------------------------------------------------------------------- time limit
 @contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise `ExampleTimeout` in the block once `seconds` of wall time have passed.
+def time_limit(seconds: float, wall: float | None = None) -> Iterator[None]:
+    """Raise `ExampleTimeout` in the block after `seconds` of CPU time (`ITIMER_PROF`: a busy
+    loop) or `wall` seconds of wall time (`ITIMER_REAL`: a block waiting forever; default
+    `max(60, 30 * seconds)`, so that a machine busy with other work does not count as a hang).
 
-    SIGALRM-based: main thread of a POSIX process only (elsewhere the block runs unbounded). A
+    Signal-based: main thread of a POSIX process only (elsewhere the block runs unbounded). A
     hang inside C code is reported when control comes back to Python.
     """
     if (
@@ -117,17 +119,24 @@ def time_limit(seconds: float) -> Iterator[None]:
     ):
         yield
         return
+    wall = max(60.0, 30.0 * seconds) if wall is None else wall
 
-    def _alarm(signum: int, frame: object) -> None:
-        raise ExampleTimeout(f"example ran longer than {seconds} s")
+    def _expired(signum: int, frame: object) -> None:
+        kind = "CPU" if signum == signal.SIGPROF else "wall"
+        raise ExampleTimeout(
+            f"example ran longer than {seconds if kind == 'CPU' else wall} s ({kind})"
+        )
 
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = {sig: signal.signal(sig, _expired) for sig in (signal.SIGPROF, signal.SIGALRM)}
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_REAL, wall)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------- write watch
@@ -210,7 +219,7 @@ class Outcomes:
 
     Args:
         reader: the reader's name in reports.
-        seconds: time limit of one example.
+        seconds: CPU-time limit of one example (see `time_limit`).
     """
 
     #: every instance of this process, for the pytest plugin's report (`NNGRAPH_FUZZ_REPORT`)
