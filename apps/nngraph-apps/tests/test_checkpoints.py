@@ -223,14 +223,33 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
+class _StepWatch:
+    """The global step of a run's every-step checkpoint, read again only when the file was
+    replaced (it is renamed into place: a reader sees the old file or the new one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.inode, self.step = path, -1, -1
+
+    def __call__(self) -> int:
+        try:
+            inode = self.path.stat().st_ino
+            if inode != self.inode:
+                self.step, self.inode = int(_load(self.path)["global_step"]), inode
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass
+        return self.step
+
+
 @pytest.mark.kill
 def test_training_killed_anywhere_resumes_bit_identical(
     tiny_zoo: Path, tiny_settings: list[str], tmp_path: Path
 ) -> None:
-    """`nngraph-train fit` SIGKILLed at random moments of its training (mid-step, while writing
-    a checkpoint, during validation at an epoch end), then rerun with `--ckpt_path last`: the
-    final weights and optimiser state are bit-identical to an uninterrupted run of the same
-    steps. 97 training INRs / batch 16 = 7 steps per epoch; 24 steps cross three epoch ends."""
+    """`nngraph-train fit` SIGKILLed at random steps -- once the run has checkpointed step k
+    (uniform in 0..23), after a further random delay of up to one step's time, so anywhere in
+    step k + 1: its forward, backward, optimiser step, checkpoint write, or the validation at
+    an epoch end -- then rerun with `--ckpt_path last`: the final weights and optimiser state
+    are bit-identical to an uninterrupted run. 97 training INRs / batch 16 = 7 steps per epoch;
+    24 steps cross three epoch ends."""
     points = int(os.environ.get("NNGRAPH_KILL_POINTS", "2"))
     rng = random.Random(int(os.environ.get("NNGRAPH_KILL_SEED", "0")))
     steps = 24
@@ -254,12 +273,14 @@ def test_training_killed_anywhere_resumes_bit_identical(
     seen: list[dict[str, Any]] = []
     while len(seen) < points:
         run = tmp_path / f"run{len(seen)}"
-        at = rng.uniform(0.0, duration)
-        killed, _ = kill_at(cmd(run), at, env=_env(), ready="training started")
+        last = run / "checkpoints" / "last.ckpt"
+        target, delay = rng.randrange(steps), rng.uniform(0.0, duration / steps)
+        watch = _StepWatch(last)
+        ready: Any = "training started" if target == 0 else (lambda w=watch, t=target: w() >= t)
+        killed, _ = kill_at(cmd(run), delay, env=_env(), ready=ready)
         if not killed:
             shutil.rmtree(run, ignore_errors=True)
             continue
-        last = run / "checkpoints" / "last.ckpt"
         at_step = _load(last)["global_step"] if last.exists() else 0
         done = subprocess.run(cmd(run, "--ckpt_path", "last"), capture_output=True, text=True,
                               env=_env(), timeout=900)  # fmt: skip
@@ -269,8 +290,9 @@ def test_training_killed_anywhere_resumes_bit_identical(
         same = same and all(
             torch.equal(a[k], b[k]) for a, b in zip(expected_opt, got_opt) for k in a
         )
-        seen.append({"at_s": round(at, 3), "killed_at_step": at_step, "identical": same})
-        assert same, f"killed {at:.2f} s into training (step {at_step}): weights differ"
+        seen.append({"after_step": target, "delay_s": round(delay, 4), "killed_at_step": at_step,
+                     "identical": same})  # fmt: skip
+        assert same, f"killed at step {at_step} (step {target} + {delay:.3f} s): weights differ"
         shutil.rmtree(run)
     _report("kill-train", {"points": len(seen), "identical": sum(p["identical"] for p in seen),
                            "steps": steps, "training_s": round(duration, 2), "kills": seen})  # fmt: skip

@@ -139,10 +139,10 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.kill
 def test_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> None:
-    """`nngraph-datasets fit` SIGKILLed at random moments of its build (fitting, writing a shard,
-    the manifest, the final rename: uniform over the time an uninterrupted build takes from the
-    moment it holds its lock), then rerun: byte-identical to an uninterrupted build every time.
-    48 INRs in 6 shards."""
+    """`nngraph-datasets fit` SIGKILLed at random moments of its build -- once it has written
+    `k` shards (uniform in 0..5), after a further random delay of up to one shard's time: while
+    fitting, writing a shard, the manifest, or renaming the folder -- then rerun:
+    byte-identical to an uninterrupted build every time. 48 INRs in 6 shards."""
     points = int(os.environ.get("NNGRAPH_KILL_POINTS", "2"))
     rng = random.Random(int(os.environ.get("NNGRAPH_KILL_SEED", "0")))
     ref = tmp_path / "ref"
@@ -158,8 +158,16 @@ def test_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> Non
     while len(seen) < points:
         out = tmp_path / f"z{len(seen)}"
         partial = out.with_name(f".{out.name}.partial")
-        at = rng.uniform(0.0, duration)  # into the build: fitting, writing shards, finishing
-        killed, _ = kill_at(_fit_cmd(out), at, env=_env(), ready=partial)
+        # once `done` shards are written, within the time of one more: fitting, writing a shard,
+        # the manifest, the final rename
+        target, at = rng.randrange(6), rng.uniform(0.0, duration / 6)
+
+        def ready(partial: Path = partial, target: int = target) -> bool:
+            if not target:
+                return partial.exists()
+            return len(list(partial.glob("shard-*.safetensors"))) >= target
+
+        killed, _ = kill_at(_fit_cmd(out), at, env=_env(), ready=ready)
         if not killed:  # it finished first: not a kill point; draw another moment
             shutil.rmtree(out, ignore_errors=True)
             continue
@@ -170,9 +178,9 @@ def test_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> Non
                                   timeout=900)  # fmt: skip
             assert done.returncode == 0, done.stderr[-2000:]
         same = _files(out) == expected and not partial.exists()
-        seen.append({"at_s": round(at, 3), "shards_done": shards, "after_finish": finished,
-                     "identical": same})  # fmt: skip
-        assert same, f"kill at {at:.2f} s ({shards} shards done): the rerun differs"
+        seen.append({"after_shards": target, "delay_s": round(at, 3), "shards_done": shards,
+                     "after_finish": finished, "identical": same})  # fmt: skip
+        assert same, f"killed with {shards} shards done ({target} + {at:.2f} s): the rerun differs"
         shutil.rmtree(out)
     _report("kill-zoo", {"points": len(seen), "identical": sum(p["identical"] for p in seen),
                          "uninterrupted_s": round(duration, 2), "kills": seen})  # fmt: skip

@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["full_disk", "kill_at"]
@@ -66,11 +66,12 @@ def kill_at(
     *,
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    ready: str | Path | None = None,
+    ready: str | Path | Callable[[], bool] | None = None,
     timeout: float = 600,
 ) -> tuple[bool, str]:
     """Start `command`, send it SIGKILL `seconds` after it starts -- or after `ready`: a line
-    containing this text on its stderr, or this path existing -- and wait for it.
+    containing this text on its stderr, this path existing, or this function returning True
+    (polled every 2 ms: e.g. "the run has written its k-th checkpoint") -- and wait for it.
 
     Returns `(killed, stderr)`: `killed` is False when the process ended on its own first.
     """
@@ -87,8 +88,9 @@ def kill_at(
                 if ready.encode() in line or time.monotonic() > deadline:
                     break
         os.set_blocking(proc.stderr.fileno(), False)
-        if isinstance(ready, Path):
-            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        if isinstance(ready, Path) or callable(ready):
+            done = ready.exists if isinstance(ready, Path) else ready
+            while not done() and proc.poll() is None and time.monotonic() < deadline:
                 err.append(proc.stderr.read() or b"")
                 time.sleep(0.002)
         end = time.monotonic() + seconds
