@@ -186,6 +186,8 @@ def test_malicious_checkpoints_are_refused_and_never_run(
     assert main([*args, "--ckpt_path", "last"]) == 2
     assert "refused to unpickle" in capsys.readouterr().err
     assert not evil.canary.exists() and not any((tmp_path / "canaries").iterdir())
+    _report("malicious-apps", {"payloads": len(corpus), "runs": 2 * len(corpus) + 1,
+                               "rejected": 2 * len(corpus) + 1, "executed": 0})  # fmt: skip
 
 
 def test_path_tricks_in_callback_state_are_refused(trained: NNGraphCLI, tmp_path: Path) -> None:
@@ -213,7 +215,7 @@ def _weights(path: Path) -> tuple[int, dict[str, torch.Tensor], list[dict[str, t
 
 
 def _report(name: str, data: dict[str, Any]) -> None:
-    folder = os.environ.get("NNGRAPH_KILL_REPORT")
+    folder = os.environ.get("NNGRAPH_KILL_REPORT") or os.environ.get("NNGRAPH_FUZZ_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.json").write_text(json.dumps(data, indent=1))

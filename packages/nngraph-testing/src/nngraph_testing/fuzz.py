@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hypothesis import event
+from hypothesis import currently_in_test_context, event
 from hypothesis import strategies as st
 
 from nngraph_core import NNGraphError
@@ -237,12 +237,15 @@ class Outcomes:
                 result = fn()
             except NNGraphError as e:
                 assert str(e).strip(), f"{type(e).__name__} raised without a message"
-                self.counts[type(e).__name__] += 1
-                event(f"{self.reader}: {type(e).__name__}")
+                self._count(type(e).__name__)
                 return e
-        self.counts["result"] += 1
-        event(f"{self.reader}: result")
+        self._count("result")
         return result
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        if currently_in_test_context():
+            event(f"{self.reader}: {outcome}")
 
     @property
     def total(self) -> int:
@@ -261,7 +264,8 @@ class Outcomes:
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Append the report as one JSON line to `folder/<reader>.jsonl` (one line per process:
         pytest-xdist workers each write theirs)."""
-        path = Path(folder) / (self.reader.replace(" ", "_").replace("/", "_") + ".jsonl")
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.reader)
+        path = Path(folder) / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps(self.report()) + "\n")
