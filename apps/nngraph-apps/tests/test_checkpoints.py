@@ -192,18 +192,21 @@ def test_malicious_checkpoints_are_refused_and_never_run(
 
 def test_path_tricks_in_callback_state_are_refused(trained: NNGraphCLI, tmp_path: Path) -> None:
     """Lightning deletes superseded checkpoints by the paths in ModelCheckpoint's state, with a
-    lexical parent check that `<folder>/../..` passes: such paths are refused."""
+    lexical parent check that `<folder>/../..` passes (a resumed run of plain Lightning deletes
+    the file such a path names) and none for URLs: such paths are refused."""
     ckpt = torch.load(io.BytesIO(trained.last_ckpt), weights_only=True)  # type: ignore[attr-defined]
     key = next(k for k in ckpt["callbacks"] if "val/acc" in k)
     folder = _callbacks(trained)[0].dirpath
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
-    for trick in (f"{folder}/../../../{victim}", f"{folder}/../{victim.name}"):
+    tricks = {f"{folder}/../../../{victim}": "climbs out", f"{folder}/../{victim.name}":
+              "climbs out", f"file://{victim}": "not a local path"}  # fmt: skip
+    for trick, why in tricks.items():
         state = dict(ckpt["callbacks"][key], best_k_models={trick: torch.tensor(2.0)},
                      kth_best_model_path=trick)  # fmt: skip
         bad = dict(ckpt, callbacks={**ckpt["callbacks"], key: state})
         torch.save(bad, tmp_path / "bad.ckpt")
-        with pytest.raises(CheckpointError, match="climbs out"):
+        with pytest.raises(CheckpointError, match=why):
             _checks(tmp_path / "bad.ckpt", trained)
     assert victim.read_text() == "keep me"
 

@@ -431,8 +431,9 @@ class SafeModelCheckpoint(ModelCheckpoint):
 
     Lightning deletes superseded checkpoints by the paths stored in this state, after checking
     that the callback's folder is among their parents -- a lexical check that
-    `<folder>/../../elsewhere` passes. Here no path may contain `..`, a path inside the folder
-    must resolve (symlinks followed) inside it, and scores must be numbers. Paths elsewhere (a
+    `<folder>/../../elsewhere` passes -- or without any check for another file system
+    (`s3://...`). Here no path may contain `..` or a `://` scheme, a path inside the folder must
+    resolve (symlinks followed) inside it, and scores must be numbers. Paths elsewhere (a
     run folder that was copied) stay allowed: Lightning neither deletes nor overwrites them.
 
     Its state is stored under the same key as a plain `ModelCheckpoint`'s, so either resumes
@@ -453,6 +454,8 @@ class SafeModelCheckpoint(ModelCheckpoint):
                 raise CheckpointError(f"{where}.{what}: expected a path, got {p!r}")
             if not p:
                 return
+            if "://" in p:  # Lightning deletes paths of other file systems unchecked
+                raise CheckpointError(f"{where}.{what}: {p!r} is not a local path")
             if ".." in Path(p).parts:
                 raise CheckpointError(f"{where}.{what}: {p!r} climbs out of its folder")
             absolute = Path(os.path.abspath(p))
