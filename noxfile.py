@@ -169,6 +169,72 @@ def _apt_install(session: nox.Session, binary: str, *packages: str) -> None:
         session.warn(f"apt-get install {' '.join(packages)} failed")
 
 
+def _summaries(folder: Path) -> dict[str, dict[str, object]]:
+    """Sum the per-process JSON lines that nngraph-testing's plugin writes for each reader."""
+    import json
+
+    out: dict[str, dict[str, object]] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            s = out.setdefault(r["reader"], {"examples": 0, "results": 0, "typed_errors": {}})
+            s["examples"] = int(s["examples"]) + r["examples"]  # type: ignore[call-overload]
+            s["results"] = int(s["results"]) + r["results"]  # type: ignore[call-overload]
+            errors: dict[str, int] = s["typed_errors"]  # type: ignore[assignment]
+            for k, v in r["typed_errors"].items():
+                errors[k] = errors.get(k, 0) + v
+    return out
+
+
+@nox.session(default=False, reuse_venv=True)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz every reader of outside bytes with 2,000 examples each (Hypothesis profile `fuzz`:
+    the `ci` profile, derandomized, with 2,000 examples) and run the malicious-file corpus;
+    prints the figures of docs/reliability.md (examples, results, typed errors per reader).
+
+    The same tests run in `tests` with 200 examples (`ci` profile). Reports:
+    .nox/_reports/fuzz/.
+    """
+    _install_packages(session)
+    out = REPORTS / "fuzz"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {"NNGRAPH_DEVICE": "cpu", "NNGRAPH_FUZZ_REPORT": str(out), "NNGRAPH_FUZZ_RESUMES": "100"}
+    for pkg in _packages():
+        if (pkg / "tests").is_dir():
+            _pytest(session, pkg / "tests", f"fuzz-{pkg.name}", "-k", "fuzz or malicious",
+                    "--hypothesis-profile=fuzz", "--hypothesis-show-statistics", env=env)  # fmt: skip
+    summary = _summaries(out)
+    width = max(map(len, summary), default=10)
+    for reader, s in sorted(summary.items()):
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s["typed_errors"].items()))  # type: ignore[attr-defined]
+        print(
+            f"{reader:<{width}}  {s['examples']:>6} examples  {s['results']:>5} results  {errors}"
+        )
+    print("untyped exceptions, hangs and writes outside the target folder fail the run: 0")
+
+
+@nox.session(default=False, reuse_venv=True)
+def kill(session: nox.Session) -> None:
+    """SIGKILL an INR zoo build (`nngraph-datasets fit`) and a training run (`nngraph-train
+    fit`) at 20 random moments each, rerun / resume each, and compare with an uninterrupted run
+    (byte-identical zoo, bit-identical weights). CI runs 2 points of each in `tests`.
+    `nox -s kill -- ...` passes pytest arguments; NNGRAPH_KILL_POINTS / NNGRAPH_KILL_SEED set
+    the number of points and the seed of their moments. Reports: .nox/_reports/kill/.
+    """
+    import json
+
+    _install_packages(session)
+    out = REPORTS / "kill"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {"NNGRAPH_DEVICE": "cpu", "NNGRAPH_KILL_REPORT": str(out), "NNGRAPH_KILL_POINTS": "20"}
+    for pkg in _packages():
+        if (pkg / "tests").is_dir():
+            _pytest(session, pkg / "tests", f"kill-{pkg.name}", "-m", "kill", env=env)
+    for path in sorted(out.glob("kill-*.json")):
+        r = json.loads(path.read_text())
+        print(f"{path.stem}: {r['identical']}/{r['points']} kill points ended identical")
+
+
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
     """Build the mkdocs site strictly and check it (``nox -s docs -- serve`` serves it instead).

@@ -35,6 +35,12 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return nds.build_zoo(out, "digits", nds.InrRecipe(steps=10), limit=120, compile=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_settings() -> list[str]:
+    """`TINY`: the CLI settings of a tiny run, without zoo and run folders."""
+    return list(TINY)
+
+
 @pytest.fixture
 def tiny_args(tiny_zoo: Path, tmp_path: Path) -> list[str]:
     """CLI arguments of a tiny run into ``tmp_path/run`` on the tiny zoo."""

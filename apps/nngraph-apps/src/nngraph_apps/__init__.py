@@ -12,9 +12,10 @@
 
 from .augment import Augmentation, augment_params
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer
+from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint, read_checkpoint
 from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
-from .errors import ConfigError
+from .errors import CheckpointError, CheckpointWriteError, ConfigError, UnsafeCheckpointError
 from .inference import InputFileError, Predictions, load_inputs, predict
 from .models import MODELS, build_model
 from .report import aggregate_runs, write_aggregate, write_report
@@ -24,7 +25,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "AtomicCheckpointIO",
     "Augmentation",
+    "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "InputFileError",
     "InrClassificationTask",
@@ -34,10 +38,12 @@ __all__ = [
     "NNGraphCLI",
     "NonFiniteLossError",
     "Predictions",
+    "SafeModelCheckpoint",
     "SigtermCheckpoint",
     "TensorLoader",
     "TimeBudget",
     "Timer",
+    "UnsafeCheckpointError",
     "__version__",
     "aggregate_runs",
     "augment_params",
@@ -49,6 +55,7 @@ __all__ = [
     "load_inputs",
     "main",
     "predict",
+    "read_checkpoint",
     "write_aggregate",
     "write_report",
 ]

@@ -16,8 +16,10 @@ validation checkpoint and `last.ckpt`), `logs/csv` and `logs/tb` (TensorBoard),
 `results.json` and `report.md` with PNG plots. `fit` ends by testing the best validation
 checkpoint (`--test_after_fit false` skips it).
 
-Exit codes: 0 done, 2 bad configuration or missing data, 3 non-finite loss, 143 stopped by
-SIGTERM (a resumable `last.ckpt` was saved).
+Exit codes: 0 done, 2 bad configuration, missing data, a checkpoint that cannot be resumed
+from or written (full or read-only disk), 3 non-finite loss, 143 stopped by SIGTERM (a resumable
+`last.ckpt` was saved). Checkpoints are written atomically and checked entry by entry when a
+run resumes from them (`nngraph_apps.checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nngraph_core import NNGraphError
+
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer, process_start_time
+from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint
 from .data import InrDataModule
 from .errors import ConfigError, find_config_error
 from .report import machine_info, write_aggregate, write_report
@@ -154,7 +160,7 @@ class NNGraphCLI(LightningCLI):
         ckpt_dir = self.run_dir / "checkpoints"
         task = self.model
         extra: list[Callback] = [
-            ModelCheckpoint(
+            SafeModelCheckpoint(
                 dirpath=ckpt_dir,
                 filename="best-{epoch}-{step}",
                 monitor=getattr(task, "monitor", "val/loss"),
@@ -167,7 +173,9 @@ class NNGraphCLI(LightningCLI):
         ]
         n = int(cfg.get("checkpoint_every_n_steps") or 0)
         if n > 0:
-            extra.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=n))
+            extra.append(
+                SafeModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=n)
+            )
         self.sigterm = SigtermCheckpoint(ckpt_dir)
         extra.append(self.sigterm)
         budget = cfg.get("time_budget")
@@ -187,6 +195,11 @@ class NNGraphCLI(LightningCLI):
             self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
         ]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        # checkpoints are written atomically and read back with weights_only=True and checks
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
         if trainer_config.get("strategy") == "ddp":
             # Some models leave parameters without gradient in a step (e.g. the last layer's
             # edge update under an invariant head); plain DDP would stop with an error.
@@ -363,6 +376,12 @@ def main(args: Sequence[str] | None = None) -> int:
         return 143
     except SystemExit as e:  # jsonargparse's usage errors (exit 2) and --help (exit 0)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except NonFiniteLossError as e:
+        print(f"nngraph-train: stopped: {e}", file=sys.stderr)
+        return 3
+    except NNGraphError as e:  # bad settings or data, a checkpoint that cannot be resumed, ...
+        print(f"nngraph-train: error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         found = find_config_error(e)
         if found is None:
@@ -372,9 +391,6 @@ def main(args: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as e:
         print(f"nngraph-train: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
-        print(f"nngraph-train: stopped: {e}", file=sys.stderr)
-        return 3
     del cli
     return 0
 

@@ -27,6 +27,7 @@ import nngraph_core as ngc
 import nngraph_datasets as nds
 from nngraph_probe import ProbeFeatures, ProbeMLP
 
+from .checkpoint import check_against_task
 from .data import inr_template
 from .errors import ConfigError
 from .models import GRAPH_MODELS, build_model, fit_normalization
@@ -34,7 +35,7 @@ from .models import GRAPH_MODELS, build_model, fit_normalization
 __all__ = ["InrClassificationTask", "InrEditingTask", "InrTask", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ngc.NNGraphError, RuntimeError):
     """The loss or the gradients became NaN / inf; the run is stopped before the optimiser step,
     so no checkpoint with non-finite weights is written."""
 
@@ -247,6 +248,9 @@ class InrTask(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint is outside data: check every entry that resuming consumes (weights,
+        # optimiser, scheduler, loops, random states) before Lightning loads any of it.
+        check_against_task(checkpoint, self)
         # Fitted normalisers have buffers of another shape than the unfitted (empty) ones.
         state = checkpoint.get("state_dict", {})
         for name, buf in list(self.named_buffers()):

@@ -233,6 +233,10 @@ class GraphTemplate:
         [`ShapeMismatchError`][nngraph_core.ShapeMismatchError].
         """
         sd = source.state_dict() if isinstance(source, nn.Module) else source
+        if not isinstance(sd, Mapping):
+            raise ShapeMismatchError(
+                f"expected a module or a state dict (a mapping), got {type(sd).__name__}"
+            )
         missing = [k for k in self.spec.param_keys if k not in sd]
         if missing:
             raise MissingKeyError(
@@ -244,11 +248,17 @@ class GraphTemplate:
                 f"state dict has keys the architecture does not know: {unexpected}"
             )
         parts = []
-        dtype = sd[self.spec.param_keys[0]].dtype
+        dtype: torch.dtype | None = None
         for key, shape in zip(self.spec.param_keys, self.spec.param_shapes, strict=True):
             t = sd[key]
             if not isinstance(t, Tensor):
                 raise ShapeMismatchError(f"{key!r} is a {type(t).__name__}, not a tensor")
+            if t.layout != torch.strided or t.is_meta:
+                raise ShapeMismatchError(
+                    f"{key!r} is a {t.layout} tensor on {t.device}, expected a dense tensor "
+                    "with data"
+                )
+            dtype = t.dtype if dtype is None else dtype
             if tuple(t.shape) != shape:
                 raise ShapeMismatchError(f"{key!r} has shape {tuple(t.shape)}, expected {shape}")
             if not t.is_floating_point():

@@ -12,9 +12,11 @@ from nngraph_core import NNGraphError
 __all__ = [
     "CorruptFileError",
     "DatasetError",
+    "DiskFullError",
     "FileTooLargeError",
     "IntegrityError",
     "SourceNotFoundError",
+    "StorageError",
     "UnsafeFileError",
     "ZooExistsError",
     "ZooFormatError",
@@ -51,3 +53,16 @@ class CorruptFileError(DatasetError, ValueError):
 
 class FileTooLargeError(DatasetError, ValueError):
     """A file or archive exceeds the size limits checked before anything is read."""
+
+
+class StorageError(DatasetError, OSError):
+    """A zoo cannot be written: the folder is read-only, not permitted, or the disk is full.
+
+    The message names the folder and says which files were left as they were; ``errno`` is the
+    one of the underlying ``OSError``.
+    """
+
+
+class DiskFullError(StorageError):
+    """No space left on the device (``ENOSPC`` / ``EDQUOT``) while writing a zoo; the files
+    written before (finished shards, an existing zoo) are intact."""

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,13 @@ from .inr import num_params, param_slices
 __all__ = ["Limits", "PublishedZoo", "convert_published", "load_pth", "read_published"]
 
 _MNIST_RE = re.compile(
-    r"(?:^|/)mnist_png_(training|testing)_(\d)_(\d+)/checkpoints/model_final\.pth$"
+    r"(?:^|/)mnist_png_(training|testing)_(\d)_(\d{1,9})/checkpoints/model_final\.pth$", re.ASCII
 )
-_FMNIST_RE = re.compile(r"(?:^|/)(train|test)/model_(\d+)\.pth$")
+_FMNIST_RE = re.compile(r"(?:^|/)(train|test)/model_(\d{1,9})\.pth$", re.ASCII)
+#: the exceptions that reading a broken zip archive or member can raise (zipfile, zlib, bz2,
+#: lzma): the archive's bytes are not what they claim to be
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+               RuntimeError, IndexError, KeyError, OverflowError, struct.error)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,12 @@ def load_pth(
         UnsafeFileError: the pickle references anything beyond plain tensors/containers.
         CorruptFileError: truncated/unreadable, wrong keys, shapes or non-float tensors.
     """
+    if not data.startswith(b"PK\x03\x04"):
+        # torch.save has written zip archives since torch 1.6; the legacy formats (a raw pickle
+        # stream, a tar archive) size their storages from the pickle itself, before any check
+        raise CorruptFileError(
+            f"{name}: not a zip-form torch checkpoint (legacy pickle and tar formats are refused)"
+        )
     try:
         obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -79,11 +92,18 @@ def load_pth(
         )
     for k, shape in shapes.items():
         v = obj[k]
-        if not isinstance(v, Tensor) or not v.is_floating_point() or tuple(v.shape) != shape:
-            desc = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        if (
+            not isinstance(v, Tensor)
+            or not v.is_floating_point()
+            or v.layout != torch.strided
+            or tuple(v.shape) != shape
+        ):
+            desc = f"{v.dtype} {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
             raise CorruptFileError(
-                f"{name}: {k} must be a float tensor of shape {shape}, got {desc}"
+                f"{name}: {k} must be a dense float tensor of shape {shape}, got {desc}"
             )
+        if not bool(torch.isfinite(v).all()):
+            raise CorruptFileError(f"{name}: {k} holds NaN or infinite values")
     return obj
 
 
@@ -99,8 +119,13 @@ class PublishedZoo:
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Limits) -> bytes:
-    with zf.open(info) as f:
-        data = f.read(limits.max_member_bytes + 1)
+    try:
+        with zf.open(info) as f:
+            data = f.read(limits.max_member_bytes + 1)
+    except _ZIP_ERRORS as e:  # bad CRC, broken deflate stream, encrypted member, ...
+        raise CorruptFileError(
+            f"{info.filename}: cannot be read from the archive ({type(e).__name__}: {e})"
+        ) from e
     if len(data) > limits.max_member_bytes:
         raise FileTooLargeError(f"{info.filename}: larger than {limits.max_member_bytes} bytes")
     return data
@@ -124,8 +149,8 @@ def read_published(
         raise FileTooLargeError(f"{path}: larger than {limits.max_total_bytes} bytes")
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise CorruptFileError(f"{path}: not a zip file ({e})") from e
+    except _ZIP_ERRORS as e:
+        raise CorruptFileError(f"{path}: not a zip file ({type(e).__name__}: {e})") from e
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_members:
@@ -152,6 +177,14 @@ def read_published(
                 )
         if not entries:
             raise CorruptFileError(f"{path}: no published INR checkpoints found (kind={kind!r})")
+        seen: dict[int, str] = {}
+        for info, _, image_id, _ in entries:
+            if image_id in seen:
+                raise CorruptFileError(
+                    f"{path}: {info.filename} and {seen[image_id]} are checkpoints of the same "
+                    f"image ({image_id})"
+                )
+            seen[image_id] = info.filename
         for info, *_ in entries:
             if info.file_size > limits.max_member_bytes:
                 raise FileTooLargeError(
@@ -174,12 +207,17 @@ def read_published(
             if label is None:
                 lab: Any = sd["label"]
                 if isinstance(lab, Tensor):
-                    if lab.numel() != 1:
+                    if lab.numel() != 1 or lab.layout != torch.strided:
                         raise CorruptFileError(f"{info.filename}: label must be a scalar")
                     lab = lab.item()
-                if not isinstance(lab, (int, float)) or int(lab) != lab:
+                if (
+                    not isinstance(lab, (int, float))
+                    or not math.isfinite(lab)
+                    or int(lab) != lab
+                    or not 0 <= lab < 1 << 31
+                ):
                     raise CorruptFileError(
-                        f"{info.filename}: label must be an integer, got {lab!r}"
+                        f"{info.filename}: label must be a non-negative integer, got {lab!r}"
                     )
                 label = int(lab)
             labels[row] = label
@@ -202,15 +240,20 @@ def _apply_splits_json(path: Path, names: list[str]) -> list[str]:
     if path.stat().st_size > 256 << 20:
         raise FileTooLargeError(f"{path}: splits json too large")
     try:
-        spec: dict[str, Any] = json.loads(path.read_text())
-    except ValueError as e:
+        spec = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise CorruptFileError(f"{path}: not valid JSON") from e
+    if not isinstance(spec, dict):
+        raise CorruptFileError(f"{path}: expected an object of splits, got {type(spec).__name__}")
     by_suffix: dict[str, str] = {}
     for split, part in spec.items():
         if split not in ("train", "val", "test") or not isinstance(part, dict):
             raise CorruptFileError(f"{path}: unexpected entry {split!r}")
-        for p in part.get("path", []):
-            by_suffix["/".join(Path(str(p)).parts[-3:])] = split
+        paths = part.get("path", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise CorruptFileError(f"{path}: {split}.path must be a list of strings")
+        for p in paths:
+            by_suffix["/".join(Path(p).parts[-3:])] = split
     out = []
     for name in names:
         key = "/".join(Path(name).parts[-3:])

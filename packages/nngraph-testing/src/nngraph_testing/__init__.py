@@ -2,7 +2,10 @@
 
 Hypothesis strategies for architectures, seeded networks and hidden permutations; equivariance
 assertions with a tolerance table by dtype; base test classes for graph models; Hypothesis
-profiles (`ci`, `dev`, `thorough`).
+profiles (`ci`, `dev`, `thorough`, `fuzz`). The reliability machinery lives in
+submodules: `nngraph_testing.fuzz` (fuzzing readers of outside bytes),
+`nngraph_testing.malicious` (a generated malicious-file corpus) and `nngraph_testing.faults`
+(a simulated full disk, a SIGKILL at a chosen moment).
 """
 
 from .asserts import (

@@ -4,6 +4,8 @@
   200 examples per property. Hypothesis selects it when the `CI` environment variable is set.
 * `dev` -- quick local runs: 25 examples, no deadline (torch code has no stable timing).
 * `thorough` -- 2,000 examples, for a nightly or a release.
+* `fuzz` -- the `ci` profile (derandomized: the same inputs every run) with 2,000 examples:
+  `nox -s fuzz` runs the readers' fuzz tests under it and reports the figures.
 
 Select one with `pytest --hypothesis-profile NAME` or `NNGRAPH_HYPOTHESIS_PROFILE=NAME`.
 """
@@ -16,9 +18,10 @@ from hypothesis import HealthCheck, settings
 
 __all__ = ["PROFILES", "device_under_test", "load_profile", "register_profiles"]
 
-PROFILES = ("ci", "dev", "thorough")
+PROFILES = ("ci", "dev", "thorough", "fuzz")
 """The hypothesis profiles [`register_profiles`][nngraph_testing.register_profiles] registers."""
 CI_EXAMPLES = 200
+FUZZ_EXAMPLES = 2000
 
 
 def register_profiles() -> None:
@@ -36,6 +39,11 @@ def register_profiles() -> None:
         max_examples=25,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    settings.register_profile(
+        "fuzz",
+        parent=settings.get_profile("ci"),  # the nngraph ci profile just registered
+        max_examples=FUZZ_EXAMPLES,
     )
     settings.register_profile(
         "thorough",
