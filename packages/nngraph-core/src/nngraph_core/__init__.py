@@ -15,33 +15,44 @@ from .errors import (
     ShapeMismatchError,
     UnexpectedKeyError,
     UnsupportedLayerError,
+    UnsupportedOperationError,
 )
 from .graph import NeuralGraph, from_module, from_state_dict, to_state_dict
 from .permutation import HiddenPermutation, permute_hidden, random_hidden_permutation
 from .spec import LayerSpec, NetworkSpec, network_spec
+from .structure import EdgeBlock, EdgeType, HiddenSet, NodeGroup, NodeType
 from .template import GraphTemplate, NodeRole, check_finite
+from .trace import TracedOp, fold_batchnorm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureError",
+    "EdgeBlock",
+    "EdgeType",
     "GraphBatch",
     "GraphTemplate",
     "HiddenPermutation",
+    "HiddenSet",
     "LayerSpec",
     "MissingKeyError",
     "NNGraphError",
     "NetworkSpec",
     "NeuralGraph",
+    "NodeGroup",
     "NodeRole",
+    "NodeType",
     "NonFiniteWeightsError",
     "ShapeMismatchError",
     "Sine",
+    "TracedOp",
     "UnexpectedKeyError",
     "UnsupportedLayerError",
+    "UnsupportedOperationError",
     "__version__",
     "batch",
     "check_finite",
+    "fold_batchnorm",
     "from_module",
     "from_state_dict",
     "network_spec",
