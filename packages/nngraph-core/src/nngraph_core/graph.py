@@ -136,6 +136,12 @@ class NeuralGraph:
     # -- back to parameters ------------------------------------------------------------------------
     def params(self) -> Tensor:
         """Flat parameter vector ``[P]`` (state-dict order)."""
+        template = GraphTemplate(self.spec)
+        if (
+            self.edge_param.data_ptr() == template.edge_param.data_ptr()
+            and self.node_param.data_ptr() == template.node_param.data_ptr()
+        ):  # canonical layout (the template's own maps): its scatter
+            return template.params(self.node_features, self.edge_features)[0]
         flat = torch.empty(self.spec.num_params, dtype=self.dtype, device=self.device)
         node_param = self.node_param.view(self.num_nodes, -1)
         nv = node_param >= 0

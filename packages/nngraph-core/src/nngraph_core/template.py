@@ -138,6 +138,14 @@ class GraphTemplate:
 
         n_edges = sum(b.num_edges(groups) for b in blocks)
         edge_param = torch.full((n_edges, d_edge), -1, dtype=torch.long)
+        n_valid = sum(
+            b.num_edges(groups) * b.kernel[0] * b.kernel[1] for b in blocks if b.weight is not None
+        )
+        # positions (in the flattened [E, d_edge] features) of the entries that hold a parameter,
+        # and the parameter each holds
+        edge_valid = torch.empty(n_valid, dtype=torch.long)
+        edge_targets = torch.empty(n_valid, dtype=torch.long)
+        v0 = 0
         src = torch.empty(n_edges, dtype=torch.long)
         dst = torch.empty(n_edges, dtype=torch.long)
         edge_type = torch.empty(n_edges, dtype=torch.long)
@@ -171,19 +179,25 @@ class GraphTemplate:
             slot = (rows * kw_max + cols).flatten()  # [kh*kw]
             if blk.weight is not None:
                 base = poff[blk.weight[0]][0] + blk.weight[1]
+                kk = kh * kw
+                vs = slice(v0, v0 + m * kk)
+                v0 = vs.stop
                 if blk.pattern == "dense" and blk.layout == "out_in":
                     # Weight memory order is [out, in, kh, kw] for both conv and linear.
-                    entry = base + torch.arange(m * kh * kw).view(m, kh * kw)
+                    torch.arange(base, base + m * kk, out=edge_targets[vs])
                 elif blk.pattern == "dense":
-                    entry = (base + i * n_dst + o).view(m, 1)
+                    torch.add(i * n_dst + o, base, out=edge_targets[vs])
                 else:
-                    entry = (base + torch.arange(m)).view(m, 1)
-                edge_param[sl, slot] = entry
+                    torch.arange(base, base + m, out=edge_targets[vs])
+                rows = torch.arange(e0 * d_edge, (e0 + m) * d_edge, d_edge).view(m, 1)
+                torch.add(rows, slot.view(1, kk), out=edge_valid[vs].view(m, kk))
             elif blk.const is not None:
                 const_pos.append(torch.arange(e0, e0 + m) * d_edge + int(slot[0]))
                 const_val.append(blk.const)
             e0 += m
             edge_offsets.append(e0)
+
+        edge_param.view(-1)[edge_valid] = edge_targets
 
         self.edge_offsets: tuple[int, ...] = tuple(edge_offsets)
         self._node_param2 = node_param
@@ -199,10 +213,8 @@ class GraphTemplate:
 
         n_params = spec.num_params
         flat_n = node_param.flatten()
-        flat_e = edge_param.flatten()
         valid_n = flat_n >= 0
-        valid_e = flat_e >= 0
-        covered = torch.cat([flat_n[valid_n], flat_e[valid_e]])
+        covered = torch.cat([flat_n[valid_n], edge_targets])
         counts = torch.bincount(covered, minlength=n_params)
         if covered.numel() != n_params or counts.numel() != n_params or bool((counts != 1).any()):
             raise AssertionError(
@@ -216,11 +228,12 @@ class GraphTemplate:
         self._node_pad = (~valid_n).nonzero().flatten()
         self._node_valid = valid_n.nonzero().flatten()
         self._node_targets = flat_n[self._node_valid]
-        self._edge_valid = valid_e.nonzero().flatten()
-        self._edge_targets = flat_e[self._edge_valid]
-        if 2 * self._edge_valid.numel() >= flat_e.numel():
+        self._edge_valid = edge_valid
+        self._edge_targets = edge_targets
+        if 2 * edge_valid.numel() >= edge_param.numel():
+            flat_e = edge_param.flatten()
             self._edge_idx: Tensor | None = flat_e.clamp(min=0)
-            self._edge_pad = (~valid_e).nonzero().flatten()
+            self._edge_pad = (flat_e < 0).nonzero().flatten()
         else:
             self._edge_idx = None
             self._edge_pad = torch.empty(0, dtype=torch.long)
@@ -505,8 +518,9 @@ class GraphTemplate:
         if sigma.shape != (n,) or not torch.equal(sigma.sort().values, torch.arange(n)):
             raise ShapeMismatchError(f"expected a permutation of {n} nodes")
         tau, found = self._edge_lookup(sigma)
-        carries = (self.edge_param >= 0).any(dim=1)
-        if bool((carries & ~found).any()):
+        d = self.edge_dim
+        edge = torch.div(self._edge_valid, d, rounding_mode="floor")  # edges with parameters
+        if not bool(found[edge].all()):
             raise ShapeMismatchError(
                 "the relabelling moves edges that carry parameters onto non-edges"
             )
@@ -514,8 +528,8 @@ class GraphTemplate:
         nodes = self._node_param2
         nv = nodes >= 0
         pi[nodes[nv]] = nodes[sigma][nv]
-        ev = self.edge_param >= 0
-        pi[self.edge_param[ev]] = self.edge_param[tau][ev]
+        moved = tau[edge] * d + self._edge_valid % d
+        pi[self._edge_targets] = self.edge_param.view(-1)[moved]
         return pi
 
     def permute(self, params: Tensor, perm: HiddenPermutation) -> Tensor:

@@ -352,17 +352,16 @@ class _Reader:
     def __init__(self, module: nn.Module, input_shape: Sequence[int] | None) -> None:
         self.root = module
         self.sd = module.state_dict()
-        self.modules = dict(module.named_modules(remove_duplicate=False))
         self.module_paths: dict[int, str] = {id(m): n for n, m in module.named_modules()}
         self.groups: list[_Group] = []
         self.blocks: list[EdgeBlock] = []
-        self.consumed: dict[str, list[Tensor]] = {}
+        #: per key: how often it was used whole, and the positions of partial uses
+        self.consumed: dict[str, list[Tensor | None]] = {}
         self.used_layers: dict[int, str] = {}
         self.folds: list[tuple[str, str]] = []
         self.input_group: int | None = None
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.where = type(module).__name__
-        self.node: fx.Node | None = None
 
     # -- errors -----------------------------------------------------------------------------
     def unsupported(self, op: str, why: str) -> UnsupportedOperationError:
@@ -376,13 +375,14 @@ class _Reader:
     def block(self, src: int, dst: int, type_: EdgeType, pattern: str, **kw: Any) -> None:
         self.blocks.append(EdgeBlock(src, dst, type_, pattern, **kw))  # type: ignore[arg-type]
 
-    def consume(self, key: str, positions: Tensor) -> None:
+    def consume(self, key: str, positions: Tensor | None) -> None:
+        """Record a use of entries ``positions`` of ``key`` (``None``: all of them)."""
         if key not in self.sd:
             raise self.unsupported(key, "is not in the state dict (a non-persistent buffer?)")
-        self.consumed.setdefault(key, []).append(positions.flatten())
+        self.consumed.setdefault(key, []).append(None if positions is None else positions.flatten())
 
     def consume_all(self, key: str) -> ParamSlice:
-        self.consume(key, torch.arange(self.sd[key].numel()))
+        self.consume(key, None)
         return (key, 0)
 
     def key_of(self, module: nn.Module, attr: str) -> str:
@@ -428,13 +428,14 @@ class _Reader:
         g = self.groups[v.group]
         if v.axis is not None and out_shape[axis if axis is not None else 0] != g.size:
             raise self.unsupported(op_label(op), "changes the number of channels")
-        if self.exclusive(v) or v.axis is None:
-            if v.axis is None and not self.exclusive(v):
-                raise self.unsupported(
-                    op_label(op), "acts on an input that is also used unchanged elsewhere"
-                )
+        if self.exclusive(v):  # the nodes take the operation on
             g.ops.append(op)
             return _Val(v.group, axis, out_shape, v.kernel)
+        if v.axis is None:
+            raise self.unsupported(
+                op_label(op), "acts on an input that is also used unchanged elsewhere"
+            )
+        # the value is also used unchanged: the result gets nodes of its own
         alias = self.new_group(
             f"{self.where}:{op_label(op)}", NodeType.ACTIVATION, g.size, ops=[op]
         )
@@ -863,7 +864,12 @@ class _Reader:
             if not parts:
                 unused.append(key)
                 continue
-            counts = torch.bincount(torch.cat(parts), minlength=t.numel())
+            if parts == [None]:
+                continue
+            full = torch.arange(t.numel())
+            counts = torch.bincount(
+                torch.cat([full if p is None else p for p in parts]), minlength=t.numel()
+            )
             if bool((counts == 0).any()):
                 unused.append(key)
             if bool((counts > 1).any()):
@@ -935,7 +941,11 @@ def _graph_of(module: nn.Module) -> fx.Graph:
     ):
         graph = fx.Graph()
         x = graph.placeholder("x")
-        graph.output(graph.call_module("", (x,)))
+        if isinstance(module, nn.MultiheadAttention):
+            y = graph.call_module("", (x, x, x), {"need_weights": False})
+            graph.output(graph.call_function(operator.getitem, (y, 0)))
+        else:
+            graph.output(graph.call_module("", (x,)))
         return graph
     try:
         return _Tracer().trace(module)
@@ -1040,7 +1050,6 @@ class _Interpreter:
         x = x.to(dtype=self.param.dtype, device=self.param.device)
         seen_input = False
         for node in self.graph.nodes:
-            r.node = node
             r.where = _where(node, r.root)
             if node.op == "placeholder":
                 if not seen_input:
