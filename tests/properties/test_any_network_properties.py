@@ -28,7 +28,6 @@ from torch import nn
 
 import nngraph_core as ngc
 from nngraph_testing import (
-    FAMILIES,
     FamilyRecipe,
     assert_differs,
     assert_graphs_isomorphic,
@@ -42,6 +41,14 @@ from nngraph_testing import (
 
 DEVICE = device_under_test()
 DTYPE = torch.float64
+#: (family, strategy arguments): residual blocks with and without a projection shortcut
+CASES = [
+    ("resnet", {"projection": True}),
+    ("resnet", {"projection": False}),
+    ("norm", {}),
+    ("attention", {}),
+]
+CASE_IDS = ["resnet-projection", "resnet-identity", "norm", "attention"]
 
 
 def _draw(
@@ -62,10 +69,12 @@ def _loaded(module: nn.Module, template: ngc.GraphTemplate, params: torch.Tensor
     return other
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "kwargs"), CASES, ids=CASE_IDS)
 @given(data=st.data())
-def test_symmetry_preserves_function(family: str, data: st.DataObject) -> None:
-    recipe, module, seed = _draw(data, family)
+def test_symmetry_preserves_function(
+    family: str, kwargs: dict[str, object], data: st.DataObject
+) -> None:
+    recipe, module, seed = _draw(data, family, **kwargs)
     spec = _spec(recipe, module)
     perm = data.draw(hidden_permutations(spec), label="permutation")
     permuted = ngc.permute_hidden(module, perm, spec=spec)
@@ -78,10 +87,12 @@ def test_symmetry_preserves_function(family: str, data: st.DataObject) -> None:
         assert torch.equal(through_graph[key], value), key
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "kwargs"), CASES, ids=CASE_IDS)
 @given(data=st.data())
-def test_permuted_graph_is_isomorphic(family: str, data: st.DataObject) -> None:
-    recipe, module, _ = _draw(data, family)
+def test_permuted_graph_is_isomorphic(
+    family: str, kwargs: dict[str, object], data: st.DataObject
+) -> None:
+    recipe, module, _ = _draw(data, family, **kwargs)
     spec = _spec(recipe, module)
     perm = data.draw(hidden_permutations(spec), label="permutation")
     graph = ngc.from_module(module, input_shape=recipe.input_shape)
@@ -97,10 +108,12 @@ def test_permuted_graph_is_isomorphic(family: str, data: st.DataObject) -> None:
     assert bool((template.node_role[~fixed] == int(ngc.NodeRole.HIDDEN)).all())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "kwargs"), CASES, ids=CASE_IDS)
 @given(data=st.data())
-def test_roundtrip_is_bit_exact(family: str, data: st.DataObject) -> None:
-    recipe, module, seed = _draw(data, family)
+def test_roundtrip_is_bit_exact(
+    family: str, kwargs: dict[str, object], data: st.DataObject
+) -> None:
+    recipe, module, seed = _draw(data, family, **kwargs)
     sd = module.state_dict()
     graph = ngc.from_module(module, input_shape=recipe.input_shape)
     back = ngc.to_state_dict(graph)
