@@ -150,9 +150,9 @@ def test_permuted_flatten_network_is_the_same_function() -> None:
     ("module", "error", "match"),
     [
         (
-            nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)),
+            nn.Sequential(nn.Linear(2, 3), nn.PReLU(3), nn.Linear(3, 1)),
             ngc.UnsupportedLayerError,
-            "BatchNorm1d",
+            "PReLU",
         ),
         (
             nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten()),

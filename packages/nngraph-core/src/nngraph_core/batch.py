@@ -89,7 +89,8 @@ class GraphBatch:
             assert self.template is not None
             base: Tensor = getattr(self.template, name)
             dev = self.node_features.device
-            self._structure[name] = base.to(dev).repeat(self.num_graphs)
+            reps = (self.num_graphs,) + (1,) * (base.dim() - 1)
+            self._structure[name] = base.to(dev).repeat(*reps)
         return self._structure[name]
 
     @property
@@ -128,6 +129,16 @@ class GraphBatch:
     @property
     def node_activation(self) -> Tensor:
         return self._tiled("node_activation")
+
+    @property
+    def node_type(self) -> Tensor:
+        """``[sum N]`` [`NodeType`][nngraph_core.NodeType] of every node."""
+        return self._tiled("node_type")
+
+    @property
+    def edge_type(self) -> Tensor:
+        """``[sum E]`` [`EdgeType`][nngraph_core.EdgeType] of every edge."""
+        return self._tiled("edge_type")
 
     @property
     def node_param(self) -> Tensor:
@@ -204,22 +215,26 @@ class GraphBatch:
             feats, param = _repad(
                 self.edge_features[e0:e1],
                 st["edge_param"][e0:e1],
-                node_layer[edge_index[0]],
                 spec,
                 kernel,
                 spec.kernel_shape,
             )
+            d = spec.node_dim
+            node_param = st["node_param"][n0:n1]
+            node_param = node_param.view(n1 - n0, -1)[:, :d]
             out.append(
                 NeuralGraph(
-                    node_features=self.node_features[n0:n1],
+                    node_features=self.node_features[n0:n1, :d],
                     edge_index=edge_index,
                     edge_features=feats,
                     node_layer=node_layer,
                     node_role=st["node_role"][n0:n1],
                     node_activation=st["node_activation"][n0:n1],
-                    node_param=st["node_param"][n0:n1],
+                    node_param=node_param[:, 0] if d == 1 else node_param,
                     edge_param=param,
                     spec=spec,
+                    node_type=st["node_type"][n0:n1],
+                    edge_type=st["edge_type"][e0:e1],
                 )
             )
         return out
@@ -316,12 +331,12 @@ class GraphBatch:
 def _repad(
     features: Tensor,
     param: Tensor,
-    src_layer: Tensor,
     spec: NetworkSpec,
     old: tuple[int, int],
     new: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
-    """Edge features and their parameter map moved from centred kernel window `old` to `new`."""
+    """Edge features and their parameter map moved from centred kernel window `old` to `new`
+    (edges in the canonical order of `spec`: block by block)."""
     if old == new:
         return features, param
     e = features.shape[0]
@@ -329,11 +344,14 @@ def _repad(
     index = torch.full((e, *new), -1, dtype=torch.long, device=features.device)
     old_f = features.reshape(e, *old)
     old_i = param.reshape(e, *old)
-    for idx, layer in enumerate(spec.layers):
-        kh, kw = layer.kernel_size
+    groups, blocks = spec.structure
+    e0 = 0
+    for blk in blocks:
+        sel = slice(e0, e0 + blk.num_edges(groups))
+        e0 = sel.stop
+        kh, kw = blk.kernel
         r0, c0 = (old[0] - kh) // 2, (old[1] - kw) // 2
         r1, c1 = (new[0] - kh) // 2, (new[1] - kw) // 2
-        sel = (src_layer == idx).nonzero().flatten()
         feats[sel, r1 : r1 + kh, c1 : c1 + kw] = old_f[sel, r0 : r0 + kh, c0 : c0 + kw]
         index[sel, r1 : r1 + kh, c1 : c1 + kw] = old_i[sel, r0 : r0 + kh, c0 : c0 + kw]
     return feats.reshape(e, -1), index.reshape(e, -1)
@@ -360,27 +378,31 @@ def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
     node_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), node_counts.cumsum(0)])
     edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), edge_counts.cumsum(0)])
     repadded = [
-        _repad(
-            g.edge_features,
-            g.edge_param,
-            g.node_layer[g.edge_index[0]],
-            g.spec,
-            g.kernel_shape,
-            (kh, kw),
+        _repad(g.edge_features, g.edge_param, g.spec, g.kernel_shape, (kh, kw)) for g in graphs
+    ]
+    offsets = node_ptr[:-1].repeat_interleave(edge_counts)
+    d = max(g.node_features.shape[-1] for g in graphs)
+    node_feats = [
+        torch.nn.functional.pad(g.node_features, (0, d - g.node_features.shape[-1])) for g in graphs
+    ]
+    node_params = [
+        torch.nn.functional.pad(
+            g.node_param.view(g.num_nodes, -1), (0, d - g.node_features.shape[-1]), value=-1
         )
         for g in graphs
     ]
-    offsets = node_ptr[:-1].repeat_interleave(edge_counts)
     structure = {
         "edge_index": torch.cat([g.edge_index for g in graphs], dim=1) + offsets,
         "node_layer": torch.cat([g.node_layer for g in graphs]),
         "node_role": torch.cat([g.node_role for g in graphs]),
         "node_activation": torch.cat([g.node_activation for g in graphs]),
-        "node_param": torch.cat([g.node_param for g in graphs]),
+        "node_param": torch.cat(node_params)[:, 0] if d == 1 else torch.cat(node_params),
         "edge_param": torch.cat([p for _, p in repadded]),
+        "node_type": torch.cat([_types(g, "node") for g in graphs]),
+        "edge_type": torch.cat([_types(g, "edge") for g in graphs]),
     }
     return GraphBatch(
-        torch.cat([g.node_features for g in graphs]),
+        torch.cat(node_feats),
         torch.cat([f for f, _ in repadded]),
         num_graphs=len(graphs),
         node_ptr=node_ptr,
@@ -388,3 +410,13 @@ def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
         specs=[g.spec for g in graphs],
         structure=structure,
     )
+
+
+def _types(graph: NeuralGraph, what: str) -> Tensor:
+    """``node_type`` / ``edge_type`` of a graph (from its template when the graph lacks them)."""
+    t = graph.node_type if what == "node" else graph.edge_type
+    if t is not None:
+        return t
+    template = GraphTemplate(graph.spec)
+    base = template.node_type if what == "node" else template.edge_type
+    return base.to(graph.device)

@@ -17,6 +17,7 @@ __all__ = [
     "ShapeMismatchError",
     "UnexpectedKeyError",
     "UnsupportedLayerError",
+    "UnsupportedOperationError",
     "UnsupportedSymmetryError",
 ]
 
@@ -27,6 +28,22 @@ class NNGraphError(Exception):
 
 class UnsupportedLayerError(NNGraphError, TypeError):
     """A module cannot be expressed as part of a neural graph (e.g. `BatchNorm2d`, `LSTM`)."""
+
+
+class UnsupportedOperationError(UnsupportedLayerError):
+    """An operation in a traced forward has no neural-graph form (e.g. `torch.matmul` of two
+    activations, a gating product, a channel-wise concatenation).
+
+    Attributes:
+        op: the operation, e.g. `"operator.mul"`, `"F.linear"`, `"LSTM 'rnn'"`.
+        where: the path of the module whose forward runs it (`"layer1.0"`), or
+            `"<Class>.forward"` for the network's own forward.
+    """
+
+    def __init__(self, op: str, where: str, why: str) -> None:
+        self.op = op
+        self.where = where
+        super().__init__(f"{op} in {where!r} {why}")
 
 
 class ArchitectureError(NNGraphError, ValueError):

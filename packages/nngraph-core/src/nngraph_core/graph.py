@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +35,14 @@ class NeuralGraph:
         node_param: `[N]` position of each node's bias in the flat parameter vector (-1: none).
         edge_param: `[E, Kh * Kw]` position of each edge-feature entry (-1: padding).
         spec: the architecture, for the way back to parameters.
+        node_type: ``[N]`` [`NodeType`][nngraph_core.NodeType] values.
+        edge_type: ``[E]`` [`EdgeType`][nngraph_core.EdgeType] values.
+        buffers: state-dict entries that are not parameters and not features (BatchNorm's
+            integer ``num_batches_tracked``), returned by [`to_state_dict`][nngraph_core.to_state_dict].
+
+    With normalization layers that carry running statistics, nodes have 3 feature slots
+    (bias, running mean, running variance): ``node_features`` is ``[N, 3]`` and
+    ``node_param`` ``[N, 3]``.
 
     The graph is immutable; methods return new graphs.
     """
@@ -48,6 +56,9 @@ class NeuralGraph:
     node_param: Tensor
     edge_param: Tensor
     spec: NetworkSpec
+    node_type: Tensor | None = None
+    edge_type: Tensor | None = None
+    buffers: Mapping[str, Tensor] = field(default_factory=dict)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -87,6 +98,7 @@ class NeuralGraph:
             if isinstance(v, Tensor):
                 target_dtype = dtype if (dtype is not None and v.is_floating_point()) else None
                 changes[f.name] = v.to(device=device, dtype=target_dtype)
+        changes["buffers"] = {k: v.to(device=device) for k, v in self.buffers.items()}
         return replace(self, **changes)
 
     # -- symmetries ------------------------------------------------------------------------------
@@ -112,19 +124,29 @@ class NeuralGraph:
             node_role=self.node_role[perm],
             node_activation=self.node_activation[perm],
             node_param=self.node_param[perm],
+            node_type=None if self.node_type is None else self.node_type[perm],
         )
 
     def permute_hidden(self, perm: HiddenPermutation) -> NeuralGraph:
         """The canonical graph of the network with hidden neurons permuted by `perm`."""
         template = GraphTemplate(self.spec)
-        return template.graph(template.permute(self.params(), perm), allow_nonfinite=True)
+        return template.graph(
+            template.permute(self.params(), perm), allow_nonfinite=True, buffers=self.buffers
+        )
 
     # -- back to parameters ------------------------------------------------------------------------
     def params(self) -> Tensor:
         """Flat parameter vector `[P]` (state-dict order)."""
+        template = GraphTemplate(self.spec)
+        if (
+            self.edge_param.data_ptr() == template.edge_param.data_ptr()
+            and self.node_param.data_ptr() == template.node_param.data_ptr()
+        ):  # canonical layout (the template's own maps): its scatter
+            return template.params(self.node_features, self.edge_features)[0]
         flat = torch.empty(self.spec.num_params, dtype=self.dtype, device=self.device)
-        nv = self.node_param >= 0
-        flat[self.node_param[nv]] = self.node_features[:, 0][nv]
+        node_param = self.node_param.view(self.num_nodes, -1)
+        nv = node_param >= 0
+        flat[node_param[nv]] = self.node_features[nv]
         ev = self.edge_param >= 0
         flat[self.edge_param[ev]] = self.edge_features[ev]
         return flat
@@ -150,6 +172,8 @@ class NeuralGraph:
             node_layer=self.node_layer,
             node_role=self.node_role,
             node_activation=self.node_activation,
+            node_type=self.node_type,
+            edge_type=self.edge_type,
         )
 
     def role_mask(self, role: NodeRole) -> Tensor:
@@ -161,6 +185,7 @@ def from_module(
     *,
     input_shape: Sequence[int] | None = None,
     allow_nonfinite: bool = False,
+    fold_batchnorm: bool = False,
 ) -> NeuralGraph:
     """The neural graph of `module`.
 
@@ -171,6 +196,9 @@ def from_module(
             flattened into a linear layer without pooling.
         allow_nonfinite: accept NaN/Inf parameters instead of raising
             [`NonFiniteWeightsError`][nngraph_core.NonFiniteWeightsError].
+        fold_batchnorm: first fold every eval-mode BatchNorm into the layer before it
+            ([`fold_batchnorm`][nngraph_core.fold_batchnorm]); the graph is then that of the
+            folded network (its state dict has the folded weights and no BatchNorm entries).
 
     Examples:
         >>> mlp = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -178,10 +206,17 @@ def from_module(
         >>> g.num_nodes, g.num_edges
         (35, 96)
     """
+    if fold_batchnorm:
+        from .trace import fold_batchnorm as fold
+
+        module = fold(module, input_shape=input_shape)
     spec = network_spec(module, input_shape=input_shape)
     template = GraphTemplate(spec)
+    sd = module.state_dict()
     return template.graph(
-        template.flatten(module, allow_nonfinite=allow_nonfinite), allow_nonfinite=True
+        template.flatten(sd, allow_nonfinite=allow_nonfinite),
+        allow_nonfinite=True,
+        buffers=_buffers_of(spec, sd),
     )
 
 
@@ -198,8 +233,14 @@ def from_state_dict(
         spec = network_spec(spec)
     template = GraphTemplate(spec)
     return template.graph(
-        template.flatten(state_dict, allow_nonfinite=allow_nonfinite), allow_nonfinite=True
+        template.flatten(state_dict, allow_nonfinite=allow_nonfinite),
+        allow_nonfinite=True,
+        buffers=_buffers_of(spec, state_dict),
     )
+
+
+def _buffers_of(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: state_dict[k].clone() for k, _, _ in spec.buffers if k in state_dict}
 
 
 def to_state_dict(graph: NeuralGraph) -> dict[str, Tensor]:
@@ -207,4 +248,4 @@ def to_state_dict(graph: NeuralGraph) -> dict[str, Tensor]:
     [`from_state_dict`][nngraph_core.from_state_dict]: the same keys in state-dict
     order, the same shapes, bit-identical values (in the graph's dtype and device)."""
     template = GraphTemplate(graph.spec)
-    return {k: v.clone() for k, v in template.unflatten(graph.params()).items()}
+    return {k: v.clone() for k, v in template.state_dict(graph.params(), graph.buffers).items()}

@@ -32,28 +32,38 @@ class HiddenPermutation:
 
     @classmethod
     def identity(cls, spec: NetworkSpec) -> HiddenPermutation:
-        return cls(tuple(torch.arange(n) for n in spec.widths[1:-1]))
+        return cls(tuple(torch.arange(hs.size) for hs in spec.hidden_sets))
 
     @classmethod
     def from_lists(cls, perms: Sequence[Sequence[int]]) -> HiddenPermutation:
         return cls(tuple(torch.as_tensor(list(p), dtype=torch.long) for p in perms))
 
     def check(self, spec: NetworkSpec) -> None:
-        """Raise [`ShapeMismatchError`][nngraph_core.ShapeMismatchError] unless this is a valid
-        permutation for `spec`."""
-        hidden = spec.widths[1:-1]
-        if len(self.perms) != len(hidden):
-            raise ShapeMismatchError(
-                f"{len(self.perms)} permutations for {len(hidden)} hidden layers"
-            )
-        for layer, (p, n) in enumerate(zip(self.perms, hidden, strict=True), start=1):
+        """Raise [`ShapeMismatchError`][nngraph_core.ShapeMismatchError] unless this is a valid permutation for `spec`."""
+        sets = spec.hidden_sets
+        what = "hidden layers" if spec.is_chain else "hidden node sets"
+        if len(self.perms) != len(sets):
+            raise ShapeMismatchError(f"{len(self.perms)} permutations for {len(sets)} {what}")
+        for k, (p, hs) in enumerate(zip(self.perms, sets, strict=True)):
+            n = hs.size
+            where = f"layer {k + 1}" if spec.is_chain else f"node set {hs.name!r}"
             if (
                 p.dim() != 1
                 or p.numel() != n
                 or not torch.equal(p.sort().values.cpu(), torch.arange(n))
             ):
                 raise ShapeMismatchError(
-                    f"entry {layer - 1} is not a permutation of the {n} neurons of layer {layer}"
+                    f"entry {k} is not a permutation of the {n} neurons of {where}"
+                )
+            if hs.parent is None:
+                continue
+            moved = torch.div(p.cpu(), hs.block, rounding_mode="floor").view(-1, hs.block)
+            owners = moved[:, 0]
+            parent = torch.arange(n // hs.block) if hs.parent < 0 else self.perms[hs.parent].cpu()
+            if not bool((moved == owners[:, None]).all()) or not torch.equal(owners, parent):
+                raise ShapeMismatchError(
+                    f"entry {k} moves the nodes of {where} out of their blocks of {hs.block} "
+                    "(attention heads / normalization groups) or not with their owners"
                 )
 
     def inverse(self) -> HiddenPermutation:
@@ -76,7 +86,25 @@ def random_hidden_permutation(
 ) -> HiddenPermutation:
     """A uniformly random hidden permutation, drawn from `generator` (seed it for repeatability)."""
     s = _spec_of(spec)
-    return HiddenPermutation(tuple(torch.randperm(n, generator=generator) for n in s.widths[1:-1]))
+    sets = s.hidden_sets
+    perms: list[Tensor | None] = [None] * len(sets)
+
+    def draw(k: int) -> Tensor:
+        done = perms[k]
+        if done is not None:
+            return done
+        hs = sets[k]
+        if hs.parent is None:
+            p = torch.randperm(hs.size, generator=generator)
+        else:
+            owners = draw(hs.parent) if hs.parent >= 0 else torch.arange(hs.size // hs.block)
+            p = torch.cat(
+                [o * hs.block + torch.randperm(hs.block, generator=generator) for o in owners]
+            )
+        perms[k] = p
+        return p
+
+    return HiddenPermutation(tuple(draw(k) for k in range(len(sets))))
 
 
 def permute_hidden(
@@ -101,8 +129,9 @@ def permute_hidden(
     if isinstance(source, nn.Module):
         module_spec = network_spec(source) if spec is None else spec
         template = GraphTemplate(module_spec)
-        flat = template.flatten(source, allow_nonfinite=True)
-        new_sd = template.unflatten(template.permute(flat, perm))
+        sd = source.state_dict()
+        flat = template.flatten(sd, allow_nonfinite=True)
+        new_sd = template.state_dict(template.permute(flat, perm), sd)
         clone = copy.deepcopy(source)
         clone.load_state_dict(new_sd)
         return clone
@@ -110,4 +139,5 @@ def permute_hidden(
         raise TypeError("permute_hidden(state_dict, perm) needs spec=NetworkSpec")
     template = GraphTemplate(spec)
     flat = template.flatten(source, allow_nonfinite=True)
-    return {k: v.clone() for k, v in template.unflatten(template.permute(flat, perm)).items()}
+    permuted = template.state_dict(template.permute(flat, perm), source)
+    return {k: v.clone() for k, v in permuted.items()}

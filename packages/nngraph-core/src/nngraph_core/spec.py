@@ -15,6 +15,7 @@ its computation with a method `nngraph_layers(self) -> list[nn.Module]`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,17 @@ import torch
 from torch import nn
 
 from .errors import ArchitectureError, UnsupportedLayerError
+from .structure import (
+    EdgeBlock,
+    EdgeType,
+    HiddenSet,
+    NodeGroup,
+    NodeRole,
+    NodeType,
+    hidden_sets,
+    node_depths,
+    op_name,
+)
 
 __all__ = ["LayerSpec", "NetworkSpec", "network_spec"]
 
@@ -51,9 +63,7 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _op_name(m: nn.Module) -> str:
-    extra = m.extra_repr()
-    name = type(m).__name__.lower()
-    return f"{name}({extra})" if extra else name
+    return op_name(m)
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,28 +143,101 @@ class NetworkSpec:
     param_shapes: tuple[tuple[int, ...], ...]
     input_ops: tuple[nn.Module, ...] = field(default=(), repr=False)
     input_shape: tuple[int, ...] | None = None
+    #: general networks (read by tracing): the node groups and edge blocks; empty for a chain
+    groups: tuple[NodeGroup, ...] = field(default=(), repr=False)
+    blocks: tuple[EdgeBlock, ...] = field(default=(), repr=False)
+    #: non-floating state-dict entries (``num_batches_tracked``): ``(key, shape, dtype)``
+    buffers: tuple[tuple[str, tuple[int, ...], torch.dtype], ...] = ()
+    #: every state-dict key in order (empty: ``param_keys``)
+    state_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.layers:
+        if not self.layers and not self.groups:
             raise ArchitectureError("a network needs at least one Linear or Conv2d layer")
+
+    # -- general structure ------------------------------------------------------------------
+    @property
+    def is_chain(self) -> bool:
+        """True for a layer chain (``layers``); False for a network read as node groups."""
+        return not self.groups
+
+    @functools.cached_property
+    def structure(self) -> tuple[tuple[NodeGroup, ...], tuple[EdgeBlock, ...]]:
+        """``(groups, blocks)``; for a chain, one group per node layer and one dense block per
+        layer."""
+        if self.groups:
+            return self.groups, self.blocks
+        groups = [NodeGroup("input", NodeType.INPUT, self.widths[0], NodeRole.INPUT)]
+        blocks = []
+        last = len(self.layers) - 1
+        for idx, layer in enumerate(self.layers):
+            conv = layer.kind == "conv2d"
+            groups.append(
+                NodeGroup(
+                    layer.weight_key.rpartition(".")[0] or layer.weight_key,
+                    NodeType.CONV if conv else NodeType.LINEAR,
+                    layer.out_features,
+                    NodeRole.OUTPUT if idx == last else NodeRole.HIDDEN,
+                    (layer.bias_key, 0) if layer.bias_key is not None else None,
+                    ops=layer.ops_after,
+                )
+            )
+            blocks.append(
+                EdgeBlock(
+                    idx,
+                    idx + 1,
+                    EdgeType.CONV if conv else EdgeType.LINEAR,
+                    "dense",
+                    weight=(layer.weight_key, 0),
+                    kernel=layer.kernel_size,
+                )
+            )
+        return tuple(groups), tuple(blocks)
+
+    @functools.cached_property
+    def hidden_sets(self) -> tuple[HiddenSet, ...]:
+        """The permutable node sets, one permutation each (for a chain: the hidden layers)."""
+        return hidden_sets(*self.structure)
+
+    @functools.cached_property
+    def group_depths(self) -> tuple[int, ...]:
+        """Depth (``node_layer``) of every node group."""
+        return tuple(node_depths(*self.structure))
+
+    @property
+    def node_dim(self) -> int:
+        """Node feature width: 3 when BatchNorm running statistics are carried, else 1."""
+        groups, _ = self.structure
+        return 3 if any(g.stats is not None for g in groups) else 1
 
     # -- sizes ---------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
         """Number of parameterised layers `L` (the graph has `L + 1` node layers)."""
+        if not self.is_chain:
+            return max(self.group_depths)
         return len(self.layers)
 
     @property
     def widths(self) -> tuple[int, ...]:
         """Nodes per node layer: `(n_0, n_1, ..., n_L)`."""
+        if not self.is_chain:
+            raise ArchitectureError(
+                "this network is not a chain of layers, so it has no layer widths; use "
+                "spec.groups / spec.hidden_sets"
+            )
         return (self.layers[0].in_features, *(layer.out_features for layer in self.layers))
 
     @property
     def num_nodes(self) -> int:
+        if not self.is_chain:
+            return sum(g.size for g in self.groups)
         return sum(self.widths)
 
     @property
     def num_edges(self) -> int:
+        if not self.is_chain:
+            return sum(b.num_edges(self.groups) for b in self.blocks)
         return sum(layer.in_features * layer.out_features for layer in self.layers)
 
     @property
@@ -164,6 +247,11 @@ class NetworkSpec:
     @property
     def kernel_shape(self) -> tuple[int, int]:
         """The largest kernel `(Kh, Kw)`; every edge feature is a kernel padded to this size."""
+        if not self.is_chain:
+            return (
+                max(b.kernel[0] for b in self.blocks),
+                max(b.kernel[1] for b in self.blocks),
+            )
         return (
             max(layer.kernel_size[0] for layer in self.layers),
             max(layer.kernel_size[1] for layer in self.layers),
@@ -176,12 +264,19 @@ class NetworkSpec:
 
     @property
     def is_cnn(self) -> bool:
+        if not self.is_chain:
+            return any(g.type == NodeType.CONV for g in self.groups)
         return any(layer.kind == "conv2d" for layer in self.layers)
 
     @property
     def activation_names(self) -> tuple[str, ...]:
         """Distinct activation names; node `node_activation` values index this tuple."""
         names: list[str] = ["identity"]
+        if not self.is_chain:
+            for g in self.groups:
+                if g.activation not in names:
+                    names.append(g.activation)
+            return tuple(names)
         for layer in self.layers:
             if layer.activation not in names:
                 names.append(layer.activation)
@@ -197,6 +292,15 @@ class NetworkSpec:
         return out
 
     def signature(self) -> tuple[object, ...]:
+        if not self.is_chain:
+            return (
+                tuple(g.signature() for g in self.groups),
+                tuple(b.signature() for b in self.blocks),
+                self.param_keys,
+                self.param_shapes,
+                self.buffers,
+                self.state_keys,
+            )
         return (
             tuple(layer.signature() for layer in self.layers),
             self.param_keys,
@@ -214,6 +318,8 @@ class NetworkSpec:
 
     def describe(self) -> str:
         """One line: `linear 2->32 sine(w0=30.0) | linear 32->32 ... `."""
+        if not self.is_chain:
+            return f"{len(self.groups)} node groups, {len(self.blocks)} edge blocks"
         parts = []
         for layer in self.layers:
             k = (
@@ -268,6 +374,153 @@ def _has_state(m: nn.Module) -> bool:
 
 
 def network_spec(module: nn.Module, input_shape: Sequence[int] | None = None) -> NetworkSpec:
+    """Read the architecture of `module`.
+
+    Three ways, tried in order:
+
+    1. a module with a method `nngraph_layers(self) -> list[nn.Module]` (the escape hatch):
+       the listed `Linear` / `Conv2d` layers and parameter-free modules, in that order;
+    2. an `nn.Sequential` (nested or not) of `Linear` / `Conv2d` layers and parameter-free
+       modules, or a single `Linear` / `Conv2d`: read in registration order;
+    3. anything else: its forward is traced with `torch.fx` and read operation by operation
+       (residual adds, BatchNorm / LayerNorm / GroupNorm, `MultiheadAttention`,
+       `TransformerEncoderLayer`, embeddings, activations, pooling; see the "Bring your own
+       network" page). A traced network that turns out to be a plain layer chain gets the
+       same kind of spec as in 2.
+
+    Args:
+        module: the network.
+        input_shape: the shape of one input without the batch dimension, e.g. `(1, 28, 28)`.
+            Needed for a conv map flattened (not pooled) into a linear layer, and for a traced
+            network whose input shape cannot be read off its first layer (images are tried at
+            32x32, token sequences at length 4), e.g. a ViT with positional embeddings.
+
+    Raises:
+        UnsupportedLayerError: a module with parameters that is not supported, a grouped conv,
+            a neuron-mixing module; [`UnsupportedOperationError`][nngraph_core.UnsupportedOperationError]
+            (a subclass) names an unsupported traced operation and the module it runs in.
+        ArchitectureError: layers that do not chain, shared weights, or a flattened map of
+            unknown size.
+    """
+    if callable(getattr(module, "nngraph_layers", None)) or _is_plain_chain(module):
+        return _chain_spec(module, input_shape)
+    from .trace import trace_module
+
+    return _traced_spec(module, trace_module(module, input_shape), input_shape)
+
+
+def _is_plain_chain(module: nn.Module) -> bool:
+    """A `Linear`, a `Conv2d`, or an `nn.Sequential` of those and parameter-free leaf modules."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return True
+    if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+        return False
+    for child in module.children():
+        if isinstance(child, nn.Sequential):
+            if not _is_plain_chain(child):
+                return False
+        elif not _is_chain_leaf(child):
+            return False
+    return True
+
+
+def _is_chain_leaf(m: nn.Module) -> bool:
+    if isinstance(m, nn.Conv2d):
+        return m.groups == 1
+    return isinstance(m, nn.Linear) or not (_has_state(m) or list(m.children()))
+
+
+def _traced_spec(
+    module: nn.Module, found: object, input_shape: Sequence[int] | None
+) -> NetworkSpec:
+    from .trace import TraceResult
+
+    assert isinstance(found, TraceResult)
+    sd = module.state_dict()
+    keys = tuple(k for k, v in sd.items() if v.is_floating_point())
+    shapes = tuple(tuple(sd[k].shape) for k in keys)
+    buffers = tuple(
+        (k, tuple(v.shape), v.dtype) for k, v in sd.items() if not v.is_floating_point()
+    )
+    given = tuple(input_shape) if input_shape is not None else None
+    groups, blocks = found.groups, found.blocks
+    chain = (
+        not buffers
+        and groups[0].type == NodeType.INPUT
+        and all(g.type in (NodeType.LINEAR, NodeType.CONV) for g in groups[1:])
+        and all(g.stats is None for g in groups)
+        and len(blocks) == len(groups) - 1
+        and all(
+            b.src == i and b.dst == i + 1 and b.pattern == "dense" and b.layout == "out_in"
+            for i, b in enumerate(blocks)
+        )
+        and groups[-1].role == NodeRole.OUTPUT
+    )
+    kinds = [g.type for g in groups[1:]]
+    if chain and NodeType.CONV in kinds and NodeType.LINEAR in kinds:
+        chain = kinds.index(NodeType.LINEAR) > max(
+            i for i, k in enumerate(kinds) if k == NodeType.CONV
+        )
+    if not chain:
+        return NetworkSpec(
+            layers=(),
+            param_keys=keys,
+            param_shapes=shapes,
+            input_shape=given,
+            groups=groups,
+            blocks=blocks,
+            buffers=buffers,
+            state_keys=tuple(sd),
+        )
+    layers = []
+    for i, (g, b) in enumerate(zip(groups[1:], blocks)):
+        m = found.layers[i + 1][0]
+        assert b.weight is not None
+        wkey = b.weight[0]
+        bkey = g.bias[0] if g.bias is not None else None
+        if isinstance(m, nn.Conv2d):
+            padding: tuple[int, int] | str = (
+                m.padding if isinstance(m.padding, str) else _pair(m.padding)
+            )
+            layers.append(
+                LayerSpec(
+                    kind="conv2d",
+                    in_features=groups[b.src].size,
+                    out_features=g.size,
+                    weight_key=wkey,
+                    bias_key=bkey,
+                    weight_shape=tuple(sd[wkey].shape),
+                    kernel_size=b.kernel,
+                    stride=_pair(m.stride),
+                    padding=padding,
+                    dilation=_pair(m.dilation),
+                    padding_mode=m.padding_mode,
+                    ops_after=g.ops,
+                )
+            )
+        else:
+            layers.append(
+                LayerSpec(
+                    kind="linear",
+                    in_features=groups[b.src].size,
+                    out_features=g.size,
+                    weight_key=wkey,
+                    bias_key=bkey,
+                    weight_shape=tuple(sd[wkey].shape),
+                    kernel_size=b.kernel,
+                    ops_after=g.ops,
+                )
+            )
+    return NetworkSpec(
+        layers=tuple(layers),
+        param_keys=keys,
+        param_shapes=shapes,
+        input_ops=groups[0].ops,
+        input_shape=given,
+    )
+
+
+def _chain_spec(module: nn.Module, input_shape: Sequence[int] | None = None) -> NetworkSpec:
     """Read the architecture of `module`.
 
     Args:

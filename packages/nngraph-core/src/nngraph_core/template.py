@@ -19,7 +19,6 @@ edge `o * n_in + i` joins source `i` to target `o`).
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from .errors import MissingKeyError, NonFiniteWeightsError, ShapeMismatchError, UnexpectedKeyError
 from .spec import NetworkSpec, network_spec
+from .structure import NodeRole
 
 if TYPE_CHECKING:
     from .batch import GraphBatch
@@ -38,17 +38,10 @@ if TYPE_CHECKING:
 __all__ = ["GraphTemplate", "NodeRole", "check_finite"]
 
 # Index structures depend only on the architecture's signature: share them between templates.
-# (They are never modified in place.)
+# (They are never modified in place.) Large structures (a ResNet's edge maps) count by size.
 _STRUCTURE_CACHE: dict[tuple[object, ...], dict[str, object]] = {}
 _STRUCTURE_CACHE_SIZE = 64
-
-
-class NodeRole(enum.IntEnum):
-    """Role of a node: inputs and outputs have fixed identities, hidden neurons are permutable."""
-
-    INPUT = 0
-    HIDDEN = 1
-    OUTPUT = 2
+_STRUCTURE_CACHE_ELEMENTS = 400_000_000
 
 
 def check_finite(params: Tensor, what: str = "parameters") -> None:
@@ -93,9 +86,13 @@ class GraphTemplate:
         cached = _STRUCTURE_CACHE.get(key)
         if cached is None:
             self._build()
-            if len(_STRUCTURE_CACHE) >= _STRUCTURE_CACHE_SIZE:
+            entry = {k: v for k, v in vars(self).items() if k != "spec"}
+            while _STRUCTURE_CACHE and (
+                len(_STRUCTURE_CACHE) >= _STRUCTURE_CACHE_SIZE
+                or _cache_elements() + _elements(entry) > _STRUCTURE_CACHE_ELEMENTS
+            ):
                 _STRUCTURE_CACHE.pop(next(iter(_STRUCTURE_CACHE)))
-            _STRUCTURE_CACHE[key] = {k: v for k, v in vars(self).items() if k != "spec"}
+            _STRUCTURE_CACHE[key] = entry
         else:
             vars(self).update(cached)
 
@@ -110,81 +107,156 @@ class GraphTemplate:
     # -- construction ----------------------------------------------------------------------
     def _build(self) -> None:
         spec = self.spec
-        widths = spec.widths
-        offsets = [0]
-        for w in widths:
-            offsets.append(offsets[-1] + w)
-        self.node_offsets: tuple[int, ...] = tuple(offsets)
+        groups, blocks = spec.structure
+        depths = spec.group_depths
         poff = spec.param_offsets()
         kh_max, kw_max = spec.kernel_shape
-        n_nodes = spec.num_nodes
-
-        node_param = torch.full((n_nodes,), -1, dtype=torch.long)
-        node_layer = torch.empty(n_nodes, dtype=torch.long)
-        node_role = torch.full((n_nodes,), int(NodeRole.HIDDEN), dtype=torch.long)
-        node_act = torch.zeros(n_nodes, dtype=torch.long)
+        d_edge = kh_max * kw_max
+        d_node = spec.node_dim
+        sizes = [g.size for g in groups]
+        offsets = [0]
+        for w in sizes:
+            offsets.append(offsets[-1] + w)
+        self.node_offsets: tuple[int, ...] = tuple(offsets)
+        n_nodes = offsets[-1]
         names = spec.activation_names
-        for layer_idx in range(len(widths)):
-            node_layer[offsets[layer_idx] : offsets[layer_idx + 1]] = layer_idx
-        node_role[: widths[0]] = int(NodeRole.INPUT)
-        node_role[offsets[-2] :] = int(NodeRole.OUTPUT)
 
-        src_parts, dst_parts, eparam_parts = [], [], []
+        node_param = torch.full((n_nodes, d_node), -1, dtype=torch.long)
+        node_layer = torch.empty(n_nodes, dtype=torch.long)
+        node_role = torch.empty(n_nodes, dtype=torch.long)
+        node_type = torch.empty(n_nodes, dtype=torch.long)
+        node_act = torch.zeros(n_nodes, dtype=torch.long)
+        node_set = torch.full((n_nodes,), -1, dtype=torch.long)
+        for k, hs in enumerate(spec.hidden_sets):
+            for gi in hs.groups:
+                node_set[offsets[gi] : offsets[gi + 1]] = k
+        for gi, g in enumerate(groups):
+            lo, hi = offsets[gi], offsets[gi + 1]
+            node_layer[lo:hi] = depths[gi]
+            node_role[lo:hi] = int(g.role)
+            node_type[lo:hi] = int(g.type)
+            node_act[lo:hi] = names.index(g.activation)
+            if g.bias is not None:
+                node_param[lo:hi, 0] = poff[g.bias[0]][0] + g.bias[1] + torch.arange(g.size)
+            if g.stats is not None:
+                for k_slot, (key, start) in enumerate(g.stats, start=1):
+                    node_param[lo:hi, k_slot] = poff[key][0] + start + torch.arange(g.size)
+
+        n_edges = sum(b.num_edges(groups) for b in blocks)
+        edge_param = torch.full((n_edges, d_edge), -1, dtype=torch.long)
+        n_valid = sum(
+            b.num_edges(groups) * b.kernel[0] * b.kernel[1] for b in blocks if b.weight is not None
+        )
+        # positions (in the flattened [E, d_edge] features) of the entries that hold a parameter,
+        # and the parameter each holds
+        edge_valid = torch.empty(n_valid, dtype=torch.long)
+        edge_targets = torch.empty(n_valid, dtype=torch.long)
+        v0 = 0
+        src = torch.empty(n_edges, dtype=torch.long)
+        dst = torch.empty(n_edges, dtype=torch.long)
+        edge_type = torch.empty(n_edges, dtype=torch.long)
+        const_pos: list[Tensor] = []
+        const_val: list[float] = []
         edge_offsets = [0]
-        for idx, layer in enumerate(spec.layers):
-            n_in, n_out = layer.in_features, layer.out_features
-            lo, hi = offsets[idx + 1], offsets[idx + 2]
-            node_act[lo:hi] = names.index(layer.activation)
-            if layer.bias_key is not None:
-                node_param[lo:hi] = poff[layer.bias_key][0] + torch.arange(n_out)
-            kh, kw = layer.kernel_size
+        e0 = 0
+        for blk in blocks:
+            n_src, n_dst = sizes[blk.src], sizes[blk.dst]
+            m = blk.num_edges(groups)
+            if blk.pattern == "dense":
+                o = torch.arange(n_dst).repeat_interleave(n_src)
+                i = torch.arange(n_src).repeat(n_dst)
+            elif blk.pattern == "diag":
+                o = i = torch.arange(n_src)
+            elif n_src >= n_dst:  # member: child -> parent
+                i = torch.arange(n_src)
+                o = torch.div(i, n_src // n_dst, rounding_mode="floor")
+            else:  # member: parent -> child
+                o = torch.arange(n_dst)
+                i = torch.div(o, n_dst // n_src, rounding_mode="floor")
+            sl = slice(e0, e0 + m)
+            src[sl] = offsets[blk.src] + i
+            dst[sl] = offsets[blk.dst] + o
+            edge_type[sl] = int(blk.type)
+            kh, kw = blk.kernel
             # Position of each kernel entry inside the centred, padded (Kh, Kw) window.
             r0, c0 = (kh_max - kh) // 2, (kw_max - kw) // 2
             rows = torch.arange(kh).view(kh, 1) + r0
             cols = torch.arange(kw).view(1, kw) + c0
             slot = (rows * kw_max + cols).flatten()  # [kh*kw]
-            base = poff[layer.weight_key][0]
-            # Weight memory order is [out, in, kh, kw] for both conv and flattened linear.
-            entry = base + torch.arange(n_out * n_in * kh * kw).view(n_out * n_in, kh * kw)
-            eparam = torch.full((n_out * n_in, kh_max * kw_max), -1, dtype=torch.long)
-            eparam[:, slot] = entry
-            eparam_parts.append(eparam)
-            o = torch.arange(n_out).repeat_interleave(n_in)
-            i = torch.arange(n_in).repeat(n_out)
-            src_parts.append(offsets[idx] + i)
-            dst_parts.append(lo + o)
-            edge_offsets.append(edge_offsets[-1] + n_out * n_in)
+            if blk.weight is not None:
+                base = poff[blk.weight[0]][0] + blk.weight[1]
+                kk = kh * kw
+                vs = slice(v0, v0 + m * kk)
+                v0 = vs.stop
+                if blk.pattern == "dense" and blk.layout == "out_in":
+                    # Weight memory order is [out, in, kh, kw] for both conv and linear.
+                    torch.arange(base, base + m * kk, out=edge_targets[vs])
+                elif blk.pattern == "dense":
+                    torch.add(i * n_dst + o, base, out=edge_targets[vs])
+                else:
+                    torch.arange(base, base + m, out=edge_targets[vs])
+                rows = torch.arange(e0 * d_edge, (e0 + m) * d_edge, d_edge).view(m, 1)
+                torch.add(rows, slot.view(1, kk), out=edge_valid[vs].view(m, kk))
+            elif blk.const is not None:
+                const_pos.append(torch.arange(e0, e0 + m) * d_edge + int(slot[0]))
+                const_val.append(blk.const)
+            e0 += m
+            edge_offsets.append(e0)
+
+        edge_param.view(-1)[edge_valid] = edge_targets
 
         self.edge_offsets: tuple[int, ...] = tuple(edge_offsets)
-        self.node_param = node_param
-        self.edge_param = torch.cat(eparam_parts)
-        self.edge_index = torch.stack([torch.cat(src_parts), torch.cat(dst_parts)])
+        self._node_param2 = node_param
+        self.node_param = node_param[:, 0] if d_node == 1 else node_param
+        self.edge_param = edge_param
+        self.edge_index = torch.stack([src, dst])
         self.node_layer = node_layer
         self.node_role = node_role
         self.node_activation = node_act
+        self.node_type = node_type
+        self.edge_type = edge_type
+        self.node_set = node_set
 
         n_params = spec.num_params
-        covered = torch.cat(
-            [self.node_param[self.node_param >= 0], self.edge_param[self.edge_param >= 0]]
-        )
-        if covered.numel() != n_params or not torch.equal(
-            covered.sort().values, torch.arange(n_params)
-        ):
+        flat_n = node_param.flatten()
+        valid_n = flat_n >= 0
+        covered = torch.cat([flat_n[valid_n], edge_targets])
+        counts = torch.bincount(covered, minlength=n_params)
+        if covered.numel() != n_params or counts.numel() != n_params or bool((counts != 1).any()):
             raise AssertionError(
                 "internal error: the parameter maps do not cover every parameter once"
             )
 
         # Flat gather indices with padding redirected to a valid position; the padded columns
-        # are zeroed after the gather (few columns, cheap).
-        self._node_idx = node_param.clamp(min=0)
-        self._node_pad = (node_param < 0).nonzero().flatten()
-        flat_e = self.edge_param.flatten()
-        self._edge_idx = flat_e.clamp(min=0)
-        self._edge_pad = (flat_e < 0).nonzero().flatten()
-        self._node_valid = (node_param >= 0).nonzero().flatten()
-        self._edge_valid = (flat_e >= 0).nonzero().flatten()
-        self._node_targets = node_param[self._node_valid]
-        self._edge_targets = flat_e[self._edge_valid]
+        # are zeroed after the gather (few columns, cheap). When most of the edge features are
+        # padding (large kernel windows), the edge features are scattered into zeros instead.
+        self._node_idx = flat_n.clamp(min=0)
+        self._node_pad = (~valid_n).nonzero().flatten()
+        self._node_valid = valid_n.nonzero().flatten()
+        self._node_targets = flat_n[self._node_valid]
+        self._edge_valid = edge_valid
+        self._edge_targets = edge_targets
+        if 2 * edge_valid.numel() >= edge_param.numel():
+            flat_e = edge_param.flatten()
+            self._edge_idx: Tensor | None = flat_e.clamp(min=0)
+            self._edge_pad = (flat_e < 0).nonzero().flatten()
+        else:
+            self._edge_idx = None
+            self._edge_pad = torch.empty(0, dtype=torch.long)
+        self._edge_const_pos = (
+            torch.cat(const_pos) if const_pos else torch.empty(0, dtype=torch.long)
+        )
+        self._edge_const_val = (
+            torch.cat(
+                [
+                    torch.full((p.numel(),), v, dtype=torch.float64)
+                    for p, v in zip(const_pos, const_val)
+                ]
+            )
+            if const_pos
+            else torch.empty(0, dtype=torch.float64)
+        )
+        self._edge_keys: Tensor | None = None
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -201,7 +273,7 @@ class GraphTemplate:
 
     @property
     def node_dim(self) -> int:
-        return 1
+        return self.spec.node_dim
 
     @property
     def edge_dim(self) -> int:
@@ -242,7 +314,8 @@ class GraphTemplate:
             raise MissingKeyError(
                 f"state dict lacks {missing} (architecture: {self.spec.describe()})"
             )
-        unexpected = [k for k in sd if k not in set(self.spec.param_keys)]
+        known = set(self.spec.param_keys) | {k for k, _, _ in self.spec.buffers}
+        unexpected = [k for k in sd if k not in known]
         if unexpected:
             raise UnexpectedKeyError(
                 f"state dict has keys the architecture does not know: {unexpected}"
@@ -300,15 +373,29 @@ class GraphTemplate:
         if params.dim() == 1:
             params = params.unsqueeze(0)
         b = params.shape[0]
-        idx_n = self._node_idx.to(params.device)
-        idx_e = self._edge_idx.to(params.device)
+        dev = params.device
+        idx_n = self._node_idx.to(dev)
         nodes = torch.index_select(params, 1, idx_n)
-        edges = torch.index_select(params, 1, idx_e)
         if self._node_pad.numel():
-            nodes[:, self._node_pad.to(params.device)] = 0
-        if self._edge_pad.numel():
-            edges[:, self._edge_pad.to(params.device)] = 0
-        return nodes.view(b, self.num_nodes, 1), edges.view(b, self.num_edges, self.edge_dim)
+            nodes[:, self._node_pad.to(dev)] = 0
+        if self._edge_idx is not None:
+            edges = torch.index_select(params, 1, self._edge_idx.to(dev))
+            if self._edge_pad.numel():
+                edges[:, self._edge_pad.to(dev)] = 0
+        else:
+            edges = params.new_zeros(b, self.num_edges * self.edge_dim)
+            edges.index_copy_(
+                1,
+                self._edge_valid.to(dev),
+                torch.index_select(params, 1, self._edge_targets.to(dev)),
+            )
+        if self._edge_const_pos.numel():
+            edges[:, self._edge_const_pos.to(dev)] = self._edge_const_val.to(
+                dtype=params.dtype, device=dev
+            )
+        return nodes.view(b, self.num_nodes, self.node_dim), edges.view(
+            b, self.num_edges, self.edge_dim
+        )
 
     def batch(self, params: Tensor, *, allow_nonfinite: bool = False) -> GraphBatch:
         """A [`GraphBatch`][nngraph_core.GraphBatch] of `B` graphs from flat parameters `[B, P]`.
@@ -334,16 +421,17 @@ class GraphTemplate:
         Padding entries of the edge features (outside the centred kernels) are ignored.
         """
         n, e, d = self.num_nodes, self.num_edges, self.edge_dim
-        if node_features.shape[-1] != 1 or node_features.numel() % n:
+        dn = self.node_dim
+        if node_features.shape[-1] != dn or node_features.numel() % (n * dn):
             raise ShapeMismatchError(
-                f"node features {tuple(node_features.shape)} do not fit {n} nodes x 1"
+                f"node features {tuple(node_features.shape)} do not fit {n} nodes x {dn}"
             )
-        b = node_features.numel() // n
+        b = node_features.numel() // (n * dn)
         if edge_features.shape[-1] != d or edge_features.numel() != b * e * d:
             raise ShapeMismatchError(
                 f"edge features {tuple(edge_features.shape)} do not fit {b} graphs x {e} edges x {d}"
             )
-        nodes = node_features.reshape(b, n)
+        nodes = node_features.reshape(b, n * dn)
         edges = edge_features.reshape(b, e * d)
         out = torch.empty(
             b, self.num_params, dtype=node_features.dtype, device=node_features.device
@@ -353,14 +441,20 @@ class GraphTemplate:
         # kernel padding) are dropped first (skipped when there are none).
         if self._node_pad.numel():
             nodes = nodes[:, self._node_valid.to(dev)]
-        if self._edge_pad.numel():
+        if self._edge_valid.numel() != e * d:
             edges = edges[:, self._edge_valid.to(dev)]
         out.index_copy_(1, self._node_targets.to(dev), nodes)
         out.index_copy_(1, self._edge_targets.to(dev), edges)
         return out
 
     # -- single graphs and permutations ------------------------------------------------------------
-    def graph(self, params: Tensor, *, allow_nonfinite: bool = False) -> NeuralGraph:
+    def graph(
+        self,
+        params: Tensor,
+        *,
+        allow_nonfinite: bool = False,
+        buffers: Mapping[str, Tensor] | None = None,
+    ) -> NeuralGraph:
         """The [`NeuralGraph`][nngraph_core.NeuralGraph] of one flat parameter vector `[P]`."""
         from .graph import NeuralGraph
 
@@ -382,41 +476,107 @@ class GraphTemplate:
             node_param=self.node_param.to(params.device),
             edge_param=self.edge_param.to(params.device),
             spec=self.spec,
+            node_type=self.node_type.to(params.device),
+            edge_type=self.edge_type.to(params.device),
+            buffers=dict(buffers or {}),
         )
 
     def node_permutation(self, perm: HiddenPermutation) -> Tensor:
         """Induced node permutation `sigma` [N]: node `v` of the permuted network is node
         `sigma[v]` of the original. Inputs and outputs are fixed points."""
         perm.check(self.spec)
-        parts = [torch.arange(self.spec.widths[0]), *(p.cpu() for p in perm.perms)]
-        parts.append(torch.arange(self.spec.widths[-1]))
-        return torch.cat([part + self.node_offsets[layer] for layer, part in enumerate(parts)])
+        sigma = torch.arange(self.num_nodes)
+        for p, hs in zip(perm.perms, self.spec.hidden_sets, strict=True):
+            for g in hs.groups:
+                lo = self.node_offsets[g]
+                sigma[lo : lo + hs.size] = p.cpu() + lo
+        return sigma
 
     def edge_permutation(self, perm: HiddenPermutation) -> Tensor:
         """Induced edge permutation [E]: edge `e` of the permuted network is edge `tau[e]`."""
-        sigma = self.node_permutation(perm)
-        tau = []
-        for idx, layer in enumerate(self.spec.layers):
-            n_in = layer.in_features
-            sl = self.layer_edges(idx)
-            src = sigma[self.edge_index[0, sl]] - self.node_offsets[idx]
-            dst = sigma[self.edge_index[1, sl]] - self.node_offsets[idx + 1]
-            tau.append(self.edge_offsets[idx] + dst * n_in + src)
-        return torch.cat(tau)
+        tau, found = self._edge_lookup(self.node_permutation(perm))
+        if not bool(found.all()):  # pragma: no cover - a hidden permutation is an automorphism
+            raise AssertionError("internal error: a hidden permutation does not map edges to edges")
+        return tau
+
+    def _edge_lookup(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """For every edge `(s, d)`: the edge `(sigma[s], sigma[d])` (if it exists)."""
+        n = self.num_nodes
+        if self._edge_keys is None:
+            keys = self.edge_index[0] * n + self.edge_index[1]
+            order = torch.argsort(keys)
+            self._edge_keys = keys[order]
+            self._edge_order = order
+        want = sigma[self.edge_index[0]] * n + sigma[self.edge_index[1]]
+        pos = torch.searchsorted(self._edge_keys, want).clamp(max=self.num_edges - 1)
+        found = self._edge_keys[pos] == want
+        tau = torch.where(found, self._edge_order[pos], torch.arange(self.num_edges))
+        return tau, found
 
     def param_permutation(self, perm: HiddenPermutation) -> Tensor:
         """Index `pi` [P] with `params_permuted = params[..., pi]`: a hidden permutation acting
         on flat parameter vectors (rows of `W_l`, `b_l` and columns of `W_{l+1}`)."""
-        sigma = self.node_permutation(perm)
-        tau = self.edge_permutation(perm)
-        pi = torch.empty(self.num_params, dtype=torch.long)
-        nv = self.node_param >= 0
-        pi[self.node_param[nv]] = self.node_param[sigma][nv]
-        ev = self.edge_param >= 0
-        pi[self.edge_param[ev]] = self.edge_param[tau][ev]
+        return self.relabel_index(self.node_permutation(perm))
+
+    def relabel_index(self, sigma: Tensor) -> Tensor:
+        """Index `pi` [P] of the network whose node `v` is node `sigma[v]` of this one:
+        `params[..., pi]`.
+
+        For a hidden permutation's `sigma` this is
+        [`param_permutation`][nngraph_core.GraphTemplate.param_permutation]. Any other node
+        relabelling works as long as it maps every edge that carries parameters to an edge
+        (edges without parameters, such as residual connections, may be broken): that is how
+        tests build *illegal* permutations, e.g. permuting one side of a residual add only.
+
+        Raises:
+            ShapeMismatchError: `sigma` is not a permutation, or moves an edge with parameters
+                onto a non-edge.
+        """
+        n = self.num_nodes
+        sigma = sigma.cpu()
+        if sigma.shape != (n,) or not torch.equal(sigma.sort().values, torch.arange(n)):
+            raise ShapeMismatchError(f"expected a permutation of {n} nodes")
+        tau, found = self._edge_lookup(sigma)
+        d = self.edge_dim
+        edge = torch.div(self._edge_valid, d, rounding_mode="floor")  # edges with parameters
+        if not bool(found[edge].all()):
+            raise ShapeMismatchError(
+                "the relabelling moves edges that carry parameters onto non-edges"
+            )
+        pi = torch.arange(self.num_params)
+        nodes = self._node_param2
+        nv = nodes >= 0
+        pi[nodes[nv]] = nodes[sigma][nv]
+        moved = tau[edge] * d + self._edge_valid % d
+        pi[self._edge_targets] = self.edge_param.view(-1)[moved]
         return pi
 
     def permute(self, params: Tensor, perm: HiddenPermutation) -> Tensor:
         """Apply a hidden permutation to flat parameters `[P]` or `[B, P]`."""
         self._check_params(params)
         return params[..., self.param_permutation(perm).to(params.device)]
+
+    # -- state dicts -------------------------------------------------------------------------------
+    def state_dict(
+        self, params: Tensor, buffers: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """The full state dict of one flat parameter vector ``[P]``, in the network's key order.
+
+        Non-floating entries (BatchNorm's ``num_batches_tracked``) are not parameters: they come
+        from ``buffers`` when given, else they are zeros (their value at construction).
+        """
+        sd = self.unflatten(params)
+        if not self.spec.buffers:
+            return sd
+        extra = dict(buffers or {})
+        for key, shape, dtype in self.spec.buffers:
+            extra.setdefault(key, torch.zeros(shape, dtype=dtype, device=params.device))
+        return {k: sd[k] if k in sd else extra[k] for k in self.spec.state_keys}
+
+
+def _elements(entry: Mapping[str, object]) -> int:
+    return sum(v.numel() for v in entry.values() if isinstance(v, Tensor))
+
+
+def _cache_elements() -> int:
+    return sum(_elements(e) for e in _STRUCTURE_CACHE.values())

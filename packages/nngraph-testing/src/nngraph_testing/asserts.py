@@ -155,3 +155,11 @@ def assert_graphs_isomorphic(
     assert torch.equal(permuted.edge_features[order_p], original.edge_features[order_o]), (
         "edge features are not carried over by the node permutation"
     )
+    if permuted.node_type is not None and original.node_type is not None:
+        assert torch.equal(permuted.node_type, original.node_type[sigma]), (
+            "node types are not carried over by the node permutation"
+        )
+    if permuted.edge_type is not None and original.edge_type is not None:
+        assert torch.equal(permuted.edge_type[order_p], original.edge_type[order_o]), (
+            "edge types are not carried over by the node permutation"
+        )

@@ -227,25 +227,54 @@ def networks(
 
 @st.composite
 def hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPermutation:
-    """A hidden permutation of `spec` drawn with `st.permutations` (shrinks towards identity)."""
-    return ngc.HiddenPermutation.from_lists(
-        [draw(st.permutations(range(n))) for n in spec.widths[1:-1]]
-    )
+    """A hidden permutation of `spec` drawn with `st.permutations` (shrinks towards identity).
+
+    One permutation per hidden node set (`spec.hidden_sets`: the hidden layers of a chain).
+    Sets owned by a parent set (attention dimensions by their heads, channels by their
+    normalization groups) are drawn as a permutation of the parent's blocks followed by a
+    permutation inside every block."""
+    sets = spec.hidden_sets
+    perms: list[list[int] | None] = [None] * len(sets)
+
+    def get(k: int) -> list[int]:
+        done = perms[k]
+        if done is not None:
+            return done
+        hs = sets[k]
+        if hs.parent is None:
+            p = list(draw(st.permutations(range(hs.size))))
+        else:
+            owners = get(hs.parent) if hs.parent >= 0 else list(range(hs.size // hs.block))
+            p = []
+            for o in owners:
+                p += [o * hs.block + j for j in draw(st.permutations(range(hs.block)))]
+        perms[k] = p
+        return p
+
+    return ngc.HiddenPermutation.from_lists([get(k) for k in range(len(sets))])
 
 
 @st.composite
 def nontrivial_hidden_permutations(draw: st.DrawFn, spec: ngc.NetworkSpec) -> ngc.HiddenPermutation:
-    """A hidden permutation that moves at least one neuron (`spec` needs a hidden layer of width >=
-    2)."""
-    candidates = [i for i, n in enumerate(spec.widths[1:-1]) if n >= 2]
+    """A hidden permutation that moves at least one neuron (`spec` needs a hidden layer of width >= 2)."""
+    sets = spec.hidden_sets
+    candidates = [
+        i
+        for i, hs in enumerate(sets)
+        if (hs.parent is None and hs.size >= 2) or (hs.parent is not None and hs.block >= 2)
+    ]
     if not candidates:
         raise ValueError("no hidden layer has two or more neurons")
     perm = draw(hidden_permutations(spec))
     if not perm.is_identity():
         return perm
     layer = draw(st.sampled_from(candidates))
-    n = spec.widths[1 + layer]
-    i = draw(st.integers(0, n - 2))
+    n = sets[layer].size
+    if sets[layer].parent is None:
+        i = draw(st.integers(0, n - 2))
+    else:
+        b = sets[layer].block
+        i = draw(st.integers(0, n // b - 1)) * b + draw(st.integers(0, b - 2))
     perms = list(perm.perms)
     p = perms[layer].clone()
     p[i], p[i + 1] = p[i + 1].clone(), p[i].clone()
