@@ -71,12 +71,11 @@ def _synthetic_zoo(out: Path, *, networks: int = NETWORKS, seed: int = 0) -> Pat
         "train_fraction": 0.1 + 0.9 * u(),
     }
     metrics = {k: v.float() if v.is_floating_point() else v.long() for k, v in metrics.items()}
-    return Path(
-        nds.write_cnn_zoo(
-            out, params, metrics, architecture="small_cnn", recipe={"name": "synthetic"},
-            categories=CATEGORIES,
-        )  # fmt: skip
-    )
+    written = nds.write_cnn_zoo(
+        out, params, metrics, architecture="small_cnn", recipe={"name": "synthetic"},
+        categories=CATEGORIES,
+    )  # fmt: skip
+    return Path(written)
 
 
 @pytest.fixture(scope="module")
