@@ -150,8 +150,8 @@ class NNGraphCLI(LightningCLI):
     """LightningCLI with the run folder, the standard callbacks and loggers, test-after-fit and
     the report. Tasks: any [`WeightSpaceTask`][nngraph_apps.WeightSpaceTask]
     (`--model InrClassificationTask`, `InrEditingTask` or `GeneralizationTask`); data: the task's
-    data module ([`TASK_DATA`][nngraph_apps.cli.TASK_DATA]: [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule]
-    for `GeneralizationTask`, else [`InrDataModule`][nngraph_apps.InrDataModule]), chosen from
+    data module (`TASK_DATA`: [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule] for
+    `GeneralizationTask`, else [`InrDataModule`][nngraph_apps.InrDataModule]), chosen from
     the task the configs and arguments name."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
