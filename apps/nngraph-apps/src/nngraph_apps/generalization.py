@@ -80,7 +80,8 @@ class CnnZooDataModule(pl.LightningDataModule):
         recipe: the zoo recipe (`default`).
         zoo_seed: seed of the zoo build.
         zoo_dir: use this zoo folder instead of the cache.
-        root: folder of the image files (for building).
+        root: folder of the Fashion-MNIST IDX files (for building; default: where Debian's
+            `dataset-fashion-mnist` installs them). The zoo cache is `$NNGRAPH_ZOOS`.
         build: build a missing zoo (`False`: a missing zoo is an error).
         checkpoints: `all` (every saved epoch of every network) or `final` (the last epoch of
             each network only).
@@ -153,9 +154,9 @@ class CnnZooDataModule(pl.LightningDataModule):
             self.dataset,
             self.recipe,
             self.zoo_seed,
-            root=self.root,
             build=self.build,
             progress=True,
+            data_root=self.root,
         )
         took = time.monotonic() - t0
         if took > 5:
