@@ -63,12 +63,14 @@ def test_initializers_have_their_scale(initializer: str) -> None:
 
 
 # ----------------------------------------------------------------------------- batched training
-def _problem(optimizer: str, dtype: torch.dtype) -> dict[str, Any]:
+def _problem(
+    optimizer: str, dtype: torch.dtype, acts: tuple[int, ...] = (0, 1, 0, 1)
+) -> dict[str, Any]:
     """4 networks (relu and tanh, different lr, l2, dropout) on 16x16 random images."""
     g = torch.Generator().manual_seed(3)
     B = 4
     hp = {
-        "activation": np.array([0, 1, 0, 1]),
+        "activation": np.array(acts),
         "optimizer": np.full(B, nds.OPTIMIZERS.index(optimizer)),
         "lr": np.array([1e-3, 3e-3, 1e-2, 3e-2]),
         "l2": np.array([0.0, 1e-3, 1e-2, 1e-4]),
@@ -90,12 +92,15 @@ def _problem(optimizer: str, dtype: torch.dtype) -> dict[str, Any]:
             "masks": lambda s: masks_by_step[s]}  # fmt: skip
 
 
+@pytest.mark.parametrize("acts", [(0, 1, 0, 1), (0, 0, 1, 1)])
 @pytest.mark.parametrize("optimizer", nds.OPTIMIZERS)
-def test_batched_training_equals_a_plain_loop_in_float64(optimizer: str) -> None:
+def test_batched_training_equals_a_plain_loop_in_float64(
+    optimizer: str, acts: tuple[int, ...]
+) -> None:
     """The correctness proof of the vectorised update rules: 3 steps of 4 networks trained at
     once (grouped convolutions, Adam / RMSProp / SGD over the network axis, L2, dropout)
     equal 4 `small_cnn`s each trained by its own `torch.optim` optimiser on the same batches."""
-    pr = _problem(optimizer, torch.float64)
+    pr = _problem(optimizer, torch.float64, acts)
     params, metrics = nds.train_cnns(
         pr["init"], pr["hp"], pr["x"], pr["y"], pr["batches"], checkpoints=(0, 1),
         steps_per_epoch=3, dtype=torch.float64, masks=pr["masks"],
@@ -106,7 +111,7 @@ def test_batched_training_equals_a_plain_loop_in_float64(optimizer: str) -> None
     start = torch.stack([torch.cat([v.reshape(-1) for v in sd.values()]) for sd in pr["init"]])
     assert torch.equal(params[0], start)
     assert (params[1] - start).abs().amax(1).min() > 1e-5  # every network moved
-    torch.testing.assert_close(params[1], ref, rtol=0, atol=1e-11)
+    torch.testing.assert_close(params[1], ref, rtol=0, atol=1e-10)
     assert bool(metrics["alive"].all())
 
 
