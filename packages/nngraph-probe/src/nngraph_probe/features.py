@@ -414,7 +414,7 @@ class ProbeFeatures(nn.Module):
                     if g != e
                 )
             raise ProbeShapeError(
-                f"probe {what} [K, {', '.join(map(str, self.input_shape))}] do not fit the "
+                f"probes [K, {', '.join(map(str, self.input_shape))}] do not fit the "
                 f"network's {what} {expected}{detail}"
             )
         if input_rank(spec) not in (None, len(self.input_shape)):
