@@ -36,6 +36,7 @@ from .errors import (
 from .functional import (
     ArchitectureLike,
     _layout,
+    by_variant,
     functional_forward,
     input_rank,
     resolve_spec,
@@ -161,7 +162,8 @@ def _node_stats(a: Tensor, stats: Sequence[ProbeStat]) -> Tensor:
             parts.append(mean)
         elif st == "max":
             parts.append(flat.amax(-1))
-        else:  # population std; zero (and a zero gradient) for a constant map
+        else:  # population std, two-pass (stable for nearly constant maps in float32); zero,
+            # with a zero gradient (not NaN), for a constant map
             var = (flat - mean.unsqueeze(-1)).square().mean(-1)
             tiny = torch.finfo(var.dtype).tiny
             parts.append(torch.where(var > tiny, var.clamp_min(tiny).sqrt(), 0.0))
@@ -445,17 +447,20 @@ class ProbeFeatures(nn.Module):
         """
         specs, index = resolve_variants(template_or_spec, spec_index, params.shape[0])
         x = self._probes_checked(specs)
-        _, acts = functional_forward(
-            specs if index is not None else specs[0],
-            params,
-            x,
-            spec_index=index,
-            return_activations=True,
-            shared_input=True,
-        )
-        widths = specs[0].widths
+        if index is None:
+            return self._dense_one(specs[0], params, x)
+        # one vectorised forward per variant; each group's maps are reduced to statistics
+        # before the (small) features are put back in batch order
+        return by_variant(
+            specs,
+            index,
+            lambda spec, ids: [self._dense_one(spec, params if ids is None else params[ids], x)],
+        )[0]
+
+    def _dense_one(self, spec: ngc.NetworkSpec, params: Tensor, x: Tensor) -> Tensor:
+        _, acts = functional_forward(spec, params, x, return_activations=True, shared_input=True)
         cols = []
-        for layer, (a, n) in enumerate(zip(acts, widths)):
+        for layer, (a, n) in enumerate(zip(acts, spec.widths)):
             if a.dim() not in (3, 5) or a.shape[2] != n:
                 raise ngc.ArchitectureError(
                     f"node layer {layer} has {n} nodes but its activations have shape "

@@ -25,7 +25,7 @@ Gradients flow to both the parameters and the inputs (learned probe inputs).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -245,34 +245,42 @@ def functional_forward(
     specs, index = resolve_variants(template_or_spec, spec_index, params.shape[0])
     if index is None:
         return _forward(specs[0], params, x, return_activations, shared_input)
-    groups = [(v, torch.nonzero(index == v).flatten()) for v in range(len(specs))]
-    groups = [(v, ids) for v, ids in groups if ids.numel() > 0]
-    if len(groups) == 1:
-        return _forward(specs[groups[0][0]], params, x, return_activations, shared_input)
     if shared_input is None:
         rank = input_rank(specs[0])
         shared_input = rank is not None and x.dim() == rank + 1
-    results = [
-        _forward(
-            specs[v],
-            params[ids],
-            x if shared_input else x[ids],
-            return_activations,
-            shared_input,
-        )
-        for v, ids in groups
-    ]
+    shared = shared_input
+
+    def run(spec: ngc.NetworkSpec, ids: Tensor | None) -> list[Tensor]:
+        p = params if ids is None else params[ids]
+        xs = x if shared or ids is None else x[ids]
+        r = _forward(spec, p, xs, return_activations, shared)
+        return [r[0], *r[1]] if isinstance(r, tuple) else [r]
+
+    parts = by_variant(specs, index, run)
+    return (parts[0], parts[1:]) if return_activations else parts[0]
+
+
+def by_variant(
+    specs: Sequence[ngc.NetworkSpec],
+    index: Tensor,
+    fn: Callable[[ngc.NetworkSpec, Tensor | None], list[Tensor]],
+) -> list[Tensor]:
+    """Run `fn(spec, ids)` once per variant present in `index` (`ids`: the networks of that
+    variant) and put the returned per-network tensors `[B_v, ...]` back in batch order `[B, ...]`.
+
+    A batch of one variant is a single call with `ids = None` (all networks, nothing copied).
+    """
+    groups = [(v, torch.nonzero(index == v).flatten()) for v in range(len(specs))]
+    groups = [(v, ids) for v, ids in groups if ids.numel() > 0]
+    if len(groups) == 1:
+        return fn(specs[groups[0][0]], None)
+    results = [fn(specs[v], ids) for v, ids in groups]
     # rows of the concatenated groups -> batch order
     order = torch.argsort(torch.cat([ids for _, ids in groups]))
-    if not return_activations:
-        return _cat_variants([r for r in results if isinstance(r, Tensor)], "outputs")[order]
-    pairs = [r for r in results if isinstance(r, tuple)]
-    out = _cat_variants([p[0] for p in pairs], "outputs")[order]
-    acts = [
-        _cat_variants(list(layer), f"node layer {i}")[order]
-        for i, layer in enumerate(zip(*(p[1] for p in pairs), strict=True))
+    return [
+        _cat_variants(list(parts), "outputs" if i == 0 else f"result {i}")[order]
+        for i, parts in enumerate(zip(*results, strict=True))
     ]
-    return out, acts
 
 
 def _cat_variants(parts: list[Tensor], what: str) -> Tensor:
