@@ -30,10 +30,11 @@ from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, R2Sco
 
 import nngraph_core as ngc
 import nngraph_datasets as nds
+from nngraph_probe import ProbeFeatures
 
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
-from .models import build_model, fit_normalization
+from .models import GRAPH_MODELS, build_model, fit_normalization
 from .tasks import WeightSpaceTask
 
 __all__ = ["HYPERPARAMETERS", "CnnZooDataModule", "GeneralizationTask", "cnn_template"]
@@ -43,18 +44,25 @@ HYPERPARAMETERS = (
     "network", "epoch", "train_acc", "activation", "initializer", "optimizer", "init_std", "lr",
     "l2", "dropout", "train_fraction",
 )  # fmt: skip
-#: Models of the task (`probe_mlp` reads INR probes; it has no CNN counterpart here).
-GEN_MODELS = ("ngnn", "ngt", "statnn", "nfn", "deepsets", "flat_mlp")
+#: Models of the task.
+GEN_MODELS = ("ngnn", "ngt", "statnn", "nfn", "deepsets", "flat_mlp", "probe_mlp")
 
 
 def cnn_template(
-    in_channels: int = 1, num_classes: int = 10, channels: int = 16
+    in_channels: int = 1,
+    num_classes: int = 10,
+    channels: int = 16,
+    activation: str = "relu",
+    input_size: int = 28,
 ) -> ngc.GraphTemplate:
     """The graph template of the Small CNN Zoo architecture
-    ([`nngraph_datasets.small_cnn`][nngraph_datasets.small_cnn]; the layout is the same for
-    ReLU and tanh networks)."""
-    net = nds.small_cnn(in_channels=in_channels, num_classes=num_classes, channels=channels)
-    return ngc.GraphTemplate.from_module(net)
+    ([`nngraph_datasets.small_cnn`][nngraph_datasets.small_cnn]; the parameter layout is the
+    same for ReLU and tanh networks, only the activation differs), for square inputs of
+    `input_size` pixels."""
+    net = nds.small_cnn(
+        activation, in_channels=in_channels, num_classes=num_classes, channels=channels
+    )
+    return ngc.GraphTemplate.from_module(net, input_shape=(in_channels, input_size, input_size))
 
 
 class CnnZooDataModule(pl.LightningDataModule):
@@ -270,7 +278,7 @@ class GeneralizationTask(WeightSpaceTask):
     kept in `test_outputs` for the report (scatter plot, per-hyper-parameter errors).
 
     Args:
-        model: `ngnn`, `ngt`, `statnn`, `nfn`, `deepsets` or `flat_mlp`.
+        model: `ngnn`, `ngt`, `statnn`, `nfn`, `deepsets`, `flat_mlp` or `probe_mlp`.
         model_kwargs: further constructor arguments of the model.
         loss: `bce` (sigmoid output) or `mse` (linear output).
         dropout: dropout of the model (paper: 0.2).
@@ -281,6 +289,17 @@ class GeneralizationTask(WeightSpaceTask):
         in_channels: input channels of the zoo's CNNs (1 for grey images).
         num_classes: classes of the zoo's CNNs.
         channels: channels of their conv layers (Small CNN Zoo: 16).
+        input_size: height and width of their input images (28; the probe images' size).
+        use_probes: graph models (`ngnn`, `ngt`) add probe features: every network runs, with
+            its own activation (relu / tanh, from the batch's `activation` codes), on
+            `num_probes` random normal probe images, and each node gets per-channel statistics
+            of its feature map (`probe_stats`; the logits for the output nodes). See
+            [`ProbeFeatures`][nngraph_probe.ProbeFeatures].
+        num_probes: `K` probe images (graph models with `use_probes`, and `probe_mlp`, which
+            reads only each network's logits on its probe images).
+        learned_probes: train the probe images with the model.
+        probe_stats: per-channel statistics of the probe features (default `["mean"]`; any of
+            `mean`, `std`, `max`).
     """
 
     monitor = "val/tau"
@@ -299,6 +318,11 @@ class GeneralizationTask(WeightSpaceTask):
         in_channels: int = 1,
         num_classes: int = 10,
         channels: int = 16,
+        input_size: int = 28,
+        use_probes: bool = False,
+        num_probes: int = 16,
+        learned_probes: bool = False,
+        probe_stats: list[Literal["mean", "std", "max"]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -309,7 +333,16 @@ class GeneralizationTask(WeightSpaceTask):
             )
         if loss not in ("bce", "mse"):
             raise ConfigError(f"loss must be 'bce' or 'mse', not {loss!r}")
-        self.template = cnn_template(in_channels, num_classes, channels)
+        if use_probes and model not in GRAPH_MODELS:
+            raise ConfigError(
+                f"use_probes applies to {', '.join(GRAPH_MODELS)}; {model!r} does not read probe "
+                "features (probe_mlp always probes)"
+            )
+        self.template = cnn_template(in_channels, num_classes, channels, "relu", input_size)
+        #: the architecture variants (one per activation code of the zoo, in code order)
+        self.variants = [
+            cnn_template(in_channels, num_classes, channels, a, input_size) for a in nds.ACTIVATIONS
+        ]
         self.categories: dict[str, list[str]] = {}
         self.test_outputs: dict[str, np.ndarray] | None = None
         self._collected: list[dict[str, Tensor]] = []
@@ -319,9 +352,28 @@ class GeneralizationTask(WeightSpaceTask):
 
     # -- torchgeo order ---------------------------------------------------------------------------
     def configure_models(self) -> None:
+        """The model and, for graph models with `use_probes`, the CNN probe-feature module
+        (random normal probe images; per-channel statistics `probe_stats` of the feature maps)."""
         hp = self.hparams
+        stats = tuple(hp.get("probe_stats") or ("mean",))
+        k = int(hp["num_probes"])
+        self.probe: ProbeFeatures | None = None
+        if hp["use_probes"]:
+            try:
+                self.probe = ProbeFeatures.for_graphs(
+                    self.template, k, learned=hp["learned_probes"], stats=stats
+                )
+            except ValueError as e:
+                raise ConfigError(f"probe settings: {e}") from e
         self.model = build_model(
-            hp["model"], self.template, 1, dropout=hp["dropout"], kwargs=hp["model_kwargs"]
+            hp["model"],
+            self.template,
+            1,
+            dropout=hp["dropout"],
+            use_probes=bool(hp["use_probes"]),
+            num_probes=k * len(stats) if hp["use_probes"] else k,
+            learned_probes=hp["learned_probes"],
+            kwargs=hp["model_kwargs"],
         )
 
     def configure_losses(self) -> None:
@@ -358,23 +410,42 @@ class GeneralizationTask(WeightSpaceTask):
                 "channels to the zoo's architecture"
             )
         self.categories = dict(dm.categories)
+        names = self.categories.get("activation", list(nds.ACTIVATIONS))
+        hp = self.hparams
+        try:
+            self.variants = [
+                cnn_template(hp["in_channels"], hp["num_classes"], hp["channels"], a) for a in names
+            ]
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"the zoo's activations {names} are not all known: {e}") from e
         fit_normalization(self.model, self.template, dm.train_params)
 
-    def forward(self, params: Tensor) -> Tensor:
-        """Raw outputs `[B]` (logits with `loss: bce`)."""
-        out: Tensor = self.model(self.template.batch(params))
+    def forward(self, params: Tensor, activation: Tensor | None = None) -> Tensor:
+        """Raw outputs `[B]` (logits with `loss: bce`) of flat parameters `[B, P]`;
+        `activation` `[B]`: each network's activation code (the zoo's `activation` column;
+        used by the probe models, which run every network; default: all the first variant)."""
+        batch = self.template.batch(params)
+        if activation is None:
+            activation = torch.zeros(len(params), dtype=torch.long, device=params.device)
+        if self.hparams["model"] == "probe_mlp":
+            out: Tensor = self.model(batch, self.variants, spec_index=activation)
+            return out.squeeze(-1)
+        if self.probe is not None:
+            self.probe.attach(batch, self.variants, spec_index=activation)
+        out = self.model(batch)
         return out.squeeze(-1)
 
-    def predict_accuracy(self, params: Tensor) -> Tensor:
-        """Predicted test accuracies `[B]` of CNNs with flat parameters `[B, P]`."""
-        return self.to_accuracy(self(params))
+    def predict_accuracy(self, params: Tensor, activation: Tensor | None = None) -> Tensor:
+        """Predicted test accuracies `[B]` of CNNs with flat parameters `[B, P]` (and their
+        activation codes `[B]` for the probe models)."""
+        return self.to_accuracy(self(params, activation))
 
     def to_accuracy(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out) if self.hparams["loss"] == "bce" else out
 
     # -- steps --------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self(batch["params"])
+        out = self(batch["params"], batch.get("activation"))
         loss = self.criterion(out, batch["target"])
         self._check_loss(loss)
         b = len(out)
@@ -383,7 +454,7 @@ class GeneralizationTask(WeightSpaceTask):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        out = self(batch["params"])
+        out = self(batch["params"], batch.get("activation"))
         pred, target = self.to_accuracy(out), batch["target"]
         b = len(out)
         self.metrics[f"{split}_loss"](self.criterion(out, target), b)
