@@ -37,6 +37,8 @@ MODEL_KWARGS = {
     "nfn": "{hidden: 4, num_layers: 2}",
     "deepsets": "{hidden: 8}",
     "mlp": "{hidden: [16]}",
+    "probe_mlp": "{hidden: [16]}",
+    "ngnn_probes": "{hidden_channels: 8, num_layers: 1}",
 }
 
 
@@ -211,16 +213,20 @@ def test_cli_picks_the_task_data_module() -> None:
     )
 
 
-@pytest.mark.parametrize("model", ["ngnn", "ngt", "statnn", "nfn", "deepsets", "mlp"])
+@pytest.mark.parametrize("model", list(MODEL_KWARGS))
 def test_fit_every_model(model: str, cnn_zoo: Path, tmp_path: Path) -> None:
     if model == "nfn":
         pytest.importorskip("nfn")
     run = tmp_path / "run"
     args = ["fit", "--config", f"fmnist_cnn_gen_{model}", *_args(cnn_zoo, run, model)]
+    if "probe" in model:
+        args += ["--model.num_probes", "4"]
     assert main([*args, "--trainer.fast_dev_run", "2"]) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["task"] == "GeneralizationTask"
-    assert results["model"] == ("flat_mlp" if model == "mlp" else model)
+    name = {"mlp": "flat_mlp", "ngnn_probes": "ngnn"}.get(model, model)
+    assert results["model"] == name
+    assert results["use_probes"] == ("probe" in model)
     assert -1.0 <= results["test"]["test/tau"] <= 1.0
     assert {"test/r2", "test/mse", "test/loss"} <= set(results["test"])
 
@@ -252,10 +258,35 @@ def test_fit_writes_the_report_and_resumes(cnn_zoo: Path, tmp_path: Path) -> Non
         assert torch.equal(value, b["state_dict"][key]), key
 
 
+def test_probe_models_run_each_network_with_its_activation() -> None:
+    """Probe features run network b as relu or tanh by its activation code (the zoo's column)."""
+    gen = torch.Generator().manual_seed(0)
+    params = torch.randn(3, 4970, generator=gen) * 0.3
+    act = torch.tensor([0, 1, 1])
+    relu = torch.zeros(3, dtype=torch.long)
+    task = GeneralizationTask(model="probe_mlp", num_probes=4, model_kwargs={"hidden": [8]})
+    task.eval()
+    with torch.no_grad():
+        out, all_relu = task(params, act), task(params, relu)
+        tanh = task.model(task.variants[1].batch(params))[:, 0]  # every network as tanh
+    torch.testing.assert_close(out[0], all_relu[0])
+    torch.testing.assert_close(out[1:], tanh[1:])
+    assert not torch.allclose(out[1:], all_relu[1:])
+    graph = GeneralizationTask(
+        model="ngnn", use_probes=True, num_probes=4, probe_stats=["mean", "max"],
+        model_kwargs={"hidden_channels": 8, "num_layers": 1},
+    ).eval()  # fmt: skip
+    assert graph.probe is not None and graph.probe.feature_dim == 8
+    with torch.no_grad():
+        assert not torch.allclose(graph(params, act), graph(params, relu))
+    with pytest.raises(ConfigError, match="use_probes"):
+        GeneralizationTask(model="statnn", use_probes=True)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
-        ["--model.model", "probe_mlp"],
+        ["--model.model", "inr_mlp"],
         ["--model.loss", "huber"],
         ["--model.channels", "8"],  # not the zoo's architecture
         ["--data.checkpoints", "best"],
@@ -268,4 +299,4 @@ def test_bad_config_is_a_config_error(
     assert main([*args, "--trainer.fast_dev_run", "1"]) == 2
     assert "error" in capsys.readouterr().err
     with pytest.raises(ConfigError):
-        GeneralizationTask(model="probe_mlp")
+        GeneralizationTask(model="inr_mlp")
