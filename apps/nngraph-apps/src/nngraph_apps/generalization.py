@@ -134,7 +134,12 @@ class CnnZooDataModule(pl.LightningDataModule):
     # -- facts the CLI and the report read --------------------------------------------------------
     @property
     def source(self) -> str:
-        """`<dataset> CNN zoo (recipe <recipe>)`."""
+        """`<dataset> CNN zoo (recipe <recipe>)`, from the opened zoo's manifest when there is
+        one (a `zoo_dir` may hold any zoo)."""
+        if self.manifest:
+            dataset = self.manifest.get("dataset", self.dataset)
+            recipe = dict(self.manifest.get("recipe") or {}).get("name", "?")
+            return f"{dataset} CNN zoo (recipe {recipe})"
         return f"{self.dataset} CNN zoo (recipe {self.recipe})"
 
     @property
