@@ -37,6 +37,12 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
     "nfn": ("fmnist_cnn_gen_nfn", [], "NFN_HNP (nfn package)"),
     "deepsets": ("fmnist_cnn_gen_deepsets", [], "DeepSets over all weights and biases"),
     "flat_mlp": ("fmnist_cnn_gen_mlp", [], "MLP on the flat weights"),
+    "probe_mlp": ("fmnist_cnn_gen_probe_mlp", [], "MLP on the logits on 16 probe images"),
+    "ngnn_probes": (
+        "fmnist_cnn_gen_ngnn_probes",
+        [],
+        "NG-GNN + probe features (mean/std/max of 16 probe images)",
+    ),
 }
 
 
