@@ -11,7 +11,8 @@ thread each), on the cached default Fashion-MNIST CNN zoo (built on first use), 
 selection on validation Kendall tau and the test at the best validation checkpoint, as every
 `nngraph-train` run. Runs already finished (a `results.json` in their folder) are not run again,
 so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` in
-`--summary-out`, default `--out`) gives per model: test tau per seed, mean +- std, test R2 (mean),
+`--summary-out`, default `--out`) gives per model: test tau per seed, mean +- std, tau over the trained checkpoints only
+(epoch >= 1, from each run's predictions.csv), test R2 (mean),
 best validation tau (mean), optimiser steps and epochs done; the machine heads it.
 """
 
@@ -89,6 +90,27 @@ def _best_val(run_dir: Path) -> float | None:
     return best
 
 
+def _tau_trained(run_dir: Path) -> float | None:
+    """Test tau over the trained checkpoints only (epoch >= 1), from `predictions.csv`: the
+    initialisations sit at chance accuracy, where ranking them is noise."""
+    f = run_dir / "predictions.csv"
+    if not f.exists():
+        return None
+    import csv
+
+    from nngraph_apps import kendall_tau
+
+    with open(f, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) >= 1]
+    if len(rows) < 2:
+        return None
+    pred = [float(r["prediction"]) for r in rows]
+    true = [float(r["target"]) for r in rows]
+    import numpy as np
+
+    return kendall_tau(np.asarray(pred), np.asarray(true))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -112,6 +134,7 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
                     "r2": test.get("test/r2"),
                     "mse": test.get("test/mse"),
                     "val_tau": _best_val(f.parent),
+                    "tau_trained": _tau_trained(f.parent),
                     "epochs": r["epochs"],
                     "steps": r["steps"],
                     "parameters": r.get("num_parameters"),
@@ -130,21 +153,23 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
         f"this summary was written); {args.minutes:g} min of training per run, {args.threads} "
         f"torch thread(s), {args.jobs} runs at a time; zoo checkpoints train/val/test {sizes}.",
         "",
-        "| model | what | test tau per seed | **tau mean ± std** | R² mean ± std | best val tau "
-        "(mean) | steps (per seed) | epochs | parameters |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | what | test tau per seed | **tau mean ± std** | tau, epochs ≥ 1 | R² mean ± std "
+        "| best val tau (mean) | steps (per seed) | epochs | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         runs = row["runs"]
         taus = [float(r["tau"]) for r in runs if r["tau"] is not None]  # type: ignore[attr-defined]
         r2s = [float(r["r2"]) for r in runs if r["r2"] is not None]  # type: ignore[attr-defined]
         vals = [float(r["val_tau"]) for r in runs if r["val_tau"] is not None]  # type: ignore[attr-defined]
+        trained = [float(r["tau_trained"]) for r in runs if r["tau_trained"] is not None]  # type: ignore[attr-defined]
         tau_m, tau_s = _mean_std(taus)
+        tt_m, tt_s = _mean_std(trained)
         r2_m, r2_s = _mean_std(r2s)
         row.update(tau_mean=tau_m, tau_std=tau_s, r2_mean=r2_m, r2_std=r2_s)
         lines.append(
             f"| `{row['model']}` | {row['what']} | {' / '.join(f'{t:.3f}' for t in taus)} "
-            f"| **{tau_m:.3f} ± {tau_s:.3f}** | {r2_m:.3f} ± {r2_s:.3f} "
+            f"| **{tau_m:.3f} ± {tau_s:.3f}** | {tt_m:.3f} ± {tt_s:.3f} | {r2_m:.3f} ± {r2_s:.3f} "
             f"| {statistics.mean(vals) if vals else float('nan'):.3f} "
             f"| {' / '.join(str(r['steps']) for r in runs)} "  # type: ignore[index]
             f"| {' / '.join(str(r['epochs']) for r in runs)} | {runs[0]['parameters']:,} |"  # type: ignore[index]
