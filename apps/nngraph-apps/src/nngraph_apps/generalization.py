@@ -2,7 +2,7 @@ r"""CNN generalisation prediction: regress a trained CNN's test accuracy from it
 
 The benchmark of Unterthiner et al. (2020, "Predicting Neural Network Accuracy from Weights") and
 Kofinas et al. (ICLR 2024, Table 2): every checkpoint of a CNN zoo
-([`nngraph_datasets.CnnZoo`][nngraph_datasets.CnnZoo]) is one example, its flat parameters the
+(`nngraph_datasets.CnnZoo`) is one example, its flat parameters the
 input and its test accuracy $y \in [0, 1]$ the target; the metric is Kendall's $\tau$ between
 predicted and true accuracies on held-out networks (also $R^2$ and the MSE).
 
@@ -56,7 +56,7 @@ def cnn_template(
     input_size: int = 28,
 ) -> ngc.GraphTemplate:
     """The graph template of the Small CNN Zoo architecture
-    ([`nngraph_datasets.small_cnn`][nngraph_datasets.small_cnn]; the parameter layout is the
+    (`nngraph_datasets.small_cnn`; the parameter layout is the
     same for ReLU and tanh networks, only the activation differs), for square inputs of
     `input_size` pixels."""
     net = nds.small_cnn(
@@ -77,9 +77,9 @@ class CnnZooDataModule(pl.LightningDataModule):
     processes: a batch is one index into a tensor).
 
     The zoo is either `zoo_dir` (a folder written by
-    [`nngraph_datasets.write_cnn_zoo`][nngraph_datasets.write_cnn_zoo] or the zoo builder), or
+    `nngraph_datasets.write_cnn_zoo` or the zoo builder), or
     the cached zoo of `dataset` / `recipe` / `zoo_seed`
-    ([`nngraph_datasets.load_cnn_zoo`][nngraph_datasets.load_cnn_zoo]), trained on first use with
+    (`nngraph_datasets.load_cnn_zoo`), trained on first use with
     a progress bar when `build` is true. The zoo's splits are by network: all checkpoints of a
     network are in one split (checked).
 
