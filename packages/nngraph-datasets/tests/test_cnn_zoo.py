@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import torch
 import nngraph_datasets as nds
 from nngraph_core import GraphTemplate, NNGraphError
 from nngraph_datasets.cnn_zoo import _load_data, _plain_train
+from nngraph_testing.faults import kill_at
 
 pytest.importorskip("sklearn")
 TINY = nds.CnnRecipe.named("tiny")
@@ -338,3 +344,97 @@ def test_recipes_validate() -> None:
         dataclasses.replace(TINY, optimizers=("adamw",))
     with pytest.raises(ValueError, match="unknown"):
         nds.CnnRecipe.named("huge")
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_fit_info_verify_show(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nngraph_datasets.cli import main
+
+    out = tmp_path / "z"
+    args = ["cnn-zoo", "fit", "--dataset", "digits", "--recipe", "tiny", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "12.0/12 networks" in err and "network-epochs/s" in err and "ETA" in err
+    assert _files(out) == _files(tiny_zoo)  # the CLI builds the same zoo
+    assert main(["cnn-zoo", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_networks"] == 12 and info["num_checkpoints"] == 36
+    assert info["epochs"] == [0, 1, 2]
+    assert sum(s["networks"] for s in info["splits"].values()) == 12
+    q = info["test_acc_final"]
+    assert 0 <= q["min"] <= q["median"] <= q["max"] <= 1
+    assert sum(info["hyperparameters"]["optimizer"].values()) == 12
+    lo, hi = info["hyperparameters"]["lr"]
+    assert TINY.lr[0] * 0.999 <= lo <= hi <= TINY.lr[1] * 1.001
+    assert main(["cnn-zoo", "verify", str(out)]) == 0
+    assert "OK: 3 shards, 12 networks, 36 checkpoints" in capsys.readouterr().out
+    png = tmp_path / "p.png"
+    assert main(["cnn-zoo", "show", str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args) == 2  # exists: a message, not a traceback
+    assert "exists" in capsys.readouterr().err
+    assert main(["cnn-zoo", "verify", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- kill anywhere
+def _fit_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "nngraph_datasets.cli", "cnn-zoo", "fit", "--dataset",
+            "digits", "--recipe", "tiny", "--num-networks", "24", "--out", str(out),
+            "--threads", "1", "--quiet"]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.kill
+def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> None:
+    """`nngraph-datasets cnn-zoo fit` SIGKILLed at random moments (once it has written `k` of
+    its 6 shards, k uniform in 0..5, after a further random delay of up to one shard's time),
+    then rerun: byte-identical to an uninterrupted build every time."""
+    points = int(os.environ.get("NNGRAPH_KILL_POINTS", "2"))
+    rng = random.Random(int(os.environ.get("NNGRAPH_KILL_SEED", "0")))
+    ref = tmp_path / "ref"
+    proc = subprocess.Popen(_fit_cmd(ref), env=_env())
+    while not ref.with_name(".ref.partial").exists():
+        assert proc.poll() is None
+        time.sleep(0.002)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=900) == 0
+    duration = time.monotonic() - t0
+    expected = _files(ref)
+    seen: list[dict[str, Any]] = []
+    while len(seen) < points:
+        out = tmp_path / f"z{len(seen)}"
+        partial = out.with_name(f".{out.name}.partial")
+        target, at = rng.randrange(6), rng.uniform(0.0, duration / 6)
+
+        def ready(partial: Path = partial, target: int = target) -> bool:
+            if not target:
+                return partial.exists()
+            return len(list(partial.glob("shard-*.safetensors"))) >= target
+
+        killed, _ = kill_at(_fit_cmd(out), at, env=_env(), ready=ready)
+        if not killed:
+            shutil.rmtree(out, ignore_errors=True)
+            continue
+        shards = len(list(partial.glob("shard-*.safetensors"))) if partial.exists() else 0
+        finished = (out / "manifest.json").exists()
+        if not finished:
+            done = subprocess.run(_fit_cmd(out), env=_env(), capture_output=True, text=True,
+                                  timeout=900)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+        same = _files(out) == expected and not partial.exists()
+        seen.append({"after_shards": target, "delay_s": round(at, 3), "shards_done": shards,
+                     "after_finish": finished, "identical": same})  # fmt: skip
+        assert same, f"killed with {shards} shards done ({target} + {at:.2f} s): the rerun differs"
+        shutil.rmtree(out)
+    folder = os.environ.get("NNGRAPH_KILL_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "kill-cnn-zoo.json").write_text(json.dumps(
+            {"points": len(seen), "identical": sum(p["identical"] for p in seen),
+             "uninterrupted_s": round(duration, 2), "kills": seen}, indent=1))  # fmt: skip

@@ -190,12 +190,12 @@ class CnnRecipe:
 
     name: str = "default"
     num_networks: int = 1000
-    epochs: int = 4
-    checkpoints: tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 3
+    checkpoints: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 32
-    train_pool: int | None = 3200
-    eval_train: int = 500
-    eval_test: int | None = 1000
+    train_pool: int | None = 1600
+    eval_train: int = 256
+    eval_test: int | None = 500
     group_size: int = 100
     activations: tuple[str, ...] = ACTIVATIONS
     initializers: tuple[str, ...] = INITIALIZERS
