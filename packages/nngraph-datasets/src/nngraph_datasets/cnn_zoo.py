@@ -800,9 +800,9 @@ def _check_cnn_manifest(m: Any, mf: Path) -> dict[str, Any]:
     arch = m.get("architecture")
     if not isinstance(arch, dict) or arch.get("kind") != "small-cnn":
         raise bad("architecture must be an object of kind 'small-cnn'")
-    for k in ("in_channels", "num_classes", "channels"):
-        if not count(arch.get(k), 4097) or arch[k] < 1:
-            raise bad(f"architecture.{k} must be an integer in [1, 4096], got {arch.get(k)!r}")
+    for k, top in (("in_channels", 16), ("num_classes", 10000), ("channels", 512)):
+        if not count(arch.get(k), top + 1) or arch[k] < 1:
+            raise bad(f"architecture.{k} must be an integer in [1, {top}], got {arch.get(k)!r}")
     shape = arch.get("input_shape")
     if (not isinstance(shape, list) or len(shape) != 3 or not all(count(s, 1 << 16) for s in shape)
             or shape[0] != arch["in_channels"] or min(shape[1:]) < 15):  # fmt: skip
