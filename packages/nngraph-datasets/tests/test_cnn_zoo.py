@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
+import io
 import json
 import os
 import random
@@ -438,3 +441,126 @@ def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) ->
         (Path(folder) / "kill-cnn-zoo.json").write_text(json.dumps(
             {"points": len(seen), "identical": sum(p["identical"] for p in seen),
              "uninterrupted_s": round(duration, 2), "kills": seen}, indent=1))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- published layout
+_LAYOUT_NAMES = ["conv2d/kernel:0", "conv2d/bias:0", "conv2d_1/kernel:0", "conv2d_1/bias:0",
+                 "conv2d_2/kernel:0", "conv2d_2/bias:0", "dense/kernel:0", "dense/bias:0"]  # fmt: skip
+_METRIC_HEADER = ["config.activation", "config.w_init", "config.init_std", "config.optimizer",
+                  "config.learning_rate", "config.l2reg", "config.dropout",
+                  "config.train_fraction", "modeldir", "step", "train_accuracy", "test_accuracy",
+                  "train_loss", "test_loss"]  # fmt: skip
+
+
+def write_small_cnn_zoo(folder: Path, models: list[torch.nn.Module], gz: bool = True) -> None:
+    """`models` (2 checkpoints each: the model, then its weights x 1.5) in the published layout:
+    TF kernels [kh, kw, in, out] / [in, out], layout.csv, metrics.csv.gz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, layout, metric_rows = [], [], []
+    for i, model in enumerate(models):
+        for step, scale in ((0, 1.0), (1000, 1.5)):
+            parts, start = [], 0
+            for name, v in zip(_LAYOUT_NAMES, model.state_dict().values()):
+                t = v.detach() * scale
+                t = t.permute(2, 3, 1, 0) if t.dim() == 4 else (t.T if t.dim() == 2 else t)
+                parts.append(t.reshape(-1))
+                if i == 0 and step == 0:
+                    layout.append([name, str(tuple(t.shape)), start, start + t.numel()])
+                start += t.numel()
+            rows.append(torch.cat(parts).numpy())
+            act = "relu" if i % 2 == 0 else "tanh"
+            metric_rows.append([act, "glorot_uniform", 0.1, "adam" if i < 2 else "sgd",
+                                0.01 * (i + 1), 1e-4, 0.1, 0.5, f"runs/{i}", step,
+                                0.1 + 0.1 * i + 0.01 * step / 1000, 0.1 + 0.1 * i, 2.3, 2.3])  # fmt: skip
+    np.save(folder / "weights.npy", np.stack(rows).astype(np.float32))
+    with open(folder / "layout.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["varname", "shape", "start_idx", "end_idx"])
+        w.writerows(layout[::-1])  # any row order: sorted by start index
+    buf = io.StringIO()
+    csv.writer(buf).writerows([_METRIC_HEADER, *metric_rows])
+    if gz:
+        (folder / "metrics.csv.gz").write_bytes(gzip.compress(buf.getvalue().encode(), mtime=0))
+    else:
+        (folder / "metrics.csv").write_text(buf.getvalue())
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[Path, list[torch.nn.Module]]:
+    torch.manual_seed(0)
+    models = [nds.small_cnn("relu" if i % 2 == 0 else "tanh") for i in range(5)]
+    write_small_cnn_zoo(tmp_path / "fmnist", models)
+    return tmp_path / "fmnist", models
+
+
+def test_small_cnn_zoo_round_trip(
+    published: tuple[Path, list[torch.nn.Module]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TF-ordered rows come back as the torch layout: each converted row loads into a
+    small_cnn that equals the original model."""
+    from nngraph_datasets.cli import main
+
+    src, models = published
+    out = tmp_path / "conv"
+    assert main(["cnn-zoo", "convert", "small-cnn-zoo", str(src), str(out)]) == 0
+    zoo = nds.CnnZoo(out)
+    nds.verify_cnn_zoo(out)
+    m = zoo.metrics()
+    assert len(zoo) == 10 and m["network"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert m["epoch"].tolist() == [0, 1000] * 5  # the published `step`
+    template = zoo.template()
+    for i, model in enumerate(models):
+        assert torch.equal(zoo.params()[2 * i], template.flatten(model))
+        assert torch.allclose(zoo.params()[2 * i + 1], template.flatten(model) * 1.5)
+        act = zoo.categories["activation"][int(m["activation"][2 * i])]
+        assert act == ("relu" if i % 2 == 0 else "tanh")
+    assert zoo.categories["optimizer"] == ["adam", "sgd"]
+    assert m["lr"][2].item() == pytest.approx(0.02)
+    assert m["test_acc"][4].item() == pytest.approx(0.3)
+    for split in zoo.splits.values():  # split by network
+        nets = set(m["network"][split].tolist())
+        assert all(set(m["network"][s].tolist()).isdisjoint(nets)
+                   for s in zoo.splits.values() if s is not split)  # fmt: skip
+
+
+def _break(folder: Path, case: str) -> None:
+    w = np.load(folder / "weights.npy")
+    if case == "1-D weights":
+        np.save(folder / "weights.npy", w.reshape(-1))
+    elif case == "object array":
+        np.save(folder / "weights.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    elif case == "NaN weights":
+        w[3, 17] = np.nan
+        np.save(folder / "weights.npy", w)
+    elif case == "fewer rows":
+        np.save(folder / "weights.npy", w[:-1])
+    elif case == "no metrics":
+        (folder / "metrics.csv.gz").unlink()
+    else:
+        text = gzip.decompress((folder / "metrics.csv.gz").read_bytes()).decode()
+        lines = text.splitlines()
+        if case == "missing column":
+            lines = [",".join(r.split(",")[:-3] + r.split(",")[-2:]) for r in lines]
+        elif case == "NaN accuracy":
+            lines[2] = ",".join([*lines[2].split(",")[:-3], "nan", "2.3", "2.3"])
+        elif case == "bad layout":
+            (folder / "layout.csv").write_text('varname,shape,start_idx,end_idx\nw,"(3, 3)",0,9\n')
+        (folder / "metrics.csv.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("1-D weights", "2-D float array"), ("object array", "not a plain numeric"),
+    ("NaN weights", "NaN/inf weights"), ("fewer rows", "one row per checkpoint"),
+    ("no metrics", "some are missing"), ("missing column", "missing columns"),
+    ("NaN accuracy", "NaN/inf"), ("bad layout", "does not hold|cover"),
+])  # fmt: skip
+def test_malformed_small_cnn_zoo_is_a_typed_error(
+    published: tuple[Path, list[torch.nn.Module]], tmp_path: Path, case: str, match: str
+) -> None:
+    src, _ = published
+    _break(src, case)
+    with pytest.raises(nds.ZooFormatError, match=match):
+        nds.convert_small_cnn_zoo(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

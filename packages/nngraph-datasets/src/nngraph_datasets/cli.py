@@ -320,6 +320,16 @@ def _cmd_cnn_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cnn_convert(a: argparse.Namespace) -> int:
+    from .cnn_published import convert_small_cnn_zoo
+
+    out = convert_small_cnn_zoo(
+        a.src, a.out, input_size=a.input_size, seed=a.seed, overwrite=a.overwrite
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_cnn_zoo(sub: Any) -> None:
     from .cnn_zoo import CNN_RECIPES
 
@@ -351,6 +361,14 @@ def _add_cnn_zoo(sub: Any) -> None:
     s.add_argument("--out", help="PNG file (default PATH/preview.png)")
     s.add_argument("--curves", type=int, default=100, help="networks drawn on the right")
     s.set_defaults(func=_cmd_cnn_show)
+    c = csub.add_parser("convert", help="convert a published zoo folder into a CNN zoo")
+    c.add_argument("layout", choices=["small-cnn-zoo"], help="the published layout")
+    c.add_argument("src", help="the published folder (weights.npy, layout.csv, metrics.csv[.gz])")
+    c.add_argument("out", help="the zoo folder to create")
+    c.add_argument("--input-size", type=int, default=28, help="image size (32: CIFAR-10, SVHN)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the split by network")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_cmd_cnn_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
