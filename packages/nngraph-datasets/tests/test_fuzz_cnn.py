@@ -5,6 +5,7 @@ a result or raise an `NNGraphError` subclass with a message, in time, writing no
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -123,3 +124,35 @@ def test_valid_cnn_zoo_reads(valid_cnn_zoo: Path) -> None:
     assert sum(len(out[s][0]) for s in ("train", "val", "test")) == 24
     assert out["info"]["num_networks"] == 12
     nds.verify_cnn_zoo(valid_cnn_zoo)
+
+
+# ----------------------------------------------------------------------------- published layout
+SMALL_CNN_ZOO = Outcomes("published: convert_small_cnn_zoo")
+
+
+@pytest.fixture(scope="module")
+def valid_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_cnn_zoo import write_small_cnn_zoo
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("fuzz-published") / "fmnist"
+    write_small_cnn_zoo(folder, [nds.small_cnn() for _ in range(3)], gz=False)
+    return folder
+
+
+@FIXTURE_OK
+@given(file=st.sampled_from(["weights.npy", "layout.csv", "metrics.csv"]), edits=byte_mutations(),
+       gz=st.booleans())  # fmt: skip
+def test_fuzz_small_cnn_zoo(valid_published: Path, file: str, edits: list[Any], gz: bool) -> None:
+    """Byte flips, truncations and insertions in one file of a published Small CNN Zoo folder
+    (the metrics optionally gzipped after the edit), then the conversion."""
+    with sandbox() as box:
+        src = _copy(valid_published, box / "src")
+        f = src / file
+        data = mutate(f.read_bytes(), edits)
+        if file == "metrics.csv" and gz:
+            f.unlink()
+            f = src / "metrics.csv.gz"
+            data = gzip.compress(data, mtime=0)
+        f.write_bytes(data)
+        SMALL_CNN_ZOO.run(lambda: nds.convert_small_cnn_zoo(src, box / "out"), allowed=box)

@@ -167,8 +167,10 @@ def read_small_cnn_zoo(
         raise FileTooLargeError(f"{wpath}: larger than {MAX_WEIGHTS_BYTES} bytes")
     try:
         w = np.load(wpath, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:  # object arrays refuse to load without pickle
-        raise ZooFormatError(f"{wpath}: not a plain numeric .npy array ({e})") from e
+    except Exception as e:
+        # EOFError, SyntaxError, tokenize.TokenError... on broken files (object arrays refuse to
+        # load without pickle: ValueError); all mean "not a plain .npy array"
+        raise ZooFormatError(f"{wpath}: not a plain numeric .npy array ({e!r})") from e
     if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype.kind != "f":
         raise ZooFormatError(
             f"{wpath}: expected a 2-D float array, got {getattr(w, 'dtype', '?')} "
