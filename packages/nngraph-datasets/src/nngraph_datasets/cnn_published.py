@@ -168,8 +168,9 @@ def read_small_cnn_zoo(
     try:
         w = np.load(wpath, allow_pickle=False, mmap_mode="r")
     except Exception as e:
-        # EOFError, SyntaxError, tokenize.TokenError... on broken files (object arrays refuse to
-        # load without pickle: ValueError); all mean "not a plain .npy array"
+        # numpy's header parser raises ValueError, OSError, EOFError, SyntaxError,
+        # tokenize.TokenError... on broken files, and object arrays refuse to load without
+        # pickle (ValueError): all mean "not a plain numeric .npy array"
         raise ZooFormatError(f"{wpath}: not a plain numeric .npy array ({e!r})") from e
     if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype.kind != "f":
         raise ZooFormatError(
