@@ -189,7 +189,7 @@ class CnnRecipe:
     """
 
     name: str = "default"
-    num_networks: int = 1000
+    num_networks: int = 600
     epochs: int = 3
     checkpoints: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 32
@@ -1454,4 +1454,12 @@ def load_cnn_zoo(
         build_cnn_zoo(
             path, dataset=dataset, recipe=recipe, seed=seed, progress=progress, data_root=data_root
         )
-    return CnnZoo(path)
+    zoo = CnnZoo(path)
+    want = _resolve_recipe(recipe, None).to_dict()
+    if zoo.recipe != want or zoo.manifest.get("dataset") != dataset:
+        raise ZooFormatError(
+            f"the cached zoo at {path} was built with another recipe or data set than the "
+            f"{dataset} / {want['name']} requested (an older version of the recipe?); delete "
+            "it to rebuild it, or pass another root"
+        )
+    return zoo
