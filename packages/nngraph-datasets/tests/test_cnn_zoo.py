@@ -254,6 +254,9 @@ def test_load_cnn_zoo_builds_once_into_the_cache(
     custom = dataclasses.replace(TINY, epochs=3, checkpoints=(0, 3))
     assert nds.default_cnn_zoo_dir("digits", custom).name.startswith("cnn-digits-tiny-")
     assert nds.default_cnn_zoo_dir("digits", custom) != path
+    shutil.copytree(tiny_zoo, nds.default_cnn_zoo_dir("digits", custom))  # a stale cache entry
+    with pytest.raises(nds.ZooFormatError, match="another recipe"):
+        nds.load_cnn_zoo("digits", custom, build=False)
 
 
 # ----------------------------------------------------------------------------- write_cnn_zoo
