@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
+import io
 import json
+import os
+import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,7 @@ import torch
 import nngraph_datasets as nds
 from nngraph_core import GraphTemplate, NNGraphError
 from nngraph_datasets.cnn_zoo import _load_data, _plain_train
+from nngraph_testing.faults import kill_at
 
 pytest.importorskip("sklearn")
 TINY = nds.CnnRecipe.named("tiny")
@@ -245,6 +254,9 @@ def test_load_cnn_zoo_builds_once_into_the_cache(
     custom = dataclasses.replace(TINY, epochs=3, checkpoints=(0, 3))
     assert nds.default_cnn_zoo_dir("digits", custom).name.startswith("cnn-digits-tiny-")
     assert nds.default_cnn_zoo_dir("digits", custom) != path
+    shutil.copytree(tiny_zoo, nds.default_cnn_zoo_dir("digits", custom))  # a stale cache entry
+    with pytest.raises(nds.ZooFormatError, match="another recipe"):
+        nds.load_cnn_zoo("digits", custom, build=False)
 
 
 # ----------------------------------------------------------------------------- write_cnn_zoo
@@ -328,7 +340,7 @@ def test_reading_a_broken_zoo_is_a_typed_error(tiny_zoo: Path, tmp_path: Path) -
 
 
 def test_recipes_validate() -> None:
-    assert nds.CnnRecipe.named("default").num_networks >= 1000
+    assert nds.CnnRecipe.named("default").num_networks >= 500
     full = nds.CnnRecipe.named("full")
     assert full.epochs == 86 and full.checkpoints == (0, 1, 2, 3, 20, 40, 60, 80, 86)
     assert nds.CnnRecipe.from_dict(full.to_dict()) == full
@@ -338,3 +350,220 @@ def test_recipes_validate() -> None:
         dataclasses.replace(TINY, optimizers=("adamw",))
     with pytest.raises(ValueError, match="unknown"):
         nds.CnnRecipe.named("huge")
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_fit_info_verify_show(
+    tiny_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nngraph_datasets.cli import main
+
+    out = tmp_path / "z"
+    args = ["cnn-zoo", "fit", "--dataset", "digits", "--recipe", "tiny", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "12.0/12 networks" in err and "network-epochs/s" in err and "ETA" in err
+    assert _files(out) == _files(tiny_zoo)  # the CLI builds the same zoo
+    assert main(["cnn-zoo", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_networks"] == 12 and info["num_checkpoints"] == 36
+    assert info["epochs"] == [0, 1, 2]
+    assert sum(s["networks"] for s in info["splits"].values()) == 12
+    q = info["test_acc_final"]
+    assert 0 <= q["min"] <= q["median"] <= q["max"] <= 1
+    assert sum(info["hyperparameters"]["optimizer"].values()) == 12
+    lo, hi = info["hyperparameters"]["lr"]
+    assert TINY.lr[0] * 0.999 <= lo <= hi <= TINY.lr[1] * 1.001
+    assert main(["cnn-zoo", "verify", str(out)]) == 0
+    assert "OK: 3 shards, 12 networks, 36 checkpoints" in capsys.readouterr().out
+    png = tmp_path / "p.png"
+    assert main(["cnn-zoo", "show", str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args) == 2  # exists: a message, not a traceback
+    assert "exists" in capsys.readouterr().err
+    assert main(["cnn-zoo", "verify", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- kill anywhere
+def _fit_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "nngraph_datasets.cli", "cnn-zoo", "fit", "--dataset",
+            "digits", "--recipe", "tiny", "--num-networks", "24", "--out", str(out),
+            "--threads", "1", "--quiet"]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.kill
+def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> None:
+    """`nngraph-datasets cnn-zoo fit` SIGKILLed at random moments (once it has written `k` of
+    its 6 shards, k uniform in 0..5, after a further random delay of up to one shard's time),
+    then rerun: byte-identical to an uninterrupted build every time."""
+    points = int(os.environ.get("NNGRAPH_KILL_POINTS", "2"))
+    rng = random.Random(int(os.environ.get("NNGRAPH_KILL_SEED", "0")))
+    ref = tmp_path / "ref"
+    proc = subprocess.Popen(_fit_cmd(ref), env=_env())
+    while not ref.with_name(".ref.partial").exists():
+        assert proc.poll() is None
+        time.sleep(0.002)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=900) == 0
+    duration = time.monotonic() - t0
+    expected = _files(ref)
+    seen: list[dict[str, Any]] = []
+    while len(seen) < points:
+        out = tmp_path / f"z{len(seen)}"
+        partial = out.with_name(f".{out.name}.partial")
+        target, at = rng.randrange(6), rng.uniform(0.0, duration / 6)
+
+        def ready(partial: Path = partial, target: int = target) -> bool:
+            if not target:
+                return partial.exists()
+            return len(list(partial.glob("shard-*.safetensors"))) >= target
+
+        killed, _ = kill_at(_fit_cmd(out), at, env=_env(), ready=ready)
+        if not killed:
+            shutil.rmtree(out, ignore_errors=True)
+            continue
+        shards = len(list(partial.glob("shard-*.safetensors"))) if partial.exists() else 0
+        finished = (out / "manifest.json").exists()
+        if not finished:
+            done = subprocess.run(_fit_cmd(out), env=_env(), capture_output=True, text=True,
+                                  timeout=900)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+        same = _files(out) == expected and not partial.exists()
+        seen.append({"after_shards": target, "delay_s": round(at, 3), "shards_done": shards,
+                     "after_finish": finished, "identical": same})  # fmt: skip
+        assert same, f"killed with {shards} shards done ({target} + {at:.2f} s): the rerun differs"
+        shutil.rmtree(out)
+    folder = os.environ.get("NNGRAPH_KILL_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "kill-cnn-zoo.json").write_text(json.dumps(
+            {"points": len(seen), "identical": sum(p["identical"] for p in seen),
+             "uninterrupted_s": round(duration, 2), "kills": seen}, indent=1))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- published layout
+_LAYOUT_NAMES = ["conv2d/kernel:0", "conv2d/bias:0", "conv2d_1/kernel:0", "conv2d_1/bias:0",
+                 "conv2d_2/kernel:0", "conv2d_2/bias:0", "dense/kernel:0", "dense/bias:0"]  # fmt: skip
+_METRIC_HEADER = ["config.activation", "config.w_init", "config.init_std", "config.optimizer",
+                  "config.learning_rate", "config.l2reg", "config.dropout",
+                  "config.train_fraction", "modeldir", "step", "train_accuracy", "test_accuracy",
+                  "train_loss", "test_loss"]  # fmt: skip
+
+
+def write_small_cnn_zoo(folder: Path, models: list[torch.nn.Module], gz: bool = True) -> None:
+    """`models` (2 checkpoints each: the model, then its weights x 1.5) in the published layout:
+    TF kernels [kh, kw, in, out] / [in, out], layout.csv, metrics.csv.gz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, layout, metric_rows = [], [], []
+    for i, model in enumerate(models):
+        for step, scale in ((0, 1.0), (1000, 1.5)):
+            parts, start = [], 0
+            for name, v in zip(_LAYOUT_NAMES, model.state_dict().values()):
+                t = v.detach() * scale
+                t = t.permute(2, 3, 1, 0) if t.dim() == 4 else (t.T if t.dim() == 2 else t)
+                parts.append(t.reshape(-1))
+                if i == 0 and step == 0:
+                    layout.append([name, str(tuple(t.shape)), start, start + t.numel()])
+                start += t.numel()
+            rows.append(torch.cat(parts).numpy())
+            act = "relu" if i % 2 == 0 else "tanh"
+            metric_rows.append([act, "glorot_uniform", 0.1, "adam" if i < 2 else "sgd",
+                                0.01 * (i + 1), 1e-4, 0.1, 0.5, f"runs/{i}", step,
+                                0.1 + 0.1 * i + 0.01 * step / 1000, 0.1 + 0.1 * i, 2.3, 2.3])  # fmt: skip
+    np.save(folder / "weights.npy", np.stack(rows).astype(np.float32))
+    with open(folder / "layout.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["varname", "shape", "start_idx", "end_idx"])
+        w.writerows(layout[::-1])  # any row order: sorted by start index
+    buf = io.StringIO()
+    csv.writer(buf).writerows([_METRIC_HEADER, *metric_rows])
+    if gz:
+        (folder / "metrics.csv.gz").write_bytes(gzip.compress(buf.getvalue().encode(), mtime=0))
+    else:
+        (folder / "metrics.csv").write_text(buf.getvalue())
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[Path, list[torch.nn.Module]]:
+    torch.manual_seed(0)
+    models = [nds.small_cnn("relu" if i % 2 == 0 else "tanh") for i in range(5)]
+    write_small_cnn_zoo(tmp_path / "fmnist", models)
+    return tmp_path / "fmnist", models
+
+
+def test_small_cnn_zoo_round_trip(
+    published: tuple[Path, list[torch.nn.Module]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TF-ordered rows come back as the torch layout: each converted row loads into a
+    small_cnn that equals the original model."""
+    from nngraph_datasets.cli import main
+
+    src, models = published
+    out = tmp_path / "conv"
+    assert main(["cnn-zoo", "convert", "small-cnn-zoo", str(src), str(out)]) == 0
+    zoo = nds.CnnZoo(out)
+    nds.verify_cnn_zoo(out)
+    m = zoo.metrics()
+    assert len(zoo) == 10 and m["network"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert m["epoch"].tolist() == [0, 1000] * 5  # the published `step`
+    template = zoo.template()
+    for i, model in enumerate(models):
+        assert torch.equal(zoo.params()[2 * i], template.flatten(model))
+        assert torch.allclose(zoo.params()[2 * i + 1], template.flatten(model) * 1.5)
+        act = zoo.categories["activation"][int(m["activation"][2 * i])]
+        assert act == ("relu" if i % 2 == 0 else "tanh")
+    assert zoo.categories["optimizer"] == ["adam", "sgd"]
+    assert m["lr"][2].item() == pytest.approx(0.02)
+    assert m["test_acc"][4].item() == pytest.approx(0.3)
+    for split in zoo.splits.values():  # split by network
+        nets = set(m["network"][split].tolist())
+        assert all(set(m["network"][s].tolist()).isdisjoint(nets)
+                   for s in zoo.splits.values() if s is not split)  # fmt: skip
+
+
+def _break(folder: Path, case: str) -> None:
+    w = np.load(folder / "weights.npy")
+    if case == "1-D weights":
+        np.save(folder / "weights.npy", w.reshape(-1))
+    elif case == "object array":
+        np.save(folder / "weights.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    elif case == "NaN weights":
+        w[3, 17] = np.nan
+        np.save(folder / "weights.npy", w)
+    elif case == "fewer rows":
+        np.save(folder / "weights.npy", w[:-1])
+    elif case == "no metrics":
+        (folder / "metrics.csv.gz").unlink()
+    else:
+        text = gzip.decompress((folder / "metrics.csv.gz").read_bytes()).decode()
+        lines = text.splitlines()
+        if case == "missing column":
+            lines = [",".join(r.split(",")[:-3] + r.split(",")[-2:]) for r in lines]
+        elif case == "NaN accuracy":
+            lines[2] = ",".join([*lines[2].split(",")[:-3], "nan", "2.3", "2.3"])
+        elif case == "bad layout":
+            (folder / "layout.csv").write_text('varname,shape,start_idx,end_idx\nw,"(3, 3)",0,9\n')
+        (folder / "metrics.csv.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("1-D weights", "2-D float array"), ("object array", "not a plain numeric"),
+    ("NaN weights", "NaN/inf weights"), ("fewer rows", "one row per checkpoint"),
+    ("no metrics", "some are missing"), ("missing column", "missing columns"),
+    ("NaN accuracy", "NaN/inf"), ("bad layout", "does not hold|cover"),
+])  # fmt: skip
+def test_malformed_small_cnn_zoo_is_a_typed_error(
+    published: tuple[Path, list[torch.nn.Module]], tmp_path: Path, case: str, match: str
+) -> None:
+    src, _ = published
+    _break(src, case)
+    with pytest.raises(nds.ZooFormatError, match=match):
+        nds.convert_small_cnn_zoo(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ splits = load_zoo("zoos/mnist5k")          # {"train": Dataset, "val": ..., "tes
 ```
 """
 
+from .cnn_published import convert_small_cnn_zoo, read_small_cnn_zoo
 from .cnn_zoo import (
     ACTIVATIONS,
     CNN_RECIPES,
@@ -93,6 +94,7 @@ __all__ = [
     "build_cnn_zoo",
     "build_zoo",
     "convert_published",
+    "convert_small_cnn_zoo",
     "default_cnn_zoo_dir",
     "dilate",
     "fit_inrs",
@@ -110,6 +112,7 @@ __all__ = [
     "psnr",
     "read_idx",
     "read_published",
+    "read_small_cnn_zoo",
     "render",
     "small_cnn",
     "train_cnns",

@@ -189,13 +189,13 @@ class CnnRecipe:
     """
 
     name: str = "default"
-    num_networks: int = 1000
-    epochs: int = 4
-    checkpoints: tuple[int, ...] = (0, 1, 2, 3, 4)
+    num_networks: int = 600
+    epochs: int = 3
+    checkpoints: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 32
-    train_pool: int | None = 3200
-    eval_train: int = 500
-    eval_test: int | None = 1000
+    train_pool: int | None = 1600
+    eval_train: int = 256
+    eval_test: int | None = 500
     group_size: int = 100
     activations: tuple[str, ...] = ACTIVATIONS
     initializers: tuple[str, ...] = INITIALIZERS
@@ -800,9 +800,9 @@ def _check_cnn_manifest(m: Any, mf: Path) -> dict[str, Any]:
     arch = m.get("architecture")
     if not isinstance(arch, dict) or arch.get("kind") != "small-cnn":
         raise bad("architecture must be an object of kind 'small-cnn'")
-    for k in ("in_channels", "num_classes", "channels"):
-        if not count(arch.get(k), 4097) or arch[k] < 1:
-            raise bad(f"architecture.{k} must be an integer in [1, 4096], got {arch.get(k)!r}")
+    for k, top in (("in_channels", 16), ("num_classes", 10000), ("channels", 512)):
+        if not count(arch.get(k), top + 1) or arch[k] < 1:
+            raise bad(f"architecture.{k} must be an integer in [1, {top}], got {arch.get(k)!r}")
     shape = arch.get("input_shape")
     if (not isinstance(shape, list) or len(shape) != 3 or not all(count(s, 1 << 16) for s in shape)
             or shape[0] != arch["in_channels"] or min(shape[1:]) < 15):  # fmt: skip
@@ -1454,4 +1454,12 @@ def load_cnn_zoo(
         build_cnn_zoo(
             path, dataset=dataset, recipe=recipe, seed=seed, progress=progress, data_root=data_root
         )
-    return CnnZoo(path)
+    zoo = CnnZoo(path)
+    want = _resolve_recipe(recipe, None).to_dict()
+    if zoo.recipe != want or zoo.manifest.get("dataset") != dataset:
+        raise ZooFormatError(
+            f"the cached zoo at {path} was built with another recipe or data set than the "
+            f"{dataset} / {want['name']} requested (an older version of the recipe?); delete "
+            "it to rebuild it, or pass another root"
+        )
+    return zoo
