@@ -4,8 +4,9 @@
 
 Small CNN Zoo architecture: Conv2d(1,16,3,s2) act Conv2d(16,16,3,s2) act Conv2d(16,16,3,s2) act
 AdaptiveAvgPool2d(1) Flatten Linear(16,10), act relu or tanh per network; 28x28 probe images.
-Prints the CPU model and the fp32 GEMM rate measured in the same run, then per K (milliseconds
-per batch, best of interleaved repetitions; fixed probes under `no_grad` unless stated):
+Prints the CPU model and the fp32 GEMM rate measured in the same run (again after each K), then
+per K (milliseconds per batch, best of interleaved repetitions; fixed probes under `no_grad`
+unless stated):
 
 * `mean, relu`: probe features (spatial means) of a one-activation batch;
 * `mean/std/max, relu`: the three statistics;
@@ -83,6 +84,8 @@ def main() -> None:
         x = torch.randn(k, 1, 28, 28, generator=gen)
         times = time_probes(x, templates, params, mixed)
         print(f"K = {k}: " + " | ".join(f"{name} {ms:.1f} ms" for name, ms in times.items()))
+        # the machine may be shared: the GEMM rate right after each K shows how busy it was
+        print(f"  fp32 GEMM after K = {k}: {gemm_gflops(torch.float32, seconds=0.5):.1f} GFLOP/s")
 
 
 def time_probes(
