@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -10,7 +11,14 @@ from torch import nn
 
 import nngraph_core as ngc
 import nngraph_testing as ngt
-from nngraph_layers.baselines import DeepSets, FlatMLP, NFNBaseline, ParamNormalizer
+from nngraph_layers.baselines import (
+    DeepSets,
+    FlatMLP,
+    NFNBaseline,
+    ParamNormalizer,
+    StatNN,
+    weight_statistics,
+)
 from nngraph_layers.baselines.nfn_baseline import to_weight_space_features
 
 recipes = st.one_of(
@@ -168,7 +176,7 @@ def test_nfn_needs_two_layers() -> None:
 # -- shared -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_cls", [FlatMLP, DeepSets, NFNBaseline])
+@pytest.mark.parametrize("model_cls", [FlatMLP, DeepSets, NFNBaseline, StatNN])
 def test_interface_and_errors(model_cls: type) -> None:
     recipe = ngt.NetworkRecipe("mlp", (2, 4, 3, 1), ("sine", "sine"), (True, True, True))
     template, params = _zoo(recipe, 0, 4, torch.float32)
@@ -200,3 +208,80 @@ def test_normalizer_standardises_each_tensor() -> None:
         torch.testing.assert_close(
             block.std(unbiased=False), torch.tensor(1.0, dtype=torch.float64)
         )
+
+
+# -- StatNN -------------------------------------------------------------------------------------
+
+
+class TestStatNN(ngt.InvariantModelTests):
+    kinds = ("mlp", "cnn")
+
+    def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
+        return StatNN.for_graphs(template, num_outputs=3, hidden=(16,)).to(dtype)
+
+    @given(data=st.data())
+    def test_sensitive_to_uncoupled_permutation(self, data: st.DataObject) -> None:
+        """Overrides the base test on purpose: per-tensor statistics ignore the order inside a
+        tensor, so an UNCOUPLED permutation leaves StatNN unchanged too (its coarseness)."""
+        template, params, dtype, mode = self._draw_setup(data)
+        pi = self._draw_uncoupled_index(data, template)
+        model = self._model(template, dtype, mode, data.draw(ngt.seeds))
+        with torch.no_grad():
+            ngt.assert_invariant(
+                lambda p: self.run_model(model, template, p),
+                params,
+                lambda p: p[..., pi],
+                scale=self.scale,
+            )
+
+    @given(data=st.data())
+    def test_output_neurons_keep_identity(self, data: st.DataObject) -> None:
+        """Overrides the base test on purpose: swapping two output neurons keeps every tensor's
+        statistics, so StatNN cannot tell (unlike the graph models)."""
+        template, params, dtype, mode = self._draw_setup(data)
+        n_out = template.spec.widths[-1]
+        if n_out < 2:
+            return
+        swap = torch.arange(n_out)
+        swap[0], swap[1] = 1, 0
+        pi = ngt.partial_permutation_index(
+            template, template.spec.num_layers, swap, incoming=True, outgoing=False
+        )
+        model = self._model(template, dtype, mode, data.draw(ngt.seeds))
+        with torch.no_grad():
+            ngt.assert_invariant(
+                lambda p: self.run_model(model, template, p),
+                params,
+                lambda p: p[..., pi],
+                scale=self.scale,
+            )
+
+
+@given(recipe=recipes, seed=ngt.seeds, b=st.integers(1, 4))
+def test_statnn_features_match_numpy(recipe: ngt.NetworkRecipe, seed: int, b: int) -> None:
+    """Each tensor's mean, variance and 0/25/50/75/100% quantiles, as numpy computes them."""
+    template, params = _zoo(recipe, seed, b, torch.float64)
+    got = weight_statistics(params, template.spec).numpy()
+    flat = params.numpy()
+    expected = []
+    for _key, (off, shape) in template.spec.param_offsets().items():
+        block = flat[:, off : off + int(np.prod(shape))]
+        expected += [block.mean(1, keepdims=True), block.var(1, keepdims=True)]
+        expected.append(np.quantile(block, [0.0, 0.25, 0.5, 0.75, 1.0], axis=1).T)
+    np.testing.assert_allclose(got, np.concatenate(expected, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_statnn_standardises_with_training_statistics() -> None:
+    recipe = ngt.NetworkRecipe("mlp", (2, 4, 3, 1), ("relu", "relu"), (True, True, True))
+    template, params = _zoo(recipe, 0, 16, torch.float64)
+    model = StatNN.for_graphs(template, num_outputs=1, hidden=(8,)).double()
+    raw = weight_statistics(params, template.spec)
+    torch.testing.assert_close(model.features(params), raw)  # identity before the fit
+    assert model.fit_normalization(params) is model
+    z = model.features(params)
+    torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1], dtype=torch.float64))
+    # constant statistics (a zero-initialised bias's quantiles) stay finite
+    assert torch.isfinite(z).all()
+    assert model(template.batch(params)).shape == (16, 1)
+    with pytest.raises(ngc.ShapeMismatchError):
+        weight_statistics(params[:, :-1], template.spec)

@@ -53,7 +53,8 @@ def test_matches_modules(
 
 def _reference_node_values(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     """Each node layer's values from running the module child by child: the input, then after
-    each layer and its parameter-free modules (a conv layer: its last feature map)."""
+    each layer and its parameter-free modules (a conv layer: its last feature map with more than
+    one pixel -- the map before a global pooling -- or its last map if all are 1 x 1)."""
     mods = list(net.children())
     values, h, last_map, is_conv = [x], x, None, False
     for i, m in enumerate(mods):
@@ -61,7 +62,9 @@ def _reference_node_values(net: nn.Sequential, x: torch.Tensor) -> list[torch.Te
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             is_conv = isinstance(m, nn.Conv2d)
             last_map = None
-        if h.dim() == 4:
+        if h.dim() == 4 and (
+            last_map is None or h.shape[-2:].numel() > 1 or last_map.shape[-2:].numel() == 1
+        ):
             last_map = h
         if i + 1 == len(mods) or isinstance(mods[i + 1], (nn.Linear, nn.Conv2d)):
             values.append(last_map if is_conv else h)

@@ -6,6 +6,10 @@
   nngraph-probe, with or without probe features; the paper's recipe.
 * [`InrDataModule`][nngraph_apps.InrDataModule] -- an INR zoo of nngraph-datasets, fitted on first
   use if missing.
+* [`GeneralizationTask`][nngraph_apps.GeneralizationTask] with
+  [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule] -- predict a CNN's test accuracy from its
+  weights (CNN zoos of nngraph-datasets; Kendall tau, R2, report with scatter plot and
+  per-hyper-parameter errors).
 * `nngraph-train` -- the LightningCLI (`fit`, `validate`, `test`) with YAML configs in
   `nngraph_apps/configs` (`nngraph-train --list-configs`).
 """
@@ -16,10 +20,23 @@ from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint, read_checkpoint
 from .cli import NNGraphCLI, config_path, list_configs, main
 from .data import InrDataModule, TensorLoader, default_zoo_dir, inr_template
 from .errors import CheckpointError, CheckpointWriteError, ConfigError, UnsafeCheckpointError
+from .generalization import CnnZooDataModule, GeneralizationTask, cnn_template
 from .inference import InputFileError, Predictions, load_inputs, predict
 from .models import MODELS, build_model
-from .report import aggregate_runs, write_aggregate, write_report
-from .tasks import InrClassificationTask, InrEditingTask, InrTask, NonFiniteLossError
+from .report import (
+    aggregate_runs,
+    generalization_breakdown,
+    kendall_tau,
+    write_aggregate,
+    write_report,
+)
+from .tasks import (
+    InrClassificationTask,
+    InrEditingTask,
+    InrTask,
+    NonFiniteLossError,
+    WeightSpaceTask,
+)
 
 __version__ = "0.1.0"
 
@@ -29,7 +46,9 @@ __all__ = [
     "Augmentation",
     "CheckpointError",
     "CheckpointWriteError",
+    "CnnZooDataModule",
     "ConfigError",
+    "GeneralizationTask",
     "InputFileError",
     "InrClassificationTask",
     "InrDataModule",
@@ -44,13 +63,17 @@ __all__ = [
     "TimeBudget",
     "Timer",
     "UnsafeCheckpointError",
+    "WeightSpaceTask",
     "__version__",
     "aggregate_runs",
     "augment_params",
     "build_model",
+    "cnn_template",
     "config_path",
     "default_zoo_dir",
+    "generalization_breakdown",
     "inr_template",
+    "kendall_tau",
     "list_configs",
     "load_inputs",
     "main",

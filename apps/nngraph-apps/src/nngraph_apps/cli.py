@@ -32,7 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
@@ -46,10 +48,15 @@ from .callbacks import SigtermCheckpoint, TimeBudget, Timer, process_start_time
 from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint
 from .data import InrDataModule
 from .errors import ConfigError, find_config_error
+from .generalization import CnnZooDataModule
 from .report import machine_info, write_aggregate, write_report
-from .tasks import InrTask, NonFiniteLossError
+from .tasks import NonFiniteLossError, WeightSpaceTask
 
-__all__ = ["NNGraphCLI", "config_path", "list_configs", "main"]
+__all__ = ["TASK_DATA", "NNGraphCLI", "config_path", "list_configs", "main"]
+
+#: The data module of each task that does not read INR zoos (every other task:
+#: [`InrDataModule`][nngraph_apps.InrDataModule]).
+TASK_DATA: dict[str, type[pl.LightningDataModule]] = {"GeneralizationTask": CnnZooDataModule}
 
 
 def list_configs() -> list[str]:
@@ -86,10 +93,66 @@ def _resolve_configs(args: list[str]) -> list[str]:
     return out
 
 
+def _task_in(value: str) -> str | None:
+    """The task class named by a `--model` value or by the `model` entry of a config."""
+    text = value.strip()
+    if text.startswith("{"):
+        node: Any = yaml.safe_load(text)
+    elif "/" in text or text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        return None
+    else:
+        return text.rsplit(".", 1)[-1] or None
+    if isinstance(node, dict):
+        cp = node.get("class_path")
+        return str(cp).rsplit(".", 1)[-1] if cp else None
+    return None
+
+
+def _config_task(path: str) -> str | None:
+    """The task class of a config file (`model.class_path` or `model: Name`)."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size > 1 << 20:
+            return None
+        cfg = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # the CLI's parser reports unreadable configs
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if isinstance(model, str):
+        return model.rsplit(".", 1)[-1]
+    if isinstance(model, dict) and model.get("class_path"):
+        return str(model["class_path"]).rsplit(".", 1)[-1]
+    return None
+
+
+def task_name(args: Sequence[str]) -> str | None:
+    """The task class a command line selects: the last of its configs' `model.class_path` and
+    its `--model` / `--model.class_path` values (`None`: none named)."""
+    name = None
+    argv = list(args)
+    for i, a in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        found = None
+        if a == "--config" and nxt is not None:
+            found = _config_task(nxt)
+        elif a.startswith("--config="):
+            found = _config_task(a.split("=", 1)[1])
+        elif a in ("--model", "--model.class_path") and nxt is not None:
+            found = _task_in(nxt)
+        elif a.startswith(("--model=", "--model.class_path=")):
+            found = _task_in(a.split("=", 1)[1])
+        if found:
+            name = found
+    return name
+
+
 class NNGraphCLI(LightningCLI):
     """LightningCLI with the run folder, the standard callbacks and loggers, test-after-fit and
-    the report. Tasks: any [`InrTask`][nngraph_apps.InrTask] (`--model InrClassificationTask` or
-    `InrEditingTask`); data: [`InrDataModule`][nngraph_apps.InrDataModule]."""
+    the report. Tasks: any [`WeightSpaceTask`][nngraph_apps.WeightSpaceTask]
+    (`--model InrClassificationTask`, `InrEditingTask` or `GeneralizationTask`); data: the task's
+    data module (`TASK_DATA`: [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule] for
+    `GeneralizationTask`, else [`InrDataModule`][nngraph_apps.InrDataModule]), chosen from
+    the task the configs and arguments name."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
         self.timer = Timer()
@@ -97,9 +160,11 @@ class NNGraphCLI(LightningCLI):
         self.started = process_start_time()
         self.sigterm: SigtermCheckpoint | None = None
         self.run_dir = Path("runs/run")
+        name = task_name(sys.argv[1:] if args is None else args)
+        data_class = TASK_DATA.get(name or "", InrDataModule)
         super().__init__(
-            InrTask,
-            InrDataModule,
+            WeightSpaceTask,
+            data_class,
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},
             args=args,
@@ -245,6 +310,7 @@ class NNGraphCLI(LightningCLI):
             # with probe_branch: whether the tested checkpoint already used the graph readout
             # (a checkpoint from the branch warm-up is the probe reader alone)
             "graph_readout_on": bool(task.graph_on) if hasattr(task, "graph_on") else None,
+            "loss": task.hparams.get("loss"),
             "source": dm.source,
             "zoo_dir": str(dm.zoo_dir),
             "split_sizes": {k: len(v["params"]) for k, v in dm.splits.items()},

@@ -14,7 +14,7 @@ __all__ = ["GRAPH_MODELS", "MODELS", "build_model", "fit_normalization"]
 
 #: Models that read probe features from `batch.probe_features` (`use_probes`).
 GRAPH_MODELS = ("ngnn", "ngt")
-MODELS = ("ngnn", "ngt", "flat_mlp", "deepsets", "nfn", "probe_mlp")
+MODELS = ("ngnn", "ngt", "flat_mlp", "deepsets", "nfn", "statnn", "probe_mlp")
 """Every model name the tasks accept."""
 
 
@@ -83,6 +83,10 @@ def build_model(
             from nngraph_layers.baselines import DeepSets
 
             return DeepSets.for_graphs(template, num_outputs, dropout=dropout, **kw)
+        if name == "statnn":
+            from nngraph_layers.baselines import StatNN
+
+            return StatNN.for_graphs(template, num_outputs, dropout=dropout, **kw)
         if name == "nfn":
             from nngraph_layers.baselines import NFNBaseline
 

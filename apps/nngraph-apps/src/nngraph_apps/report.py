@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["aggregate_runs", "machine_info", "read_metrics", "write_aggregate", "write_report"]
+__all__ = [
+    "aggregate_runs",
+    "generalization_breakdown",
+    "kendall_tau",
+    "machine_info",
+    "read_metrics",
+    "write_aggregate",
+    "write_report",
+]
 
 
 def machine_info() -> dict[str, Any]:
@@ -151,6 +159,206 @@ def _plot_examples(ex: dict[str, np.ndarray], out: Path) -> None:
     plt.close(fig)
 
 
+def kendall_tau(x: np.ndarray, y: np.ndarray, *, chunk: int = 512) -> float:
+    r"""Kendall's $\tau_b$ of two 1-D arrays (ties corrected, as `scipy.stats.kendalltau` and
+    torchmetrics' `KendallRankCorrCoef`): $\sum_{i,j} s^x_{ij} s^y_{ij} /
+    \sqrt{\sum_{i,j} (s^x_{ij})^2 \sum_{i,j} (s^y_{ij})^2}$ with $s_{ij} = \mathrm{sign}(v_i - v_j)$;
+    `nan` for fewer than two points or a constant array. Memory `chunk * n`."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"kendall_tau: arrays of different lengths {x.shape} and {y.shape}")
+    if len(x) < 2:
+        return float("nan")
+    num = den_x = den_y = 0.0
+    for s in range(0, len(x), chunk):
+        dx = np.sign(x[s : s + chunk, None] - x[None, :])
+        dy = np.sign(y[s : s + chunk, None] - y[None, :])
+        num += float((dx * dy).sum())
+        den_x += float(np.abs(dx).sum())
+        den_y += float(np.abs(dy).sum())
+    if den_x == 0 or den_y == 0:
+        return float("nan")
+    return num / math.sqrt(den_x * den_y)
+
+
+#: Hyper-parameters of the breakdown: categorical ones by name, numeric ones in quartile bins.
+_CATEGORICAL = ("activation", "initializer", "optimizer")
+_BINNED = ("epoch", "train_fraction", "lr")
+
+
+def _groups(
+    values: np.ndarray, column: str, names: list[str] | None
+) -> list[tuple[str, np.ndarray]]:
+    """(label, mask) per group of a column: its categories, its distinct values when there are
+    few (epochs), else quartile bins."""
+    if column in _CATEGORICAL:
+        codes = values.astype(np.int64)
+        return [
+            (names[c] if names and 0 <= c < len(names) else str(c), codes == c)
+            for c in sorted(set(codes.tolist()))
+        ]
+    distinct = np.unique(values)
+    if len(distinct) <= 8:
+        return [
+            (_fmt(float(v)) if column != "epoch" else str(int(v)), values == v) for v in distinct
+        ]
+    edges = np.unique(np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0]))
+    out = []
+    for i in range(len(edges) - 1):
+        lo, hi = edges[i], edges[i + 1]
+        last = i == len(edges) - 2
+        mask = (values >= lo) & ((values <= hi) if last else (values < hi))
+        out.append((f"[{lo:.3g}, {hi:.3g}{']' if last else ')'}", mask))
+    return out
+
+
+def generalization_breakdown(
+    outputs: dict[str, np.ndarray], categories: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
+    """Errors of a generalisation predictor per hyper-parameter group.
+
+    Args:
+        outputs: `prediction` and `target` (test accuracies) and per-checkpoint columns
+            (`activation`, `initializer`, `optimizer` as integer codes; `epoch`,
+            `train_fraction`, `lr`), all 1-D of one length.
+        categories: the names of the codes of the categorical columns.
+
+    Returns:
+        One row per (hyper-parameter, group): `factor`, `group`, `n`, `mae` (mean absolute
+        error), `bias` (mean of prediction minus target), `tau` (Kendall's $\tau_b$ inside the
+        group; `nan` when undefined).
+    """
+    pred = np.asarray(outputs["prediction"], dtype=np.float64)
+    target = np.asarray(outputs["target"], dtype=np.float64)
+    cats = categories or {}
+    rows: list[dict[str, Any]] = []
+    for column in (*_CATEGORICAL, *_BINNED):
+        if column not in outputs:
+            continue
+        values = np.asarray(outputs[column])
+        for label, mask in _groups(values, column, cats.get(column)):
+            n = int(mask.sum())
+            if n == 0:
+                continue
+            err = pred[mask] - target[mask]
+            rows.append(
+                {
+                    "factor": column,
+                    "group": label,
+                    "n": n,
+                    "mae": float(np.abs(err).mean()),
+                    "bias": float(err.mean()),
+                    "tau": kendall_tau(pred[mask], target[mask]),
+                }
+            )
+    return rows
+
+
+def _plot_scatter(outputs: dict[str, np.ndarray], tau: float, r2: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred, target = outputs["prediction"], outputs["target"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    color = outputs.get("epoch")
+    sc = ax.scatter(
+        target, pred, s=6, alpha=0.6, c=color, cmap="viridis" if color is not None else None
+    )
+    if color is not None:
+        fig.colorbar(sc, fraction=0.046, label="epoch")
+    lo = float(min(np.min(pred), np.min(target)))
+    hi = float(max(np.max(pred), np.max(target)))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--")
+    ax.set_xlabel("true test accuracy")
+    ax.set_ylabel("predicted test accuracy")
+    ax.set_title(f"test: Kendall tau {tau:.3f}, R2 {r2:.3f}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_breakdown(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = list(dict.fromkeys(r["factor"] for r in rows))
+    fig, axes = plt.subplots(1, len(factors), figsize=(2.6 * len(factors), 3.4), squeeze=False)
+    for ax, factor in zip(axes[0], factors):
+        part = [r for r in rows if r["factor"] == factor]
+        xs = np.arange(len(part))
+        ax.bar(xs, [r["mae"] for r in part], color="tab:blue")
+        for x, r in zip(xs, part):
+            tau = "" if math.isnan(r["tau"]) else f"{r['tau']:.2f}"
+            ax.text(x, r["mae"], tau, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r["group"] for r in part], rotation=45, ha="right", fontsize=7)
+        ax.set_title(factor, fontsize=9)
+    axes[0][0].set_ylabel("mean absolute error (labels: tau)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _write_generalization(
+    run_dir: Path, results: dict[str, Any], outputs: dict[str, np.ndarray], categories: Any
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Scatter plot, per-hyper-parameter breakdown (markdown + PNG + JSON rows) and the test
+    predictions (CSV) of a generalisation run; returns the plots and the report lines."""
+    test = results.get("test", {})
+    tau = float(test.get("test/tau", kendall_tau(outputs["prediction"], outputs["target"])))
+    r2 = float(test.get("test/r2", float("nan")))
+    _plot_scatter(outputs, tau, r2, run_dir / "scatter.png")
+    rows = generalization_breakdown(outputs, categories)
+    plots = [("Predicted vs true test accuracy (test split)", "scatter.png")]
+    if rows:
+        _plot_breakdown(rows, run_dir / "breakdown.png")
+        plots.append(("Error per hyper-parameter (bars: MAE; labels: tau)", "breakdown.png"))
+    table = [
+        "| hyper-parameter | group | checkpoints | MAE | mean error | Kendall tau |",
+        "|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['factor']} | {r['group']} | {r['n']} | {r['mae']:.4f} | {r['bias']:+.4f} | "
+        f"{_fmt(r['tau'])} |"
+        for r in rows
+    ]
+    _write_text(
+        run_dir / "breakdown.md", "\n".join(["# Test errors per hyper-parameter", "", *table, ""])
+    )
+    results["breakdown"] = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+    cols = list(outputs)
+    with open(run_dir / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i in range(len(outputs["prediction"])):
+            w.writerow(
+                [
+                    _fmt(float(outputs[c][i]))
+                    if outputs[c].dtype.kind == "f"
+                    else int(outputs[c][i])
+                    for c in cols
+                ]
+            )
+    lines = [
+        "## Breakdown per hyper-parameter (test split)",
+        "",
+        "Mean absolute error, mean signed error (prediction - truth) and Kendall tau inside each "
+        "group (`breakdown.md`; predictions in `predictions.csv`).",
+        "",
+        *table,
+        "",
+    ]
+    return plots, lines
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
@@ -174,6 +382,13 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
     if ex is not None:
         _plot_examples(ex, run_dir / "editing_examples.png")
         plots.append(("Editing examples (test)", "editing_examples.png"))
+    gen_lines: list[str] = []
+    outputs = getattr(task, "test_outputs", None)
+    if outputs is not None and len(outputs.get("prediction", ())) > 0:
+        gen_plots, gen_lines = _write_generalization(
+            run_dir, results, outputs, getattr(task, "categories", None)
+        )
+        plots += gen_plots
     _write_text(run_dir / "results.json", json.dumps(results, indent=1, default=str) + "\n")
 
     lines = [f"# nngraph run: {results.get('name', run_dir.name)}", ""]
@@ -205,6 +420,7 @@ def write_report(run_dir: Path, results: dict[str, Any], *, task: Any = None) ->
     lines.append("")
     for title, png in plots:
         lines += [f"## {title}", "", f"![{title}]({png})", ""]
+    lines += gen_lines
     report = run_dir / "report.md"
     _write_text(report, "\n".join(lines))
     return report

@@ -32,7 +32,13 @@ from .data import inr_template
 from .errors import ConfigError
 from .models import GRAPH_MODELS, build_model, fit_normalization
 
-__all__ = ["InrClassificationTask", "InrEditingTask", "InrTask", "NonFiniteLossError"]
+__all__ = [
+    "InrClassificationTask",
+    "InrEditingTask",
+    "InrTask",
+    "NonFiniteLossError",
+    "WeightSpaceTask",
+]
 
 
 class NonFiniteLossError(ngc.NNGraphError, RuntimeError):
@@ -40,7 +46,95 @@ class NonFiniteLossError(ngc.NNGraphError, RuntimeError):
     so no checkpoint with non-finite weights is written."""
 
 
-class InrTask(pl.LightningModule):
+class WeightSpaceTask(pl.LightningModule):
+    """What every task of the apps shares: the paper's optimiser (AdamW with a linear warm-up),
+    the non-finite loss / gradient checks, and the random states in checkpoints (a resumed run is
+    bit-identical), with every checkpoint entry checked before it is loaded.
+
+    Subclasses: [`InrTask`][nngraph_apps.InrTask] (INR classification and editing) and
+    [`GeneralizationTask`][nngraph_apps.GeneralizationTask] (CNN accuracy prediction). They set
+    `monitor` / `monitor_mode` (the CLI's model selection) and save `lr`, `weight_decay`,
+    `amsgrad` and `warmup_steps` among their hyper-parameters.
+    """
+
+    #: metric used for model selection and its direction (read by the CLI's ModelCheckpoint)
+    monitor: str = "val/loss"
+    monitor_mode: Literal["min", "max"] = "min"
+
+    # -- optimiser --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"]
+        )
+        warm = max(int(hp["warmup_steps"]), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- reliability ------------------------------------------------------------------------------
+    def _check_loss(self, loss: Tensor) -> None:
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at step {self.global_step}, epoch "
+                f"{self.current_epoch}; stopped before the optimiser step, no checkpoint was "
+                "written. Lower --model.lr, raise --model.warmup_steps or set "
+                "--trainer.gradient_clip_val, then resume from the last good checkpoint "
+                "(--ckpt_path last)."
+            )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            raise NonFiniteLossError(
+                f"non-finite gradients at step {self.global_step}; stopped before the optimiser "
+                "step, no checkpoint was written. Lower --model.lr or set "
+                "--trainer.gradient_clip_val."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global RNGs: store them so a resumed run is bit-identical.
+        # Tensors and plain numbers only, so the checkpoint loads with weights_only=True.
+        np_state = np.random.get_state()
+        py_version, py_state, py_gauss = random.getstate()
+        checkpoint["nngraph_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
+            "python": {
+                "version": int(py_version),
+                "state": torch.tensor(py_state, dtype=torch.int64),
+                "gauss": py_gauss,
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint is outside data: check every entry that resuming consumes (weights,
+        # optimiser, scheduler, loops, random states) before Lightning loads any of it.
+        check_against_task(checkpoint, self)
+        # Fitted normalisers have buffers of another shape than the unfitted (empty) ones.
+        state = checkpoint.get("state_dict", {})
+        for name, buf in list(self.named_buffers()):
+            if name in state and state[name].shape != buf.shape:
+                owner, _, attr = name.rpartition(".")
+                module = self.get_submodule(owner) if owner else self
+                module._buffers[attr] = torch.empty_like(state[name])
+        rng = checkpoint.get("nngraph_rng")
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng["torch"])
+            n = rng["numpy"]
+            keys = n["keys"].numpy().astype(np.uint32)
+            np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+            py = rng["python"]
+            random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss"]))
+
+
+class InrTask(WeightSpaceTask):
     """Shared machinery of the INR tasks (model, probes, optimiser, checks, RNG in checkpoints)."""
 
     head: Literal["invariant", "equivariant"] = "invariant"
@@ -194,78 +288,6 @@ class InrTask(pl.LightningModule):
         warm = int(self.hparams.get("branch_warmup_steps", 0))
         if self.branch is not None and not bool(self.graph_on) and self.global_step >= warm:
             self.graph_on.fill_(True)
-
-    # -- optimiser --------------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        opt = torch.optim.AdamW(
-            self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"]
-        )
-        warm = max(int(hp["warmup_steps"]), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # -- reliability ------------------------------------------------------------------------------
-    def _check_loss(self, loss: Tensor) -> None:
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss)}) at step {self.global_step}, epoch "
-                f"{self.current_epoch}; stopped before the optimiser step, no checkpoint was "
-                "written. Lower --model.lr, raise --model.warmup_steps or set "
-                "--trainer.gradient_clip_val, then resume from the last good checkpoint "
-                "(--ckpt_path last)."
-            )
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
-            raise NonFiniteLossError(
-                f"non-finite gradients at step {self.global_step}; stopped before the optimiser "
-                "step, no checkpoint was written. Lower --model.lr or set "
-                "--trainer.gradient_clip_val."
-            )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Dropout draws from the global RNGs: store them so a resumed run is bit-identical.
-        # Tensors and plain numbers only, so the checkpoint loads with weights_only=True.
-        np_state = np.random.get_state()
-        py_version, py_state, py_gauss = random.getstate()
-        checkpoint["nngraph_rng"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": {
-                "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
-            "python": {
-                "version": int(py_version),
-                "state": torch.tensor(py_state, dtype=torch.int64),
-                "gauss": py_gauss,
-            },
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A checkpoint is outside data: check every entry that resuming consumes (weights,
-        # optimiser, scheduler, loops, random states) before Lightning loads any of it.
-        check_against_task(checkpoint, self)
-        # Fitted normalisers have buffers of another shape than the unfitted (empty) ones.
-        state = checkpoint.get("state_dict", {})
-        for name, buf in list(self.named_buffers()):
-            if name in state and state[name].shape != buf.shape:
-                owner, _, attr = name.rpartition(".")
-                module = self.get_submodule(owner) if owner else self
-                module._buffers[attr] = torch.empty_like(state[name])
-        rng = checkpoint.get("nngraph_rng")
-        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
-            torch.set_rng_state(rng["torch"])
-            n = rng["numpy"]
-            keys = n["keys"].numpy().astype(np.uint32)
-            np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-            py = rng["python"]
-            random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss"]))
 
 
 class InrClassificationTask(InrTask):

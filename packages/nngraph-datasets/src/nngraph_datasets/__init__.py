@@ -11,6 +11,23 @@ splits = load_zoo("zoos/mnist5k")          # {"train": Dataset, "val": ..., "tes
 ```
 """
 
+from .cnn_published import convert_small_cnn_zoo, read_small_cnn_zoo
+from .cnn_zoo import (
+    ACTIVATIONS,
+    CNN_RECIPES,
+    INITIALIZERS,
+    OPTIMIZERS,
+    CnnRecipe,
+    CnnZoo,
+    build_cnn_zoo,
+    default_cnn_zoo_dir,
+    init_cnn_params,
+    load_cnn_zoo,
+    small_cnn,
+    train_cnns,
+    verify_cnn_zoo,
+    write_cnn_zoo,
+)
 from .errors import (
     CorruptFileError,
     DatasetError,
@@ -45,12 +62,18 @@ from .zoo import Zoo, ZooSplit, build_zoo, load_zoo, make_splits, verify_zoo, wr
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVATIONS",
     "BENCHMARK",
+    "CNN_RECIPES",
     "FASHION_MNIST_BENCHMARK",
+    "INITIALIZERS",
+    "OPTIMIZERS",
     "PUBLISHED_STD",
     "RECIPES",
     "SIREN_INIT",
     "SOURCES",
+    "CnnRecipe",
+    "CnnZoo",
     "CorruptFileError",
     "DatasetError",
     "DiskFullError",
@@ -68,14 +91,19 @@ __all__ = [
     "ZooFormatError",
     "ZooSplit",
     "__version__",
+    "build_cnn_zoo",
     "build_zoo",
     "convert_published",
+    "convert_small_cnn_zoo",
+    "default_cnn_zoo_dir",
     "dilate",
     "fit_inrs",
     "fit_inrs_autograd",
     "grid",
+    "init_cnn_params",
     "init_params",
     "layer_stats",
+    "load_cnn_zoo",
     "load_images",
     "load_pth",
     "load_zoo",
@@ -84,7 +112,12 @@ __all__ = [
     "psnr",
     "read_idx",
     "read_published",
+    "read_small_cnn_zoo",
     "render",
+    "small_cnn",
+    "train_cnns",
+    "verify_cnn_zoo",
     "verify_zoo",
+    "write_cnn_zoo",
     "write_zoo",
 ]

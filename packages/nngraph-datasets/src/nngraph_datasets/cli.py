@@ -1,8 +1,12 @@
-"""`nngraph-datasets`: fit, inspect, verify and picture INR zoos.
+"""`nngraph-datasets`: fit, inspect, verify and picture INR zoos and CNN zoos.
 
 For example:
 
 ```bash
+nngraph-datasets cnn-zoo fit --dataset fashion-mnist --recipe default --out zoos/cnn-fmnist
+nngraph-datasets cnn-zoo info zoos/cnn-fmnist
+nngraph-datasets cnn-zoo verify zoos/cnn-fmnist
+nngraph-datasets cnn-zoo show zoos/cnn-fmnist --out cnn.png
 nngraph-datasets fit --source mnist-5k --out zoos/mnist5k
 nngraph-datasets fit --source fashion-mnist --out zoos/fmnist --limit 1000
 nngraph-datasets info zoos/fmnist
@@ -175,9 +179,201 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- CNN zoos
+def _cmd_cnn_fit(a: argparse.Namespace) -> int:
+    from .cnn_zoo import build_cnn_zoo, default_cnn_zoo_dir
+
+    out = a.out or default_cnn_zoo_dir(a.dataset, a.recipe, a.seed)
+    t0 = time.monotonic()
+    path = build_cnn_zoo(
+        out, dataset=a.dataset, recipe=a.recipe, seed=a.seed, num_networks=a.num_networks,
+        progress=not a.quiet, overwrite=a.overwrite, data_root=a.root, threads=a.threads,
+    )  # fmt: skip
+    print(f"wrote {path} ({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+def _quantiles(x: torch.Tensor) -> dict[str, float] | None:
+    if not len(x):
+        return None
+    q = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    vals = x.double().quantile(q.double()).tolist()
+    return {
+        k: round(v, 4) for k, v in zip(("min", "p10", "p25", "median", "p75", "p90", "max"), vals)
+    }
+
+
+def cnn_zoo_info(path: str | Path) -> dict[str, Any]:
+    """The summary printed by `nngraph-datasets cnn-zoo info`."""
+    from .cnn_zoo import CATEGORIES, CnnZoo
+
+    zoo = CnnZoo(path)
+    m = zoo.manifest
+    met = zoo.metrics()
+    last_epoch = int(met["epoch"].max()) if len(met["epoch"]) else 0
+    final = met["epoch"] == last_epoch
+    by_epoch = {
+        int(e): round(float(met["test_acc"][met["epoch"] == e].double().median()), 4)
+        for e in torch.unique(met["epoch"]).tolist()
+    }
+    ranges: dict[str, Any] = {}
+    for col in ("init_std", "lr", "l2", "dropout", "train_fraction"):
+        if col in met and len(met[col]):
+            ranges[col] = [float(met[col].min()), float(met[col].max())]
+    for col in CATEGORIES:
+        names = zoo.categories.get(col, [])
+        codes = met[col][final]
+        ranges[col] = {names[c] if c < len(names) else str(c): int((codes == c).sum())
+                       for c in torch.unique(codes).tolist()}  # fmt: skip
+    stopped = int(met["stopped"][final].sum()) if "stopped" in met else None
+    net = met["network"]
+    return {
+        "path": str(zoo.path),
+        "dataset": m["dataset"],
+        "recipe": m["recipe"].get("name", m["recipe"]),
+        "seed": m.get("seed"),
+        "num_networks": len(torch.unique(net)),
+        "num_checkpoints": len(zoo),
+        "epochs": sorted(by_epoch),
+        "splits": {
+            k: {"networks": len(torch.unique(net[v])), "checkpoints": len(v)}
+            for k, v in zoo.splits.items()
+        },
+        "test_acc_final": _quantiles(met["test_acc"][final]),
+        "test_acc_all": _quantiles(met["test_acc"]),
+        "train_acc_final": _quantiles(met["train_acc"][final]),
+        "median_test_acc_by_epoch": by_epoch,
+        "stopped_networks": stopped,
+        "hyperparameters": ranges,
+        "evaluation": m.get("evaluation"),
+        "shards": len(m["shards"]),
+    }
+
+
+def _cmd_cnn_info(a: argparse.Namespace) -> int:
+    info = cnn_zoo_info(a.path)
+    if a.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def _cmd_cnn_verify(a: argparse.Namespace) -> int:
+    from .cnn_zoo import verify_cnn_zoo
+
+    m = verify_cnn_zoo(a.path)
+    print(
+        f"OK: {len(m['shards'])} shards, {m['num_networks']} networks, {m['num_checkpoints']} "
+        "checkpoints, every sha256 matches"
+    )
+    return 0
+
+
+def _cnn_figure(acc: torch.Tensor, epoch: torch.Tensor, network: torch.Tensor, curves: int) -> Any:
+    """A greyscale picture: histogram of the final test accuracy (left), test accuracy against
+    epoch for `curves` networks (right); both x axes and the right y axis span [0, 1]."""
+    import numpy as np
+
+    size, pad = 200, 10
+    img = np.ones((size + 2 * pad, 2 * size + 3 * pad))
+    final = acc[epoch == epoch.max()].numpy() if len(acc) else np.zeros(0)
+    counts, _ = np.histogram(final, bins=20, range=(0, 1))
+    left = img[pad : pad + size, pad : pad + size]
+    left[:] = 0.92
+    bar = size // 20
+    for i, c in enumerate(counts):
+        h = round(size * c / max(counts.max(), 1))
+        if h:
+            left[size - h :, i * bar : (i + 1) * bar - 1] = 0.25
+    right = img[pad : pad + size, 2 * pad + size : 2 * pad + 2 * size]
+    right[:] = 0.92
+    epochs = torch.unique(epoch)
+    emax = max(float(epochs.max()), 1.0) if len(epochs) else 1.0
+    for n in torch.unique(network)[:curves].tolist():
+        rows = torch.nonzero(network == n).flatten()
+        xs = (epoch[rows].double() / emax * (size - 1)).numpy()
+        ys = ((1 - acc[rows].double().clamp(0, 1)) * (size - 1)).numpy()
+        for (x0, y0), (x1, y1) in zip(zip(xs[:-1], ys[:-1]), zip(xs[1:], ys[1:])):
+            steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
+            t = np.linspace(0, 1, steps)
+            right[
+                np.round(y0 + t * (y1 - y0)).astype(int), np.round(x0 + t * (x1 - x0)).astype(int)
+            ] = 0.1
+    return img
+
+
+def _cmd_cnn_show(a: argparse.Namespace) -> int:
+    from .cnn_zoo import CnnZoo
+    from .png import write_png
+
+    zoo = CnnZoo(a.path)
+    met = zoo.metrics()
+    img = _cnn_figure(met["test_acc"], met["epoch"], met["network"], a.curves)
+    out = Path(a.out or Path(a.path) / "preview.png")
+    write_png(out, img)
+    print(
+        f"wrote {out} (left: histogram of the final test accuracy over [0, 1]; right: test "
+        f"accuracy against epoch, {min(a.curves, zoo.manifest['num_networks'])} networks)"
+    )
+    return 0
+
+
+def _cmd_cnn_convert(a: argparse.Namespace) -> int:
+    from .cnn_published import convert_small_cnn_zoo
+
+    out = convert_small_cnn_zoo(
+        a.src, a.out, input_size=a.input_size, seed=a.seed, overwrite=a.overwrite
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_cnn_zoo(sub: Any) -> None:
+    from .cnn_zoo import CNN_RECIPES
+
+    cz = sub.add_parser(
+        "cnn-zoo", help="CNN zoos (Small CNN Zoo protocol): fit, info, verify, show"
+    )
+    csub = cz.add_subparsers(dest="cnn_command", required=True)
+    f = csub.add_parser("fit", help="train a CNN zoo (resumable; deterministic for a seed)")
+    f.add_argument("--dataset", default="fashion-mnist",
+                   choices=["fashion-mnist", "mnist", "mnist-5k", "digits"])  # fmt: skip
+    f.add_argument("--recipe", default="default", choices=sorted(CNN_RECIPES))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--num-networks", type=int, help="override the recipe's number of networks")
+    f.add_argument("--out", help="zoo folder (default: the cache, $NNGRAPH_ZOOS)")
+    f.add_argument("--root", help="folder of the IDX files (fashion-mnist / mnist)")
+    f.add_argument("--threads", type=int, help="torch threads (recorded; same threads, same bytes)")
+    f.add_argument("--overwrite", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no progress line")
+    f.set_defaults(func=_cmd_cnn_fit)
+    i = csub.add_parser("info", help="counts, splits, accuracy quantiles, hyper-parameter ranges")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_cnn_info)
+    v = csub.add_parser("verify", help="re-hash every shard, check it against the manifest")
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_cnn_verify)
+    s = csub.add_parser("show", help="PNG: test-accuracy histogram and accuracy against epoch")
+    s.add_argument("path")
+    s.add_argument("--out", help="PNG file (default PATH/preview.png)")
+    s.add_argument("--curves", type=int, default=100, help="networks drawn on the right")
+    s.set_defaults(func=_cmd_cnn_show)
+    c = csub.add_parser("convert", help="convert a published zoo folder into a CNN zoo")
+    c.add_argument("layout", choices=["small-cnn-zoo"], help="the published layout")
+    c.add_argument("src", help="the published folder (weights.npy, layout.csv, metrics.csv[.gz])")
+    c.add_argument("out", help="the zoo folder to create")
+    c.add_argument("--input-size", type=int, default=28, help="image size (32: CIFAR-10, SVHN)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the split by network")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_cmd_cnn_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="nngraph-datasets", description="INR model zoos: fit, inspect, verify."
+        prog="nngraph-datasets", description="INR and CNN model zoos: fit, inspect, verify."
     )
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit one INR per image and write a zoo (resumable)")
@@ -237,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_cmd_convert)
+    _add_cnn_zoo(sub)
     return p
 
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 import nngraph_core as ngc
 
 from .features import ProbeFeatures, ProbeInit
-from .functional import resolve_spec
+from .functional import ArchitectureLike, resolve_spec
 
 __all__ = ["ProbeMLP"]
 
@@ -29,6 +29,12 @@ class ProbeMLP(nn.Module):
     pixel intensities at the probe coordinates: with the 28x28 grid as probes the model sees the
     image. Any graph model that receives probe features contains this one, so it is the floor
     such a model must reach (DESIGN §3).
+
+    On CNN classifiers the probes are images and the responses are the networks' logits on them
+    (`[n_out * K]`, e.g. 10 logits on 32 real test images): the "reads only the function"
+    baseline of predicting a CNN's generalization from its weights. A zoo whose networks have
+    their own activation (relu or tanh, one parameter layout) is read with the architecture
+    variants and `spec_index` (see `forward`).
 
     Args:
         probes: the [`ProbeFeatures`][nngraph_probe.ProbeFeatures] module holding the probe inputs
@@ -81,19 +87,32 @@ class ProbeMLP(nn.Module):
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
         generator_latent: int | None = None,
+        probes: Tensor | None = None,
     ) -> ProbeMLP:
         """A probe MLP for networks of `template_or_spec` (see
         [`ProbeFeatures`][nngraph_probe.ProbeFeatures] for the
-        probe options; `init="grid"` with `grid_size=(28, 28)` probes an INR on its pixels)."""
+        probe options; `init="grid"` with `grid_size=(28, 28)` probes an INR on its pixels;
+        `probes=` gives explicit probe inputs, e.g. real images `[K, C, H, W]` from
+        [`select_probe_images`][nngraph_probe.select_probe_images], then `num_probes` is
+        ignored)."""
         spec = resolve_spec(template_or_spec)
-        probes = ProbeFeatures.for_graphs(
+        module = ProbeFeatures.for_graphs(
             spec, num_probes, init=init, learned=learned, grid_size=grid_size, seed=seed,
-            generator_latent=generator_latent,
+            generator_latent=generator_latent, probes=probes,
         )  # fmt: skip
-        return cls(probes, spec.widths[-1], num_outputs, hidden=hidden, dropout=dropout)
+        return cls(module, spec.widths[-1], num_outputs, hidden=hidden, dropout=dropout)
 
-    def forward(self, batch: ngc.GraphBatch) -> Tensor:
-        return self.classify(self.probes.outputs(batch))
+    def forward(
+        self,
+        batch: ngc.GraphBatch,
+        template: ArchitectureLike | Sequence[ArchitectureLike] | None = None,
+        *,
+        spec_index: Tensor | None = None,
+    ) -> Tensor:
+        """Logits `[B, num_outputs]` of a batch. For a zoo with per-network activations pass
+        the architecture variants as `template` and `spec_index` `[B]` (see
+        [`ProbeFeatures.forward`][nngraph_probe.ProbeFeatures.forward])."""
+        return self.classify(self.probes.outputs(batch, template, spec_index=spec_index))
 
     def classify(self, responses: Tensor) -> Tensor:
         """Logits `[B, num_outputs]` of responses `[B, n_out, K]` already computed with

@@ -25,7 +25,7 @@ Gradients flow to both the parameters and the inputs (learned probe inputs).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,15 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
-__all__ = ["NodeActivations", "functional_forward", "resolve_spec"]
+from .errors import ArchitectureVariantError
+
+__all__ = [
+    "ArchitectureLike",
+    "NodeActivations",
+    "functional_forward",
+    "resolve_spec",
+    "resolve_variants",
+]
 
 #: `[B, K, n_l]` (dense layers) or `[B, K, C_l, h, w]` (conv maps), one per node layer.
 NodeActivations = list[Tensor]
@@ -66,9 +74,11 @@ def input_rank(spec: ngc.NetworkSpec) -> int | None:
 def _apply_ops(ops: Sequence[nn.Module], h: Tensor, lead: int) -> tuple[Tensor, Tensor | None]:
     """Run `ops` on `h` whose first `lead` dims are batch dims (merged for the call).
 
-    Returns the result and the last 4-D feature map seen on the way (`[*lead, C, h, w]`), or
-    `None` if no op produced one (the per-channel node values of a conv layer are read off it,
-    before any flatten).
+    Returns the result and the node map: the last 4-D feature map seen on the way
+    (`[*lead, C, h, w]`) that has more than one pixel -- the map after the activation and any
+    local pooling, before a *global* pooling to `1 x 1` and before any flatten -- or the last
+    4-D map if all are `1 x 1`, or `None` if no op produced one. The per-channel node values
+    of a conv layer are read off it (its spatial mean equals the globally average-pooled value).
     """
     shape = h.shape[:lead]
     x = h.reshape(-1, *h.shape[lead:])
@@ -77,7 +87,9 @@ def _apply_ops(ops: Sequence[nn.Module], h: Tensor, lead: int) -> tuple[Tensor, 
         if isinstance(op, _DROPOUT):
             continue
         x = op(x)
-        if x.dim() == 4:
+        if x.dim() == 4 and (
+            last_map is None or x.shape[-2:].numel() > 1 or last_map.shape[-2:].numel() == 1
+        ):
             last_map = x
     out = x.reshape(*shape, *x.shape[1:])
     return out, (last_map.reshape(*shape, *last_map.shape[1:]) if last_map is not None else None)
@@ -111,11 +123,76 @@ def _conv(
     return F.conv2d(h, weight, bias, layer.stride, padding, layer.dilation, groups)
 
 
+ArchitectureLike = ngc.GraphTemplate | ngc.NetworkSpec
+"""A [`GraphTemplate`][nngraph_core.GraphTemplate] or a [`NetworkSpec`][nngraph_core.NetworkSpec]."""
+
+
+def resolve_variants(
+    template_or_specs: ArchitectureLike | Sequence[ArchitectureLike],
+    spec_index: Tensor | None,
+    batch_size: int,
+) -> tuple[list[ngc.NetworkSpec], Tensor | None]:
+    """The specs and the checked per-network index `[B]` of a call with architecture variants.
+
+    A single template / spec needs no index (`None` is returned). A sequence of variants must
+    share one parameter layout (the same state-dict keys, shapes and layers; only the
+    parameter-free modules -- activations, pooling -- may differ) and needs `spec_index`,
+    a `[B]` integer tensor with values in `[0, len(variants))`.
+    """
+    if isinstance(template_or_specs, ngc.GraphTemplate | ngc.NetworkSpec):
+        if spec_index is not None:
+            raise ArchitectureVariantError(
+                "spec_index= selects among several architecture variants: pass a sequence of "
+                "templates / specs with it, not a single one"
+            )
+        return [resolve_spec(template_or_specs)], None
+    specs = [resolve_spec(t) for t in template_or_specs]
+    if not specs:
+        raise ArchitectureVariantError("the sequence of architecture variants is empty")
+    first = specs[0]
+    for v, spec in enumerate(specs[1:], start=1):
+        if _layout(spec) != _layout(first):
+            raise ArchitectureVariantError(
+                f"architecture variant {v} ({spec.describe()}) does not share the parameter "
+                f"layout of variant 0 ({first.describe()}): only parameter-free modules such as "
+                "activations may differ"
+            )
+    if spec_index is None:
+        if len(specs) == 1:
+            return specs, None
+        raise ArchitectureVariantError(
+            f"{len(specs)} architecture variants need spec_index= ([B] integers): which variant "
+            "each network is"
+        )
+    if spec_index.is_floating_point() or spec_index.is_complex() or spec_index.dtype == torch.bool:
+        raise ArchitectureVariantError(
+            f"spec_index must hold integers, got dtype {spec_index.dtype}"
+        )
+    if spec_index.shape != (batch_size,):
+        raise ArchitectureVariantError(
+            f"spec_index must be [B={batch_size}] (one variant per network), got "
+            f"{tuple(spec_index.shape)}"
+        )
+    if batch_size and (int(spec_index.min()) < 0 or int(spec_index.max()) >= len(specs)):
+        raise ArchitectureVariantError(
+            f"spec_index values must be in [0, {len(specs)}), got "
+            f"[{int(spec_index.min())}, {int(spec_index.max())}]"
+        )
+    return specs, spec_index.long()
+
+
+def _layout(spec: ngc.NetworkSpec) -> tuple[object, ...]:
+    """What architecture variants must share: parameters and the layers' parameterised part."""
+    layers = tuple(layer.signature()[:-1] for layer in spec.layers) if spec.is_chain else ()
+    return (spec.param_keys, spec.param_shapes, layers, spec.is_chain)
+
+
 def functional_forward(
-    template_or_spec: ngc.GraphTemplate | ngc.NetworkSpec,
+    template_or_spec: ArchitectureLike | Sequence[ArchitectureLike],
     params: Tensor,
     x: Tensor,
     *,
+    spec_index: Tensor | None = None,
     return_activations: bool = False,
     shared_input: bool | None = None,
 ) -> Tensor | tuple[Tensor, NodeActivations]:
@@ -124,11 +201,20 @@ def functional_forward(
     Computes `y[b, k] = f_{\theta_b}(x_k)` (or `f_{\theta_b}(x_{b, k})`) exactly as running
     the `b`-th `nn.Module` on the inputs would (in evaluation mode).
 
+    **Per-network architecture variants.** Networks that share one parameter layout but differ
+    in their parameter-free modules (a zoo where every network has its own activation, relu or
+    tanh) are run together: pass the variants as a sequence and `spec_index` `[B]`, the variant
+    of every network. The batch is split by variant, each group runs as one vectorised forward
+    (so the conv work is done once per network, as with a single architecture), and the results
+    are put back in batch order.
+
     Args:
-        template_or_spec: the architecture.
+        template_or_spec: the architecture, or a sequence of architecture variants that share
+            one parameter layout (see above).
         params: flat parameters `[B, P]` in state-dict order (`template.flatten` order).
         x: inputs, `[K, *input_shape]` shared by every network or `[B, K, *input_shape]`.
             Cast to `params.dtype`.
+        spec_index: `[B]` integers, the variant of each network (with a sequence of variants).
         return_activations: also return each node layer's values (see Returns).
         shared_input: whether `x` is shared; inferred from its rank when the input rank is
             known (inputs to an MLP, an image to a CNN, or `spec.input_shape` set).
@@ -136,18 +222,84 @@ def functional_forward(
     Returns:
         The outputs `[B, K, *output_shape]`; with `return_activations`, also a list of
         `L + 1` tensors, one per node layer: the inputs after `spec.input_ops`, each layer's
-        output after its parameter-free modules (for a conv layer the last feature map before
-        any flatten, `[B, K, C, h, w]`), and the outputs. Dense layers give `[B, K, n_l]`.
+        output after its parameter-free modules (for a conv layer its node map, `[B, K, C, h, w]`:
+        the last feature map with more than one pixel, i.e. after the activation and any local
+        pooling, before a global pooling to `1 x 1` and before any flatten), and the outputs.
+        Dense layers give `[B, K, n_l]`.
+
+    Raises:
+        ArchitectureVariantError: variants that do not share a parameter layout, or a
+            `spec_index` of the wrong shape, dtype or range.
+        nngraph_core.ShapeMismatchError: `params` or `x` of the wrong shape.
 
     Shapes:
         - params: `[B, P]`
         - x: `[K, *input_shape]` or `[B, K, *input_shape]`
+        - spec_index: `[B]`
         - output: `[B, K, *output_shape]`
 
     Examples:
         >>> y = functional_forward(template, params, coords)   # [B, 784, 1]
+        >>> y = functional_forward([relu_t, tanh_t], params, images, spec_index=act)  # [B, K, 10]
     """
-    spec = resolve_spec(template_or_spec)
+    specs, index = resolve_variants(template_or_spec, spec_index, params.shape[0])
+    if index is None:
+        return _forward(specs[0], params, x, return_activations, shared_input)
+    if shared_input is None:
+        rank = input_rank(specs[0])
+        shared_input = rank is not None and x.dim() == rank + 1
+    shared = shared_input
+
+    def run(spec: ngc.NetworkSpec, ids: Tensor | None) -> list[Tensor]:
+        p = params if ids is None else params[ids]
+        xs = x if shared or ids is None else x[ids]
+        r = _forward(spec, p, xs, return_activations, shared)
+        return [r[0], *r[1]] if isinstance(r, tuple) else [r]
+
+    parts = by_variant(specs, index, run)
+    return (parts[0], parts[1:]) if return_activations else parts[0]
+
+
+def by_variant(
+    specs: Sequence[ngc.NetworkSpec],
+    index: Tensor,
+    fn: Callable[[ngc.NetworkSpec, Tensor | None], list[Tensor]],
+) -> list[Tensor]:
+    """Run `fn(spec, ids)` once per variant present in `index` (`ids`: the networks of that
+    variant) and put the returned per-network tensors `[B_v, ...]` back in batch order `[B, ...]`.
+
+    A batch of one variant is a single call with `ids = None` (all networks, nothing copied).
+    """
+    groups = [(v, torch.nonzero(index == v).flatten()) for v in range(len(specs))]
+    groups = [(v, ids) for v, ids in groups if ids.numel() > 0]
+    if len(groups) == 1:
+        return fn(specs[groups[0][0]], None)
+    results = [fn(specs[v], ids) for v, ids in groups]
+    # rows of the concatenated groups -> batch order
+    order = torch.argsort(torch.cat([ids for _, ids in groups]))
+    return [
+        _cat_variants(list(parts), "outputs" if i == 0 else f"result {i}")[order]
+        for i, parts in enumerate(zip(*results, strict=True))
+    ]
+
+
+def _cat_variants(parts: list[Tensor], what: str) -> Tensor:
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise ArchitectureVariantError(
+            f"the architecture variants give {what} of different shapes {sorted(shapes)}"
+        )
+    return torch.cat(parts)
+
+
+def _forward(
+    spec: ngc.NetworkSpec,
+    params: Tensor,
+    x: Tensor,
+    return_activations: bool,
+    shared_input: bool | None,
+) -> Tensor | tuple[Tensor, NodeActivations]:
+    """[`functional_forward`][nngraph_probe.functional_forward] of one architecture."""
     if params.dim() != 2 or params.shape[1] != spec.num_params:
         raise ngc.ShapeMismatchError(
             f"expected params [B, {spec.num_params}], got {tuple(params.shape)}"

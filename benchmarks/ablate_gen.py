@@ -1,0 +1,214 @@
+"""CNN generalisation prediction at an equal training budget: every model x every seed.
+
+    python benchmarks/ablate_gen.py --list                          # the models
+    python benchmarks/ablate_gen.py --seeds 0 1 2 --minutes 4       # all models, 3 seeds
+    python benchmarks/ablate_gen.py --models statnn,ngnn --minutes 2
+    python benchmarks/ablate_gen.py --summary-only                  # table of what has run
+
+Each run is `nngraph-train fit --config fmnist_cnn_gen_<model> --seed_everything <seed>
+--trainer.max_time <budget> --num_threads 1` in its own process (`--jobs` at once, one torch
+thread each), on the cached default Fashion-MNIST CNN zoo (built on first use), with model
+selection on validation Kendall tau and the test at the best validation checkpoint, as every
+`nngraph-train` run. Runs already finished (a `results.json` in their folder) are not run again,
+so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` in
+`--summary-out`, default `--out`) gives per model: test tau per seed, mean +- std, tau over the trained checkpoints only
+(epoch >= 1, from each run's predictions.csv), test R2 (mean),
+best validation tau (mean), optimiser steps and epochs done; the machine heads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _machine import cpu_model, gemm_gflops
+
+# name -> (config, extra CLI arguments, what it is)
+MODELS: dict[str, tuple[str, list[str], str]] = {
+    "statnn": ("fmnist_cnn_gen_statnn", [], "StatNN: MLP on per-tensor weight statistics"),
+    "ngnn": ("fmnist_cnn_gen_ngnn", [], "NG-GNN on the CNN's neural graph"),
+    "ngt": ("fmnist_cnn_gen_ngt", [], "NG-T on the CNN's neural graph"),
+    "nfn": ("fmnist_cnn_gen_nfn", [], "NFN_HNP (nfn package)"),
+    "deepsets": ("fmnist_cnn_gen_deepsets", [], "DeepSets over all weights and biases"),
+    "flat_mlp": ("fmnist_cnn_gen_mlp", [], "MLP on the flat weights"),
+    "probe_mlp": ("fmnist_cnn_gen_probe_mlp", [], "MLP on the logits on 16 probe images"),
+    "ngnn_probes": (
+        "fmnist_cnn_gen_ngnn_probes",
+        [],
+        "NG-GNN + probe features (mean/std/max of 16 probe images)",
+    ),
+}
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
+    config, extra, _ = MODELS[name]
+    run_dir = args.out / f"{name}-seed{seed}"
+    if (run_dir / "results.json").exists():
+        return run_dir
+    minutes = int(args.minutes)
+    seconds = round((args.minutes - minutes) * 60)
+    cmd = [
+        "nngraph-train", "fit", "--config", config, *extra,
+        "--seed_everything", str(seed),
+        "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--num_threads", str(args.threads),
+        "--run_dir", str(run_dir),
+        *args.cli,
+    ]  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(run_dir / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    took = time.time() - started
+    state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+    print(f"[ablate_gen] {name} seed {seed}: {state} in {took / 60:.1f} min", flush=True)
+    return run_dir
+
+
+def _best_val(run_dir: Path) -> float | None:
+    best = None
+    for csv in sorted(run_dir.glob("logs/**/metrics.csv")):
+        header, *rows = csv.read_text().splitlines()
+        cols = header.split(",")
+        if "val/tau" not in cols:
+            continue
+        i = cols.index("val/tau")
+        for row in rows:
+            cells = row.split(",")
+            if i < len(cells) and cells[i]:
+                v = float(cells[i])
+                best = v if best is None else max(best, v)
+    return best
+
+
+def _tau_trained(run_dir: Path) -> float | None:
+    """Test tau over the trained checkpoints only (epoch >= 1), from `predictions.csv`: the
+    initialisations sit at chance accuracy, where ranking them is noise."""
+    f = run_dir / "predictions.csv"
+    if not f.exists():
+        return None
+    import csv
+
+    from nngraph_apps import kendall_tau
+
+    with open(f, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) >= 1]
+    if len(rows) < 2:
+        return None
+    pred = [float(r["prediction"]) for r in rows]
+    true = [float(r["target"]) for r in rows]
+    import numpy as np
+
+    return kendall_tau(np.asarray(pred), np.asarray(true))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for name in names:
+        per_seed = []
+        for seed in args.seeds:
+            f = args.out / f"{name}-seed{seed}" / "results.json"
+            if not f.exists():
+                continue
+            r = json.loads(f.read_text())
+            test = r["test"]
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "tau": test.get("test/tau"),
+                    "r2": test.get("test/r2"),
+                    "mse": test.get("test/mse"),
+                    "val_tau": _best_val(f.parent),
+                    "tau_trained": _tau_trained(f.parent),
+                    "epochs": r["epochs"],
+                    "steps": r["steps"],
+                    "parameters": r.get("num_parameters"),
+                    "split_sizes": r.get("split_sizes"),
+                }
+            )
+        if per_seed:
+            rows.append({"model": name, "what": MODELS[name][2], "runs": per_seed})
+    machine = {"cpu": cpu_model(), "fp32_gflops": round(gemm_gflops(), 1)}
+    out = {"machine": machine, "minutes": args.minutes, "threads": args.threads, "rows": rows}
+    dest = args.summary_out or args.out
+    dest.mkdir(parents=True, exist_ok=True)
+    sizes = next((r["runs"][0]["split_sizes"] for r in rows), None)  # type: ignore[index]
+    lines = [
+        f"Machine: {machine['cpu']}, fp32 GEMM {machine['fp32_gflops']} GFLOP/s (measured when "
+        f"this summary was written); {args.minutes:g} min of training per run, {args.threads} "
+        f"torch thread(s), {args.jobs} runs at a time; zoo checkpoints train/val/test {sizes}.",
+        "",
+        "| model | what | test tau per seed | **tau mean ± std** | tau, epochs ≥ 1 | R² mean ± std "
+        "| best val tau (mean) | steps (per seed) | epochs | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        runs = row["runs"]
+        taus = [float(r["tau"]) for r in runs if r["tau"] is not None]  # type: ignore[attr-defined]
+        r2s = [float(r["r2"]) for r in runs if r["r2"] is not None]  # type: ignore[attr-defined]
+        vals = [float(r["val_tau"]) for r in runs if r["val_tau"] is not None]  # type: ignore[attr-defined]
+        trained = [float(r["tau_trained"]) for r in runs if r["tau_trained"] is not None]  # type: ignore[attr-defined]
+        tau_m, tau_s = _mean_std(taus)
+        tt_m, tt_s = _mean_std(trained)
+        r2_m, r2_s = _mean_std(r2s)
+        row.update(tau_mean=tau_m, tau_std=tau_s, r2_mean=r2_m, r2_std=r2_s)
+        lines.append(
+            f"| `{row['model']}` | {row['what']} | {' / '.join(f'{t:.3f}' for t in taus)} "
+            f"| **{tau_m:.3f} ± {tau_s:.3f}** | {tt_m:.3f} ± {tt_s:.3f} | {r2_m:.3f} ± {r2_s:.3f} "
+            f"| {statistics.mean(vals) if vals else float('nan'):.3f} "
+            f"| {' / '.join(str(r['steps']) for r in runs)} "  # type: ignore[index]
+            f"| {' / '.join(str(r['epochs']) for r in runs)} | {runs[0]['parameters']:,} |"  # type: ignore[index]
+        )
+    (dest / "summary.json").write_text(json.dumps(out, indent=2))
+    (dest / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--minutes", type=float, default=4.0, help="training time per run")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation_gen"))
+    ap.add_argument("--summary-out", type=Path, default=None, help="summary folder (default --out)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("cli", nargs="*", help="further nngraph-train arguments (after --)")
+    args = ap.parse_args()
+    if args.list:
+        for name, (config, extra, what) in MODELS.items():
+            print(f"{name:10s} {config:26s} {' '.join(extra):20s} {what}")
+        return
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        sys.exit(f"unknown models {unknown}; --list shows them")
+    if not args.summary_only:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        # seeds outermost, so a partial run has every model at seed 0 first
+        todo = [(n, s) for s in args.seeds for n in names]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda ns: run_one(ns[0], ns[1], args), todo))
+    summarize(args, names)
+
+
+if __name__ == "__main__":
+    main()
