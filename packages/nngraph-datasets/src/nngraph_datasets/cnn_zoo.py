@@ -20,7 +20,7 @@ malformed files. Nothing is pickled.
 
 ```python
 from nngraph_datasets import load_cnn_zoo
-zoo = load_cnn_zoo("fashion-mnist", "default")     # built (about 10 minutes) and cached on first use
+zoo = load_cnn_zoo("fashion-mnist", "default")     # built (about 6 minutes) and cached on first use
 params = zoo.params("train")                       # [m, 4970] float32, GraphTemplate layout
 acc = zoo.metrics("train")["test_acc"]             # [m] float32 in [0, 1]: the target
 model = zoo.architecture("relu")                   # a fresh small_cnn to load a row into
@@ -183,13 +183,13 @@ class CnnRecipe:
     images of each network's own training subset, test accuracy and loss on a fixed seeded
     subset of `eval_test` test images (all of them when `None`).
 
-    `CnnRecipe.named("default")` builds in about 10 minutes on 2 CPU cores; `"full"` follows
+    `CnnRecipe.named("default")` (1,200 networks) builds in about 6 minutes on 2 idle CPU cores; `"full"` follows
     the published protocol (30,000 networks, 86 epochs, checkpoints at 0, 1, 2, 3, 20, 40,
     60, 80, 86 on the whole training set); `"tiny"` is for tests.
     """
 
     name: str = "default"
-    num_networks: int = 600
+    num_networks: int = 1200
     epochs: int = 3
     checkpoints: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 32
@@ -503,7 +503,8 @@ def train_cnns(
         init: B initial state dicts (see [`init_cnn_params`][nngraph_datasets.init_cnn_params]).
         hparams: per-network columns `activation`, `optimizer` (codes in
             `ACTIVATIONS` / `OPTIMIZERS`), `lr`, `l2`, `dropout` (arrays of length B).
-        train_x, train_y: the training images `[N, C, H, W]` and labels `[N]`.
+        train_x: the training images `[N, C, H, W]`.
+        train_y: their labels `[N]`.
         batches: `[steps, batch, B]` rows of `train_x`: network b trains on `batches[s, :, b]`
             at step s.
         checkpoints: epochs at which the weights (and metrics) are taken; epoch 0 is the
@@ -1437,7 +1438,9 @@ def load_cnn_zoo(
     """The cached CNN zoo of `(dataset, recipe, seed)`, built on first use.
 
     Args:
-        dataset, recipe, seed: see [`build_cnn_zoo`][nngraph_datasets.build_cnn_zoo].
+        dataset: see [`build_cnn_zoo`][nngraph_datasets.build_cnn_zoo].
+        recipe: see [`build_cnn_zoo`][nngraph_datasets.build_cnn_zoo].
+        seed: see [`build_cnn_zoo`][nngraph_datasets.build_cnn_zoo].
         root: the cache folder (default `$NNGRAPH_ZOOS`, else `~/.cache/nngraph/zoos`).
         build: build the zoo when it is not cached (else a
             [`ZooFormatError`][nngraph_datasets.ZooFormatError] says how to build it).
