@@ -156,3 +156,70 @@ def test_fuzz_small_cnn_zoo(valid_published: Path, file: str, edits: list[Any], 
             data = gzip.compress(data, mtime=0)
         f.write_bytes(data)
         SMALL_CNN_ZOO.run(lambda: nds.convert_small_cnn_zoo(src, box / "out"), allowed=box)
+
+
+# ----------------------------------------------------------------------------- malicious files
+def test_malicious_corpus_against_cnn_readers(
+    valid_cnn_zoo: Path, valid_published: Path, tmp_path: Path
+) -> None:
+    """Every payload of the malicious corpus (>= 25) in place of each file a CNN zoo reader
+    opens -- a shard, the manifest, and the three files of a published Small CNN Zoo folder:
+    a typed error each time and no canary file, while the same payloads loaded the unsafe way
+    do create theirs."""
+    import os
+
+    from test_reliability import _report
+
+    from nngraph_core import NNGraphError
+    from nngraph_testing.malicious import malicious_corpus, run_control
+
+    corpus = malicious_corpus(tmp_path / "canaries")
+    assert len(corpus) >= 25
+    fired = run_control(corpus, tmp_path / "control" / "a" / "b")
+    assert sorted(fired) == sorted(p.name for p in corpus), "the corpus is not live"
+    shard = sorted(p.name for p in valid_cnn_zoo.glob("*.safetensors"))[0]
+    cwd = os.getcwd()
+    rejected: dict[str, str] = {}
+    try:
+        for payload in corpus:
+            work = tmp_path / "runs" / payload.name
+            work.mkdir(parents=True)
+
+            def zoo_with(
+                name: str, tag: str, work: Path = work, data: bytes = payload.data
+            ) -> Path:
+                zoo = shutil.copytree(valid_cnn_zoo, work / f"zoo-{tag}")
+                (zoo / name).write_bytes(data)
+                return zoo
+
+            def published_with(name: str, work: Path = work, data: bytes = payload.data) -> Path:
+                src = shutil.copytree(valid_published, work / f"pub-{name}")
+                (src / name).write_bytes(data)
+                return src
+
+            readers = {
+                "CnnZoo shard": lambda: _read(zoo_with(shard, "read")),
+                "verify_cnn_zoo": lambda: nds.verify_cnn_zoo(zoo_with(shard, "verify")),
+                "CnnZoo manifest": lambda: _read(zoo_with("manifest.json", "manifest")),
+                **{
+                    f"convert_small_cnn_zoo ({f})": (
+                        lambda f=f, work=work: nds.convert_small_cnn_zoo(
+                            published_with(f), work / f"out-{f}"
+                        )
+                    )
+                    for f in ("weights.npy", "layout.csv", "metrics.csv")
+                },
+            }
+            for reader, run in readers.items():
+                os.chdir(work)
+                with pytest.raises(NNGraphError) as info:
+                    run()
+                assert str(info.value), (payload.name, reader)
+                rejected[f"{payload.name} -> {reader}"] = type(info.value).__name__
+                assert not payload.canary.exists(), f"{payload.name} ran in {reader}"
+    finally:
+        os.chdir(cwd)
+    assert not any((tmp_path / "canaries").iterdir())
+    assert len(rejected) == len(corpus) * 6
+    _report("malicious-cnn", {"payloads": len(corpus), "runs": len(rejected),
+                              "rejected": len(rejected), "executed": 0, "by": rejected})  # fmt: skip
