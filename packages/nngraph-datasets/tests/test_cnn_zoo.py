@@ -400,7 +400,9 @@ def _env() -> dict[str, str]:
 def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) -> None:
     """`nngraph-datasets cnn-zoo fit` SIGKILLed at random moments (once it has written `k` of
     its 6 shards, k uniform in 0..5, after a further random delay of up to one shard's time),
-    then rerun: byte-identical to an uninterrupted build every time."""
+    then rerun: byte-identical to an uninterrupted build every time. Only kills that interrupt
+    the build count as points; one that lands after the finished zoo was moved into place (the
+    process still exiting) is checked the same way but drawn again."""
     points = int(os.environ.get("NNGRAPH_KILL_POINTS", "2"))
     rng = random.Random(int(os.environ.get("NNGRAPH_KILL_SEED", "0")))
     ref = tmp_path / "ref"
@@ -413,8 +415,9 @@ def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) ->
     duration = time.monotonic() - t0
     expected = _files(ref)
     seen: list[dict[str, Any]] = []
+    late = 0  # kills that landed after the finished zoo was moved into place
     while len(seen) < points:
-        out = tmp_path / f"z{len(seen)}"
+        out = tmp_path / f"z{len(seen)}-{late}"
         partial = out.with_name(f".{out.name}.partial")
         target, at = rng.randrange(6), rng.uniform(0.0, duration / 6)
 
@@ -434,16 +437,21 @@ def test_cnn_zoo_build_killed_anywhere_resumes_byte_identical(tmp_path: Path) ->
                                   timeout=900)  # fmt: skip
             assert done.returncode == 0, done.stderr[-2000:]
         same = _files(out) == expected and not partial.exists()
-        seen.append({"after_shards": target, "delay_s": round(at, 3), "shards_done": shards,
-                     "after_finish": finished, "identical": same})  # fmt: skip
         assert same, f"killed with {shards} shards done ({target} + {at:.2f} s): the rerun differs"
         shutil.rmtree(out)
+        if finished:  # the zoo was already in place when the kill landed: not a kill point
+            late += 1
+            assert late <= 10 * points, "the kills keep landing after the build has finished"
+            continue
+        seen.append({"after_shards": target, "delay_s": round(at, 3), "shards_done": shards,
+                     "identical": same})  # fmt: skip
     folder = os.environ.get("NNGRAPH_KILL_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "kill-cnn-zoo.json").write_text(json.dumps(
             {"points": len(seen), "identical": sum(p["identical"] for p in seen),
-             "uninterrupted_s": round(duration, 2), "kills": seen}, indent=1))  # fmt: skip
+             "late_kills_not_counted": late, "uninterrupted_s": round(duration, 2),
+             "kills": seen}, indent=1))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- published layout
