@@ -60,6 +60,7 @@ from .zoo import (
     _mmap_shard,
     _sha256,
     _storage_errors,
+    _verify_shards,
     _versions,
     _write_shard,
 )
@@ -1278,25 +1279,8 @@ def verify_cnn_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
     changed or missing shard and [`ZooFormatError`][nngraph_datasets.ZooFormatError] on a bad
     manifest.
     """
-    from .errors import IntegrityError
-
     path = Path(path)
-    manifest = _read_cnn_manifest(path)
-    bad = []
-    for shard in manifest["shards"]:
-        f = path / shard["file"]
-        if not f.is_file():
-            bad.append(f"{shard['file']}: missing")
-        elif _sha256(f) != shard["sha256"]:
-            bad.append(f"{shard['file']}: sha256 mismatch")
-        else:
-            try:
-                _check_cnn_shard(_mmap_shard(f), shard, manifest, f)
-            except ZooFormatError as e:
-                bad.append(str(e))
-    if bad:
-        raise IntegrityError(f"{path}: " + "; ".join(bad))
-    return manifest
+    return _verify_shards(path, _read_cnn_manifest(path), _check_cnn_shard)
 
 
 class CnnZoo:

@@ -741,7 +741,17 @@ def verify_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
     [`ZooFormatError`][nngraph_datasets.ZooFormatError] on a mismatch.
     """
     path = Path(path)
-    manifest = _read_manifest(path)
+    return _verify_shards(path, _read_manifest(path), _check_shard)
+
+
+def _verify_shards(
+    path: Path,
+    manifest: dict[str, Any],
+    check: Callable[[dict[str, np.ndarray], dict[str, Any], dict[str, Any], Path], None],
+) -> dict[str, Any]:
+    """Re-hash every shard of `manifest` and run `check(maps, shard, manifest, file)` on it;
+    every problem is collected into one [`IntegrityError`][nngraph_datasets.IntegrityError]
+    (the INR and the CNN zoo share this, with their own shard checks)."""
     bad = []
     for shard in manifest["shards"]:
         f = path / shard["file"]
@@ -751,7 +761,7 @@ def verify_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
             bad.append(f"{shard['file']}: sha256 mismatch")
         else:
             try:
-                _check_shard(_mmap_shard(f), shard, manifest, f)
+                check(_mmap_shard(f), shard, manifest, f)
             except ZooFormatError as e:
                 bad.append(str(e))
     if bad:
