@@ -30,6 +30,12 @@ from pathlib import Path
 
 from _machine import cpu_model, gemm_gflops
 
+#: the shipped NG-T config's model_kwargs (a CLI dict replaces the config's whole dict)
+NGT_KWARGS = (
+    "node_dim: 32, edge_channels: 16, attention_dim: 32, node_hidden_dim: 64, "
+    "edge_hidden_dim: 32, num_layers: 3, heads: 4, out_hidden_dim: 64"
+)
+
 # name -> (config, extra CLI arguments, what it is)
 MODELS: dict[str, tuple[str, list[str], str]] = {
     "statnn": ("fmnist_cnn_gen_statnn", [], "StatNN: MLP on per-tensor weight statistics"),
@@ -44,6 +50,21 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         [],
         "NG-GNN + probe features (mean/std/max of 16 probe images)",
     ),
+    "statnn_kinds": (
+        "fmnist_cnn_gen_statnn",
+        ["--model.model_kwargs", "{hidden: [256, 256], kind_features: true}"],
+        "StatNN + the network's activation (one-hot)",
+    ),
+    "ngnn_kinds": (
+        "fmnist_cnn_gen_ngnn",
+        ["--model.model_kwargs", "{kind_embeddings: true}"],
+        "NG-GNN + activation / node / edge type embeddings",
+    ),
+    "ngt_kinds": (
+        "fmnist_cnn_gen_ngt",
+        ["--model.model_kwargs", "{" + NGT_KWARGS + ", kind_embeddings: true}"],
+        "NG-T + activation / node / edge type embeddings",
+    ),
 }
 
 
@@ -54,10 +75,12 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
         return run_dir
     minutes = int(args.minutes)
     seconds = round((args.minutes - minutes) * 60)
+    epochs = _epochs(name, args)
     cmd = [
         "nngraph-train", "fit", "--config", config, *extra,
         "--seed_everything", str(seed),
-        "--trainer.max_time", f"00:00:{minutes:02d}:{seconds:02d}",
+        "--trainer.max_time", f"00:{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}",
+        *(["--trainer.max_epochs", str(epochs)] if epochs else []),
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
         "--num_threads", str(args.threads),
@@ -72,6 +95,27 @@ def run_one(name: str, seed: int, args: argparse.Namespace) -> Path:
     state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
     print(f"[ablate_gen] {name} seed {seed}: {state} in {took / 60:.1f} min", flush=True)
     return run_dir
+
+
+def _epochs(name: str, args: argparse.Namespace) -> int | None:
+    """The epoch budget of model `name` (`--epochs-for name=N`, else `--epochs`; `None`: the
+    time budget alone)."""
+    for item in args.epochs_for:
+        model, _, n = item.partition("=")
+        if model == name:
+            return int(n)
+    return args.epochs  # type: ignore[no-any-return]
+
+
+def _budget(args: argparse.Namespace, names: list[str]) -> str:
+    if args.epochs is None and not args.epochs_for:
+        return f"{args.minutes:g} min of training per run"
+    per = {n: _epochs(n, args) for n in names}
+    parts = sorted({e for e in per.values() if e is not None})
+    desc = ", ".join(
+        f"{e} epochs ({', '.join(n for n, v in per.items() if v == e)})" for e in parts
+    )
+    return f"an epoch budget per run: {desc}; at most {args.minutes:g} min each"
 
 
 def _best_val(run_dir: Path) -> float | None:
@@ -150,7 +194,7 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
     sizes = next((r["runs"][0]["split_sizes"] for r in rows), None)  # type: ignore[index]
     lines = [
         f"Machine: {machine['cpu']}, fp32 GEMM {machine['fp32_gflops']} GFLOP/s (measured when "
-        f"this summary was written); {args.minutes:g} min of training per run, {args.threads} "
+        f"this summary was written); {_budget(args, names)}, {args.threads} "
         f"torch thread(s), {args.jobs} runs at a time; zoo checkpoints train/val/test {sizes}.",
         "",
         "| model | what | test tau per seed | **tau mean ± std** | tau, epochs ≥ 1 | R² mean ± std "
@@ -185,6 +229,14 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--minutes", type=float, default=4.0, help="training time per run")
+    ap.add_argument(
+        "--epochs", type=int, default=None,
+        help="an epoch budget per run instead of a time budget (--minutes is then a cap)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--epochs-for", action="append", default=[], metavar="MODEL=N",
+        help="the epoch budget of one model (repeatable), e.g. statnn=200",
+    )  # fmt: skip
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=Path("runs/ablation_gen"))

@@ -47,6 +47,18 @@ class TestNGGNNInvariantProbes(_ProbeRunner, InvariantModelTests):
         ).to(dtype)
 
 
+class TestNGGNNInvariantKinds(InvariantModelTests):
+    """With activation / node-type / edge-type embeddings (sparse path: the embeddings are
+    read from the batch's per-node attributes)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+
+    def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
+        return NGGNN.for_graphs(
+            template, num_outputs=3, fast=False, kind_embeddings=True, **SMALL
+        ).to(dtype)
+
+
 class TestNGGNNEquivariantFast(EquivariantModelTests):
     kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
 

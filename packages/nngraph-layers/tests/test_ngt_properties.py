@@ -63,6 +63,13 @@ class TestNGTSparseInvariant(InvariantModelTests):
         return tiny_ngt(template, dtype, attention="sparse")
 
 
+class TestNGTSparseInvariantKinds(InvariantModelTests):
+    kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+
+    def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
+        return tiny_ngt(template, dtype, attention="sparse", kind_embeddings=True)
+
+
 class TestNGTDenseInvariantProbes(_ProbeRunner, InvariantModelTests):
     kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
 

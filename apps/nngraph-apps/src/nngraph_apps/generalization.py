@@ -428,10 +428,14 @@ class GeneralizationTask(WeightSpaceTask):
     def forward(self, params: Tensor, activation: Tensor | None = None) -> Tensor:
         """Raw outputs `[B]` (logits with `loss: bce`) of flat parameters `[B, P]`;
         `activation` `[B]`: each network's activation code (the zoo's `activation` column;
-        used by the probe models, which run every network; default: all the first variant)."""
-        batch = self.template.batch(params)
+        used by the probe models, which run every network, and by models with kind embeddings;
+        default: all the first variant)."""
         if activation is None:
             activation = torch.zeros(len(params), dtype=torch.long, device=params.device)
+        # each graph with its own variant (models with kind embeddings read the activation)
+        batch = self.template.batch(params).with_specs(
+            [self.variants[i].spec for i in activation.tolist()]
+        )
         if self.hparams["model"] == "probe_mlp":
             out: Tensor = self.model(batch, self.variants, spec_index=activation)
             return out.squeeze(-1)

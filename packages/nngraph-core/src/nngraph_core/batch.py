@@ -40,7 +40,8 @@ class GraphBatch:
         template: the shared [`GraphTemplate`][nngraph_core.GraphTemplate] when all graphs have one
             architecture and the batch came from
             [`GraphTemplate.batch`][nngraph_core.GraphTemplate.batch], else `None`.
-        specs: the architecture of every graph.
+        specs: the architecture of every graph (for a template batch, the template's spec
+            unless [`with_specs`][nngraph_core.GraphBatch.with_specs] set per-graph variants).
         probe_features: optional `[sum N, K]` per-node features computed from forward passes
             (set by `nngraph_probe`); models use them when present. `None` by default.
     """
@@ -286,6 +287,44 @@ class GraphBatch:
             specs=self.specs,
             structure=self._structure,
         )
+
+    def with_specs(self, specs: Sequence[NetworkSpec]) -> GraphBatch:
+        """The same batch with one spec per graph: for a template batch, *variants* of the
+        template that differ only in their parameter-free operations (a zoo of relu and tanh
+        CNNs of one architecture). Features and structure are shared; models that read node
+        attributes per graph (activation kinds, probes of mixed batches) read each graph's own.
+
+        Raises:
+            ShapeMismatchError: not one spec per graph, or a spec whose parameters are not laid
+                out as the graph's (different keys or shapes).
+        """
+        specs = tuple(specs)
+        if len(specs) != self.num_graphs:
+            raise ShapeMismatchError(
+                f"with_specs needs one spec per graph ({self.num_graphs}), got {len(specs)}"
+            )
+        seen: set[int] = set()
+        for old, new in zip(self.specs, specs, strict=True):
+            if id(new) in seen or new is old:
+                continue
+            seen.add(id(new))
+            if new.param_keys != old.param_keys or new.param_shapes != old.param_shapes:
+                raise ShapeMismatchError(
+                    f"spec {new.describe()} does not lay out its parameters as the graph's "
+                    f"({old.describe()})"
+                )
+        out = GraphBatch(
+            self.node_features,
+            self.edge_features,
+            num_graphs=self.num_graphs,
+            node_ptr=self.node_ptr,
+            edge_ptr=self.edge_ptr,
+            template=self.template,
+            specs=specs,
+            structure=self._structure,
+        )
+        out.probe_features = self.probe_features
+        return out
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

@@ -9,6 +9,7 @@ model [`NGTransformer`][nngraph_layers.NGTransformer], and the baselines
 [`NFNBaseline`][nngraph_layers.baselines.NFNBaseline].
 """
 
+from ._graph import ACTIVATION_KINDS, activation_kind, node_activation_kind
 from .baselines import DeepSets, FlatMLP, NFNBaseline
 from .dropout import Dropout
 from .edge_pna import AGGREGATORS, SCALERS, EdgePNAConv, avg_log_degree, pna_combine
@@ -22,6 +23,7 @@ from .relational_attention import BlockLayout, RelationalAttention
 from .rt_layer import EdgeUpdate, RTLayer
 
 __all__ = [
+    "ACTIVATION_KINDS",
     "AGGREGATORS",
     "NGGNN",
     "SCALERS",
@@ -43,10 +45,12 @@ __all__ = [
     "RTLayer",
     "RelationalAttention",
     "WeightNormalizer",
+    "activation_kind",
     "as_template",
     "avg_log_degree",
     "dense_edges",
     "mlp",
+    "node_activation_kind",
     "pna_combine",
     "sparse_edges",
 ]

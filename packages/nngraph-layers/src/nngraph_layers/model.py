@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
+from ._graph import ACTIVATION_KINDS, node_activation_kind
 from .encoders import FourierFeatures, ProbeProjection, WeightNormalizer
 from .positional import PositionalEmbedding
 
@@ -50,6 +51,23 @@ class GraphEncoder(nn.Module):
     node's probe features when the batch carries them and `use_probes`
     ([`ProbeProjection`][nngraph_layers.ProbeProjection]).
 
+    With `kind_embeddings`, the graph's own vocabulary is embedded too, as the reference code's
+    activation embedding and the node / edge types of mixed-architecture graphs:
+
+    $$
+    \mathbf{x}_i \mathrel{+}= \mathbf{A}_{a(i)} + \mathbf{T}_{t(i)}, \qquad
+    \mathbf{e}_{ij} \mathrel{+}= \mathbf{S}_{s(ij)}
+    $$
+
+    with $a(i)$ the node's activation kind
+    ([`ACTIVATION_KINDS`][nngraph_layers.ACTIVATION_KINDS]: relu, tanh, sine, ...), $t(i)$ its
+    [`NodeType`][nngraph_core.NodeType] (conv channel, linear neuron, norm, ...) and $s(ij)$ the
+    edge's [`EdgeType`][nngraph_core.EdgeType] (conv kernel, residual identity, ...). All three
+    are attributes of a node or an edge, never of its position among its layer's neurons, so
+    permutation equivariance is kept. A zoo of networks that differ in their activation (relu /
+    tanh CNNs of one architecture) tells the model each network's activation this way: set
+    `batch.specs` to each graph's variant.
+
     Args:
         edge_dim (int): kernel entries per edge.
         num_inputs (int): architecture sizes (positional).
@@ -63,6 +81,8 @@ class GraphEncoder(nn.Module):
         probe_dim (int): $K$.
         normalizer (WeightNormalizer, optional): fitted statistics (default: identity; replace
             it with [`GraphModel.fit_normalizer`][nngraph_layers.GraphModel.fit_normalizer]).
+        kind_embeddings (bool): add learned embeddings of each node's activation kind and node
+            type and of each edge's type (default `False`: the paper's encoder).
 
     Shapes:
         - **input:** [`GraphBatch`][nngraph_core.GraphBatch]
@@ -82,6 +102,7 @@ class GraphEncoder(nn.Module):
         use_probes: bool = False,
         probe_dim: int = 64,
         normalizer: WeightNormalizer | None = None,
+        kind_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer if normalizer is not None else WeightNormalizer()
@@ -94,6 +115,20 @@ class GraphEncoder(nn.Module):
         self.probes = (
             ProbeProjection(num_hidden_layers + 2, probe_dim, node_channels) if use_probes else None
         )
+        self.kind_embeddings = kind_embeddings
+        self.activation_embedding: nn.Embedding | None = None
+        self.node_type_embedding: nn.Embedding | None = None
+        self.edge_type_embedding: nn.Embedding | None = None
+        if kind_embeddings:
+            self.activation_embedding = nn.Embedding(len(ACTIVATION_KINDS), node_channels)
+            self.node_type_embedding = nn.Embedding(len(ngc.NodeType), node_channels)
+            self.edge_type_embedding = nn.Embedding(len(ngc.EdgeType), edge_channels)
+            for emb in (
+                self.activation_embedding,
+                self.node_type_embedding,
+                self.edge_type_embedding,
+            ):
+                nn.init.normal_(emb.weight, std=0.1)
 
     @classmethod
     def for_template(cls, template: ngc.GraphTemplate, **kwargs: object) -> GraphEncoder:
@@ -116,6 +151,25 @@ class GraphEncoder(nn.Module):
                     "(compute them with nngraph_probe)"
                 )
             x = x + self.probes(batch.probe_features.to(x.dtype), batch)
+        if self.kind_embeddings:
+            x, e = self._add_kinds(x, e, batch)
+        return x, e
+
+    def _add_kinds(self, x: Tensor, e: Tensor, batch: ngc.GraphBatch) -> tuple[Tensor, Tensor]:
+        assert self.activation_embedding is not None and self.node_type_embedding is not None
+        assert self.edge_type_embedding is not None
+        x = x + self.activation_embedding(node_activation_kind(batch)).to(x.dtype)
+        t = batch.template
+        if t is not None:
+            # one structure: [N] / [E] embeddings broadcast over the batch
+            dev = x.device
+            nt = self.node_type_embedding(t.node_type.to(dev)).to(x.dtype)
+            et = self.edge_type_embedding(t.edge_type.to(dev)).to(e.dtype)
+            x = (x.view(batch.num_graphs, -1, x.shape[-1]) + nt).view(-1, x.shape[-1])
+            e = (e.view(batch.num_graphs, -1, e.shape[-1]) + et).view(-1, e.shape[-1])
+            return x, e
+        x = x + self.node_type_embedding(batch.node_type).to(x.dtype)
+        e = e + self.edge_type_embedding(batch.edge_type).to(e.dtype)
         return x, e
 
 

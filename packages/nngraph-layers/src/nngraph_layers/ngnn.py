@@ -71,7 +71,10 @@ class NGGNN(GraphModel):
     `kernel="torch"` turns it off.
 
     Build it with [`for_graphs`][nngraph_layers.NGGNN.for_graphs]. Paper sizes: hidden 32, 4 layers,
-    dropout 0.2.
+    dropout 0.2. `kind_embeddings=True` adds embeddings of every node's activation kind and
+    node type and every edge's type to the encoder's output (see
+    [`GraphEncoder`][nngraph_layers.GraphEncoder]): for mixed-architecture batches and for zoos
+    whose networks differ in their activation.
 
     Shapes:
         - **input:** [`GraphBatch`][nngraph_core.GraphBatch] (`probe_features` set when
@@ -101,6 +104,7 @@ class NGGNN(GraphModel):
         fast: Fast = "auto",
         chunk_size: int | None = 32,
         kernel: Kernel = "auto",
+        kind_embeddings: bool = False,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -121,6 +125,7 @@ class NGGNN(GraphModel):
             num_frequencies=num_frequencies,
             use_probes=use_probes,
             probe_dim=probe_dim,
+            kind_embeddings=kind_embeddings,
         )
         delta = avg_log_degree(widths)
         self.convs = nn.ModuleList(

@@ -137,6 +137,9 @@ class NGTransformer(GraphModel):
         kernel: `"auto"` (default), `"native"` or `"torch"`: whether the sparse block path
             runs its attention through the C kernel (float32 CPU; see
             [`RelationalAttention`][nngraph_layers.RelationalAttention]).
+        kind_embeddings: embed each node's activation kind and node type and each edge's
+            type in the encoder (see [`GraphEncoder`][nngraph_layers.GraphEncoder]); for
+            mixed-architecture batches and zoos whose networks differ in activation.
 
     Shapes:
         - **input:** [`GraphBatch`][nngraph_core.GraphBatch] (`B` graphs)
@@ -174,6 +177,7 @@ class NGTransformer(GraphModel):
         chunk_size: int | None = 32,
         checkpoint_edges: bool = False,
         kernel: Kernel = "auto",
+        kind_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("sparse", "dense"):
@@ -201,6 +205,7 @@ class NGTransformer(GraphModel):
             num_frequencies=num_frequencies,
             use_probes=use_probes,
             probe_dim=probe_dim,
+            kind_embeddings=kind_embeddings,
         )
         #: learned features of a pair without a weight (dense non-edges; reverse pairs if "null").
         self.null_edge: nn.Parameter | None = None

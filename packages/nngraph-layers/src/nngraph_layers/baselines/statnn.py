@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
+from .._graph import ACTIVATION_KINDS, node_activation_kind
 from ._common import Baseline, batch_params, relu_mlp
 
 __all__ = ["StatNN", "weight_statistics"]
@@ -76,6 +77,10 @@ class StatNN(Baseline):
         num_outputs: targets.
         hidden: widths of the MLP's hidden layers.
         dropout: dropout after each hidden activation.
+        kind_features: also read the network's activation: the fraction of its nodes of each
+            [`ACTIVATION_KINDS`][nngraph_layers.ACTIVATION_KINDS] entry (read from
+            `batch.specs`, as the graph models' `kind_embeddings`), appended to the statistics.
+            The paper's StatNN reads the weights only (default `False`).
 
     Shapes:
         - input: [`GraphBatch`][nngraph_core.GraphBatch] of `B` networks of `spec`
@@ -92,13 +97,16 @@ class StatNN(Baseline):
         *,
         hidden: Sequence[int] = (256, 256),
         dropout: float = 0.0,
+        kind_features: bool = False,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.kind_features = kind_features
         self.num_features = NUM_STATS * len(spec.param_shapes)
         self.register_buffer("feature_mean", torch.zeros(self.num_features))
         self.register_buffer("feature_std", torch.ones(self.num_features))
-        self.mlp = nn.Sequential(*relu_mlp(self.num_features, hidden, num_outputs, dropout))
+        width = self.num_features + (len(ACTIVATION_KINDS) if kind_features else 0)
+        self.mlp = nn.Sequential(*relu_mlp(width, hidden, num_outputs, dropout))
 
     def features(self, params: Tensor) -> Tensor:
         """Standardised statistics `[B, 7 * tensors]` of flat parameters `[B, P]`."""
@@ -114,7 +122,14 @@ class StatNN(Baseline):
         return self
 
     def forward(self, batch: ngc.GraphBatch) -> Tensor:
-        out: Tensor = self.mlp(self.features(batch_params(batch, self.spec, "StatNN")))
+        feats = self.features(batch_params(batch, self.spec, "StatNN"))
+        if self.kind_features:
+            kinds = nn.functional.one_hot(node_activation_kind(batch), len(ACTIVATION_KINDS))
+            counts = torch.zeros(batch.num_graphs, len(ACTIVATION_KINDS), device=feats.device)
+            counts.index_add_(0, batch.batch, kinds.to(counts.dtype))
+            frac = counts / counts.sum(1, keepdim=True)
+            feats = torch.cat([feats, frac.to(feats.dtype)], 1)
+        out: Tensor = self.mlp(feats)
         return out
 
     def __repr__(self) -> str:
