@@ -284,3 +284,29 @@ def test_to_pyg() -> None:
     t = ngc.GraphTemplate.from_module(mlp)
     b = t.batch(torch.stack([t.flatten(mlp)] * 3)).to_pyg()
     assert b.num_graphs == 3 and b.edge_index.shape == (2, 36)
+
+
+def test_batch_pads_kernels_to_a_requested_shape_and_back() -> None:
+    from nngraph_core.batch import batch
+
+    torch.manual_seed(0)
+    cnn3 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    cnn5 = nn.Sequential(nn.Conv2d(1, 2, 5), nn.Tanh(), nn.Conv2d(2, 2, 1))
+    graphs = [ngc.from_module(cnn3), ngc.from_module(cnn5)]
+    b = batch(graphs, kernel_shape=(7, 7))
+    assert b.edge_features.shape[1] == 49
+    # every kernel sits centred in the 7x7 window; the way back gives the same tensors
+    back = b.to_graphs()
+    for g, m in zip(back, (cnn3, cnn5), strict=True):
+        sd = ngc.to_state_dict(g)
+        for k, v in m.state_dict().items():
+            assert torch.equal(sd[k], v)
+    centre = b.edge_features[: graphs[0].num_edges].view(-1, 7, 7)
+    assert torch.equal(centre[:, 2:5, 2:5].reshape(-1, 9), graphs[0].edge_features)
+    border = centre.clone()
+    border[:, 2:5, 2:5] = 0
+    assert not border.any()
+    # without the argument the batch's largest kernel decides
+    assert batch(graphs).edge_features.shape[1] == 25
+    with pytest.raises(ngc.ShapeMismatchError, match="centre"):
+        batch(graphs, kernel_shape=(6, 6))

@@ -241,6 +241,9 @@ class GraphBatch:
         return out
 
     def _kernel_shape(self) -> tuple[int, int]:
+        stored = self._structure.get("kernel_shape")
+        if stored is not None:  # padded beyond the graphs' own kernels (batch(kernel_shape=))
+            return int(stored[0]), int(stored[1])
         return (
             max(s.kernel_shape[0] for s in self.specs),
             max(s.kernel_shape[1] for s in self.specs),
@@ -396,12 +399,19 @@ def _repad(
     return feats.reshape(e, -1), index.reshape(e, -1)
 
 
-def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
+def batch(
+    graphs: Sequence[NeuralGraph], *, kernel_shape: tuple[int, int] | None = None
+) -> GraphBatch:
     """Concatenate graphs of any architectures into one [`GraphBatch`][nngraph_core.GraphBatch].
 
     Edge features are re-padded (centred) to the largest kernel among the graphs, so a batch of
     MLPs and CNNs with different kernel sizes shares one edge-feature width. All graphs must
     have one dtype and device.
+
+    Args:
+        graphs: the graphs, in batch order.
+        kernel_shape: pad kernels to at least `(kh, kw)` (e.g. the largest kernel of a whole
+            zoo, so every batch of it has the edge-feature width a model was built for).
     """
     if not graphs:
         raise ShapeMismatchError("batch() needs at least one graph")
@@ -411,6 +421,13 @@ def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
         raise ShapeMismatchError(f"graphs differ in dtype/device: {dtypes} {devices}")
     kh = max(g.kernel_shape[0] for g in graphs)
     kw = max(g.kernel_shape[1] for g in graphs)
+    if kernel_shape is not None:
+        if kernel_shape[0] % 2 != kh % 2 or kernel_shape[1] % 2 != kw % 2:
+            raise ShapeMismatchError(
+                f"kernel_shape {kernel_shape} cannot centre the batch's {kh}x{kw} kernels "
+                "(an odd and an even size)"
+            )
+        kh, kw = max(kh, kernel_shape[0]), max(kw, kernel_shape[1])
     dev = graphs[0].device
     node_counts = torch.tensor([g.num_nodes for g in graphs], device=dev)
     edge_counts = torch.tensor([g.num_edges for g in graphs], device=dev)
@@ -439,6 +456,7 @@ def batch(graphs: Sequence[NeuralGraph]) -> GraphBatch:
         "edge_param": torch.cat([p for _, p in repadded]),
         "node_type": torch.cat([_types(g, "node") for g in graphs]),
         "edge_type": torch.cat([_types(g, "edge") for g in graphs]),
+        "kernel_shape": torch.tensor([kh, kw]),
     }
     return GraphBatch(
         torch.cat(node_feats),
