@@ -92,9 +92,6 @@ def hidden_layer_slot(layer: Tensor, role: Tensor, num_node_layers: int) -> Tens
     return torch.where(role == int(ngc.NodeRole.OUTPUT), torch.full_like(layer, last), out)
 
 
-#: Activation kinds the encoders tell apart (index = embedding row). Names are matched on the
-#: operation's base name (`sine(w0=30.0)` -> `sine`); a node whose nonlinearity is none of
-#: these gets `other`.
 ACTIVATION_KINDS: tuple[str, ...] = (
     "identity",
     "relu",
@@ -108,6 +105,9 @@ ACTIVATION_KINDS: tuple[str, ...] = (
     "softplus",
     "other",
 )
+"""Activation kinds the encoders tell apart (index = embedding row). Names are matched on the
+operation's base name (`sine(w0=30.0)` -> `sine`); a nonlinearity that is none of these is
+`other`."""
 _KIND_ALIASES = {"sin": "sine", "swish": "silu", "relu6": "relu", "leaky_relu": "leakyrelu"}
 #: operations that do not change which nonlinearity a node has (pooling, reshapes)
 _NEUTRAL_OPS = {
