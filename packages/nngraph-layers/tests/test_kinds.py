@@ -37,6 +37,8 @@ def _cnn(act: type[nn.Module]) -> nn.Module:
         ("identity", "identity"),
         ("gelu(approximate='none')", "gelu"),
         ("hardswish", "other"),
+        ("relu(inplace=False)+mean(dim=(2, 3), keepdim=False)", "relu"),
+        ("mean(dim=(2, 3), keepdim=False)", "identity"),
     ],
 )
 def test_activation_kind_names(name: str, kind: str) -> None:

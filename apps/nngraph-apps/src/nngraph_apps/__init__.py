@@ -10,6 +10,9 @@
   [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule] -- predict a CNN's test accuracy from its
   weights (CNN zoos of nngraph-datasets; Kendall tau, R2, report with scatter plot and
   per-hyper-parameter errors).
+* [`WildParkTask`][nngraph_apps.WildParkTask] with
+  [`WildParkDataModule`][nngraph_apps.WildParkDataModule] -- the same on heterogeneous CNN zoos
+  (many architectures; mixed-architecture graph batches).
 * `nngraph-train` -- the LightningCLI (`fit`, `validate`, `test`) with YAML configs in
   `nngraph_apps/configs` (`nngraph-train --list-configs`).
 """
@@ -37,6 +40,7 @@ from .tasks import (
     NonFiniteLossError,
     WeightSpaceTask,
 )
+from .wild_park import WildParkDataModule, WildParkTask, aligned_statistics
 
 __version__ = "0.1.0"
 
@@ -64,8 +68,11 @@ __all__ = [
     "Timer",
     "UnsafeCheckpointError",
     "WeightSpaceTask",
+    "WildParkDataModule",
+    "WildParkTask",
     "__version__",
     "aggregate_runs",
+    "aligned_statistics",
     "augment_params",
     "build_model",
     "cnn_template",

@@ -51,12 +51,16 @@ from .errors import ConfigError, find_config_error
 from .generalization import CnnZooDataModule
 from .report import machine_info, write_aggregate, write_report
 from .tasks import NonFiniteLossError, WeightSpaceTask
+from .wild_park import WildParkDataModule
 
 __all__ = ["TASK_DATA", "NNGraphCLI", "config_path", "list_configs", "main"]
 
 #: The data module of each task that does not read INR zoos (every other task:
 #: [`InrDataModule`][nngraph_apps.InrDataModule]).
-TASK_DATA: dict[str, type[pl.LightningDataModule]] = {"GeneralizationTask": CnnZooDataModule}
+TASK_DATA: dict[str, type[pl.LightningDataModule]] = {
+    "GeneralizationTask": CnnZooDataModule,
+    "WildParkTask": WildParkDataModule,
+}
 
 
 def list_configs() -> list[str]:
@@ -149,9 +153,10 @@ def task_name(args: Sequence[str]) -> str | None:
 class NNGraphCLI(LightningCLI):
     """LightningCLI with the run folder, the standard callbacks and loggers, test-after-fit and
     the report. Tasks: any [`WeightSpaceTask`][nngraph_apps.WeightSpaceTask]
-    (`--model InrClassificationTask`, `InrEditingTask` or `GeneralizationTask`); data: the task's
-    data module (`TASK_DATA`: [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule] for
-    `GeneralizationTask`, else [`InrDataModule`][nngraph_apps.InrDataModule]), chosen from
+    (`--model InrClassificationTask`, `InrEditingTask`, `GeneralizationTask` or `WildParkTask`);
+    data: the task's data module (`TASK_DATA`: [`CnnZooDataModule`][nngraph_apps.CnnZooDataModule]
+    for `GeneralizationTask`, [`WildParkDataModule`][nngraph_apps.WildParkDataModule] for
+    `WildParkTask`, else [`InrDataModule`][nngraph_apps.InrDataModule]), chosen from
     the task the configs and arguments name."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
@@ -313,7 +318,7 @@ class NNGraphCLI(LightningCLI):
             "loss": task.hparams.get("loss"),
             "source": dm.source,
             "zoo_dir": str(dm.zoo_dir),
-            "split_sizes": {k: len(v["params"]) for k, v in dm.splits.items()},
+            "split_sizes": {k: len(next(iter(v.values()))) for k, v in dm.splits.items()},
             "monitor": getattr(task, "monitor", None),
             "best_score": float(score) if score is not None else None,
             "best_checkpoint": best_checkpoint,

@@ -65,6 +65,22 @@ def cnn_template(
     return ngc.GraphTemplate.from_module(net, input_shape=(in_channels, input_size, input_size))
 
 
+def select_checkpoints(
+    metrics: dict[str, Tensor], checkpoints: str, min_epoch: int | None
+) -> Tensor:
+    """Boolean mask of the checkpoints to keep: `checkpoints="final"` keeps each network's
+    last epoch only; `min_epoch` drops earlier epochs."""
+    epoch, network = metrics["epoch"], metrics["network"]
+    keep = torch.ones(len(epoch), dtype=torch.bool)
+    if min_epoch is not None:
+        keep &= epoch >= int(min_epoch)
+    if checkpoints == "final":
+        last = torch.full((int(network.max()) + 1,), -1, dtype=epoch.dtype)
+        last = last.scatter_reduce(0, network, epoch, reduce="amax")
+        keep &= epoch == last[network]
+    return keep
+
+
 class CnnZooDataModule(pl.LightningDataModule):
     """A CNN zoo as train / val / test batches for generalisation prediction.
 
@@ -220,15 +236,7 @@ class CnnZooDataModule(pl.LightningDataModule):
             self.splits[name] = part
 
     def _select(self, metrics: dict[str, Tensor]) -> Tensor:
-        epoch, network = metrics["epoch"], metrics["network"]
-        keep = torch.ones(len(epoch), dtype=torch.bool)
-        if self.min_epoch is not None:
-            keep &= epoch >= int(self.min_epoch)
-        if self.checkpoints == "final":
-            last = torch.full((int(network.max()) + 1,), -1, dtype=epoch.dtype)
-            last = last.scatter_reduce(0, network, epoch, reduce="amax")
-            keep &= epoch == last[network]
-        return keep
+        return select_checkpoints(metrics, self.checkpoints, self.min_epoch)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
@@ -464,7 +472,12 @@ class GeneralizationTask(WeightSpaceTask):
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         out = self(batch["params"], batch.get("activation"))
-        pred, target = self.to_accuracy(out), batch["target"]
+        return self._log_eval(out, batch["target"], split)
+
+    def _log_eval(self, out: Tensor, target: Tensor, split: str) -> Tensor:
+        """Update and log the split's metrics for raw outputs `out`; returns the predicted
+        accuracies."""
+        pred = self.to_accuracy(out)
         b = len(out)
         self.metrics[f"{split}_loss"](self.criterion(out, target), b)
         for name in ("tau", "r2", "mse"):

@@ -184,7 +184,7 @@ def kendall_tau(x: np.ndarray, y: np.ndarray, *, chunk: int = 512) -> float:
 
 #: Hyper-parameters of the breakdown: categorical ones by name, numeric ones in quartile bins.
 _CATEGORICAL = ("activation", "initializer", "optimizer")
-_BINNED = ("epoch", "train_fraction", "lr")
+_BINNED = ("epoch", "train_fraction", "lr", "depth", "width", "kernel", "residual")
 
 
 def _groups(

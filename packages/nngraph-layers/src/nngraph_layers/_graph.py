@@ -120,6 +120,8 @@ _NEUTRAL_OPS = {
     "adaptivemaxpool2d",
     "dropout",
     "dropout2d",
+    "mean",
+    "sum",
 }
 
 
