@@ -67,7 +67,7 @@ class Timer(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *a: Any
     ) -> None:
-        self.train_items += int(len(batch["params"] if "params" in batch else batch["target"]))
+        self.train_items += len(batch["params"] if "params" in batch else batch["target"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_seconds += time.monotonic() - self._e0
