@@ -64,14 +64,14 @@ def test_wild_cnn_family() -> None:
 @pytest.mark.parametrize("recipe", ["default", "full"])
 def test_every_architecture_of_the_space_converts_to_a_graph(recipe: str) -> None:
     """`GraphTemplate.from_module` reads every architecture of the default zoo, and every
-    (depth, kernel, activation, residual) of the full space at width 8 (the width changes no
+    (depth, kernel, activation, residual) of the full space at width 4 (the width changes no
     operation); the flat layout is the state-dict order (the zoo's `params` layout); each
     shortcut adds one residual edge per channel."""
     space = nds.WildParkRecipe.named(recipe).architectures(0)
-    if recipe == "full":
-        assert len(space) == 162
-        space = [a for a in space if a.channels[0] == 8]
-    assert len(space) == (16 if recipe == "default" else 54)
+    if recipe == "full":  # 4 depths x 4 widths x 3 kernels x 5 activations (+ residual: 4, 5)
+        assert len(space) == 4 * 4 * 3 * 5 + 2 * 4 * 3 * 5
+        space = [a for a in space if a.channels[0] == 4]
+    assert len(space) == (16 if recipe == "default" else 90)
     for arch in space:
         model = arch.module()
         t = GraphTemplate.from_module(model, input_shape=(1, 28, 28))

@@ -411,7 +411,8 @@ def wild_park_zoo_info(path: str | Path) -> dict[str, Any]:
         vals = {}
         for v in torch.unique(met[col]).tolist():
             acc = met["test_acc"][final & (met[col] == v)]
-            name = zoo.categories["activation"][v] if col == "activation" else str(v)
+            names = zoo.categories["activation"] if col == "activation" else []
+            name = names[v] if 0 <= v < len(names) else str(v)
             vals[name] = {"networks": len(torch.unique(net[final & (met[col] == v)])),
                           "median_final_test_acc": round(float(acc.double().median()), 4)}  # fmt: skip
         by_col[col] = vals

@@ -372,17 +372,17 @@ class WildParkRecipe:
     """
 
     name: str = "default"
-    num_networks: int = 600
+    num_networks: int = 480
     num_architectures: int | None = 16
     depths: tuple[int, ...] = (2, 3, 4, 5)
-    widths: tuple[int, ...] = (8, 16, 32)
+    widths: tuple[int, ...] = (4, 8, 16)
     kernel_sizes: tuple[int, ...] = (3, 5, 7)
     activations: tuple[str, ...] = ("relu", "tanh", "gelu")
     residual: tuple[bool, ...] = (False, True)
     epochs: int = 3
     checkpoints: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 32
-    train_pool: int | None = 1600
+    train_pool: int | None = 1024
     eval_train: int = 256
     eval_test: int | None = 500
     group_size: int = 50
@@ -490,9 +490,10 @@ class WildParkRecipe:
 WILD_PARK_RECIPES: dict[str, WildParkRecipe] = {
     "default": WildParkRecipe(),
     "full": WildParkRecipe(
-        name="full", num_networks=20000, num_architectures=None, epochs=20,
-        checkpoints=(0, 1, 2, 5, 10, 15, 20), train_pool=None, eval_train=10000,
-        eval_test=None, group_size=100,
+        name="full", num_networks=50000, num_architectures=None, widths=(4, 8, 16, 32),
+        activations=("relu", "tanh", "gelu", "sigmoid", "leaky_relu"), epochs=200,
+        checkpoints=(0, 1, 2, 5, 10, 20, 50, 100, 150, 200), train_pool=None,
+        eval_train=10000, eval_test=None, group_size=100,
     ),
     "tiny": WildParkRecipe(
         name="tiny", num_networks=12, num_architectures=3, depths=(2, 4), widths=(4,),
