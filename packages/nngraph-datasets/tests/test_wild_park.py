@@ -581,7 +581,9 @@ def test_malicious_corpus_against_the_cnn_wild_park_reader(tmp_path: Path) -> No
     src = tmp_path / "park"
     write_cnn_wild_park(src, networks=2, epochs=(1,))
     corpus = malicious_corpus(tmp_path / "canaries")
+    assert len(corpus) >= 25
     cwd = os.getcwd()
+    rejected = 0
     try:
         for payload in corpus:
             for target in ("zoo/trial_001/checkpoint_000001/checkpoint.pt", "cnn_park_splits.json"):
@@ -592,6 +594,8 @@ def test_malicious_corpus_against_the_cnn_wild_park_reader(tmp_path: Path) -> No
                 with pytest.raises(NNGraphError):
                     nds.convert_cnn_wild_park(park, work / "out")
                 assert not payload.canary.exists(), (payload.name, target)
+                rejected += 1
     finally:
         os.chdir(cwd)
+    assert rejected == 2 * len(corpus)
     assert not any((tmp_path / "canaries").iterdir())
