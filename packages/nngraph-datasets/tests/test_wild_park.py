@@ -302,6 +302,41 @@ def test_reading_a_broken_zoo_is_a_typed_error(tiny_zoo: Path, tmp_path: Path) -
         nds.WildParkZoo(tmp_path)
 
 
+@pytest.mark.parametrize("case, match", [
+    ("nan params", "NaN"), ("wrong width", r"params must be \[238\]"),
+    ("missing column", "test_acc"), ("accuracy out of range", r"\[0, 1\]"),
+    ("unknown architecture", "architecture ids"), ("overlapping splits", "shares"),
+])  # fmt: skip
+def test_write_wild_park_zoo_rejects_bad_input(tmp_path: Path, case: str, match: str) -> None:
+    archs = [nds.wild_cnn(2, 4, 3), nds.wild_cnn(4, 4, 5, residual=True)]
+    arch = torch.tensor([0, 0, 1, 1])
+    params = [torch.zeros(archs[int(a)].num_params) for a in arch]
+    metrics: dict[str, Any] = {"network": torch.tensor([0, 0, 1, 1]), "epoch": torch.tensor([0, 1, 0, 1]),
+                               "architecture": arch, "test_acc": torch.full((4,), 0.5)}  # fmt: skip
+    splits: dict[str, list[int]] | None = None
+    if case == "nan params":
+        params[1] = params[1].clone().fill_(float("nan"))
+    elif case == "wrong width":
+        params[0] = torch.zeros(10)
+    elif case == "missing column":
+        del metrics["test_acc"]
+    elif case == "accuracy out of range":
+        metrics["test_acc"] = torch.full((4,), 1.5)
+    elif case == "unknown architecture":
+        metrics["architecture"] = torch.tensor([0, 0, 2, 2])
+    else:
+        splits = {"train": [0, 1], "test": [1]}
+    with pytest.raises(nds.ZooFormatError, match=match):
+        nds.write_wild_park_zoo(tmp_path / "w", archs, params, metrics, input_shape=[1, 16, 16],
+                                recipe={}, splits=splits)  # fmt: skip
+    assert not any(tmp_path.iterdir())
+    ok = nds.write_wild_park_zoo(tmp_path / "ok", archs, [torch.zeros(a.num_params) for a in
+                                 (archs[0], archs[0], archs[1], archs[1])],
+                                 {**metrics, "test_acc": torch.full((4,), 0.5),
+                                  "architecture": arch}, input_shape=[1, 16, 16], recipe={})  # fmt: skip
+    assert len(nds.WildParkZoo(ok)) == 4
+
+
 def test_recipes_validate() -> None:
     default = nds.WildParkRecipe.named("default")
     # 4 depths x 3 widths x 3 kernels x 3 activations, and residual for depths 4 and 5
