@@ -223,3 +223,90 @@ def test_malicious_corpus_against_cnn_readers(
     assert len(rejected) == len(corpus) * 6
     _report("malicious-cnn", {"payloads": len(corpus), "runs": len(rejected),
                               "rejected": len(rejected), "executed": 0, "by": rejected})  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- wild park zoos
+WILD_LOAD = Outcomes("wild park zoo: load (manifest + shards)")
+WILD_VERIFY = Outcomes("wild park zoo: verify_wild_park_zoo")
+WILD_PARK = Outcomes("published: convert_cnn_wild_park")
+
+
+@pytest.fixture(scope="module")
+def valid_wild_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 random networks of 2 architectures (one residual) x 2 checkpoints, 2 shards."""
+    g = torch.Generator().manual_seed(0)
+    archs = [nds.wild_cnn(2, 4, 3, "relu"), nds.wild_cnn(4, 4, 5, "gelu", residual=True)]
+    m = 12
+    arch = torch.arange(m) // 2 % 2
+    params = [torch.randn(archs[int(a)].num_params, generator=g) * 0.1 for a in arch]
+    metrics = {"network": torch.arange(m) // 2, "epoch": torch.arange(m) % 2,
+               "architecture": arch, "test_acc": torch.rand(m, generator=g)}  # fmt: skip
+    out = tmp_path_factory.mktemp("fuzz-wild") / "zoo"
+    return nds.write_wild_park_zoo(out, archs, params, metrics, input_shape=[1, 16, 16],
+                                   recipe={"name": "fuzz"})  # fmt: skip
+
+
+def _read_wild(path: Path) -> dict[str, Any]:
+    """Everything a training run or `wild-park-zoo info` reads from a wild park zoo."""
+    from nngraph_datasets.cli import wild_park_zoo_info
+
+    zoo = nds.WildParkZoo(path)
+    out: dict[str, Any] = {"metrics": zoo.metrics(), "info": wild_park_zoo_info(path)}
+    for name in zoo.splits:
+        out[name] = zoo.params_by_architecture(name)
+    out["graphs"] = zoo.graph_batch(torch.arange(min(len(zoo), 4)))
+    return out
+
+
+@FIXTURE_OK
+@given(shard=st.integers(0, 1), edits=byte_mutations())
+def test_fuzz_wild_park_zoo_shard_bytes(valid_wild_zoo: Path, shard: int, edits: list[Any]) -> None:
+    with sandbox() as box:
+        zoo = _copy(valid_wild_zoo, box / "zoo")
+        f = zoo / f"shard-{shard:05d}.safetensors"
+        f.write_bytes(mutate(f.read_bytes(), edits))
+        WILD_LOAD.run(lambda: _read_wild(zoo), allowed=box)
+        WILD_VERIFY.run(lambda: nds.verify_wild_park_zoo(zoo), allowed=box)
+
+
+@FIXTURE_OK
+@given(edits=tree_mutations(), text_edits=st.lists(json_bytes_mutations(), max_size=1))
+def test_fuzz_wild_park_zoo_manifest(
+    valid_wild_zoo: Path, edits: list[Any], text_edits: list[Any]
+) -> None:
+    with sandbox() as box:
+        zoo = _copy(valid_wild_zoo, box / "zoo")
+        mf = zoo / "manifest.json"
+        manifest = mutate_tree(json.loads(mf.read_text()), edits)
+        mf.write_bytes(mutate(json.dumps(manifest).encode(), text_edits))
+        WILD_LOAD.run(lambda: _read_wild(zoo), allowed=box)
+        WILD_VERIFY.run(lambda: nds.verify_wild_park_zoo(zoo), allowed=box)
+
+
+@pytest.fixture(scope="module")
+def valid_wild_park(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_wild_park import write_cnn_wild_park
+
+    folder = tmp_path_factory.mktemp("fuzz-wild-park") / "park"
+    write_cnn_wild_park(folder, networks=2, epochs=(1,))
+    return folder
+
+
+@FIXTURE_OK
+@given(target=st.sampled_from(["checkpoint", "splits"]), edits=byte_mutations())
+def test_fuzz_cnn_wild_park(valid_wild_park: Path, target: str, edits: list[Any]) -> None:
+    """Byte flips, truncations and insertions in a checkpoint or the splits file of a CNN Wild
+    Park folder (reference layout), then the conversion."""
+    with sandbox() as box:
+        src = _copy(valid_wild_park, box / "src")
+        f = (src / "zoo/trial_001/checkpoint_000001/checkpoint.pt" if target == "checkpoint"
+             else src / "cnn_park_splits.json")  # fmt: skip
+        f.write_bytes(mutate(f.read_bytes(), edits))
+        WILD_PARK.run(lambda: nds.convert_cnn_wild_park(src, box / "out"), allowed=box)
+
+
+def test_valid_wild_park_zoo_reads(valid_wild_zoo: Path) -> None:
+    out = _read_wild(valid_wild_zoo)
+    assert out["info"]["num_networks"] == 6 and out["info"]["num_architectures"] == 2
+    assert out["graphs"].num_graphs == 4
+    nds.verify_wild_park_zoo(valid_wild_zoo)

@@ -7,6 +7,8 @@ nngraph-datasets cnn-zoo fit --dataset fashion-mnist --recipe default --out zoos
 nngraph-datasets cnn-zoo info zoos/cnn-fmnist
 nngraph-datasets cnn-zoo verify zoos/cnn-fmnist
 nngraph-datasets cnn-zoo show zoos/cnn-fmnist --out cnn.png
+nngraph-datasets wild-park-zoo fit --dataset fashion-mnist --recipe default --out zoos/wild-park
+nngraph-datasets wild-park-zoo info zoos/wild-park
 nngraph-datasets fit --source mnist-5k --out zoos/mnist5k
 nngraph-datasets fit --source fashion-mnist --out zoos/fmnist --limit 1000
 nngraph-datasets info zoos/fmnist
@@ -371,6 +373,169 @@ def _add_cnn_zoo(sub: Any) -> None:
     c.set_defaults(func=_cmd_cnn_convert)
 
 
+# ----------------------------------------------------------------------------- wild park zoos
+def _cmd_wild_fit(a: argparse.Namespace) -> int:
+    from .wild_park import build_wild_park_zoo, default_wild_park_zoo_dir
+
+    out = a.out or default_wild_park_zoo_dir(a.dataset, a.recipe, a.seed)
+    t0 = time.monotonic()
+    path = build_wild_park_zoo(
+        out, dataset=a.dataset, recipe=a.recipe, seed=a.seed, num_networks=a.num_networks,
+        progress=not a.quiet, overwrite=a.overwrite, data_root=a.root, threads=a.threads,
+    )  # fmt: skip
+    print(f"wrote {path} ({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+def wild_park_zoo_info(path: str | Path) -> dict[str, Any]:
+    """The summary printed by `nngraph-datasets wild-park-zoo info`."""
+    from .wild_park import WildParkZoo
+
+    zoo = WildParkZoo(path)
+    m = zoo.manifest
+    met = zoo.metrics()
+    last_epoch = int(met["epoch"].max()) if len(met["epoch"]) else 0
+    final = met["epoch"] == last_epoch
+    net = met["network"]
+    archs = []
+    for j, arch in enumerate(zoo.architectures):
+        sel = final & (met["architecture"] == j)
+        acc = met["test_acc"][sel]
+        archs.append({
+            "id": j, "label": arch.label, "params": arch.num_params,
+            "networks": len(torch.unique(net[met["architecture"] == j])),
+            "median_final_test_acc": round(float(acc.double().median()), 4) if len(acc) else None,
+        })  # fmt: skip
+    by_col = {}
+    for col in ("depth", "width", "kernel", "residual", "activation"):
+        vals = {}
+        for v in torch.unique(met[col]).tolist():
+            acc = met["test_acc"][final & (met[col] == v)]
+            names = zoo.categories["activation"] if col == "activation" else []
+            name = names[v] if 0 <= v < len(names) else str(v)
+            vals[name] = {"networks": len(torch.unique(net[final & (met[col] == v)])),
+                          "median_final_test_acc": round(float(acc.double().median()), 4)}  # fmt: skip
+        by_col[col] = vals
+    return {
+        "path": str(zoo.path),
+        "dataset": m["dataset"],
+        "recipe": m["recipe"].get("name", m["recipe"]),
+        "seed": m.get("seed"),
+        "num_networks": len(torch.unique(net)),
+        "num_architectures": len(zoo.architectures),
+        "num_checkpoints": len(zoo),
+        "epochs": sorted(torch.unique(met["epoch"]).tolist()),
+        "splits": {
+            k: {"networks": len(torch.unique(net[v])), "checkpoints": len(v)}
+            for k, v in zoo.splits.items()
+        },
+        "test_acc_final": _quantiles(met["test_acc"][final]),
+        "test_acc_all": _quantiles(met["test_acc"]),
+        "train_acc_final": _quantiles(met["train_acc"][final]) if "train_acc" in met else None,
+        "stopped_networks": int(met["stopped"][final].sum()) if "stopped" in met else None,
+        "by": by_col,
+        "architectures": archs,
+        "shards": len(m["shards"]),
+    }
+
+
+def _cmd_wild_info(a: argparse.Namespace) -> int:
+    info = wild_park_zoo_info(a.path)
+    if a.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            if k == "architectures":
+                print(f"{k:>24}:")
+                for e in v:
+                    print(f"{'':>26}{e['id']:>3} {e['label']} | {e['params']} params | "
+                          f"{e['networks']} networks | median final test acc "
+                          f"{e['median_final_test_acc']}")  # fmt: skip
+            else:
+                print(f"{k:>24}: {v}")
+    return 0
+
+
+def _cmd_wild_verify(a: argparse.Namespace) -> int:
+    from .wild_park import verify_wild_park_zoo
+
+    m = verify_wild_park_zoo(a.path)
+    print(
+        f"OK: {len(m['shards'])} shards, {m['num_networks']} networks of "
+        f"{len(m['architectures'])} architectures, {m['num_checkpoints']} checkpoints, every "
+        "sha256 matches"
+    )
+    return 0
+
+
+def _cmd_wild_show(a: argparse.Namespace) -> int:
+    from .png import write_png
+    from .wild_park import WildParkZoo
+
+    zoo = WildParkZoo(a.path)
+    met = zoo.metrics()
+    img = _cnn_figure(met["test_acc"], met["epoch"], met["network"], a.curves)
+    out = Path(a.out or Path(a.path) / "preview.png")
+    write_png(out, img)
+    print(
+        f"wrote {out} (left: histogram of the final test accuracy over [0, 1]; right: test "
+        f"accuracy against epoch, {min(a.curves, zoo.manifest['num_networks'])} networks)"
+    )
+    return 0
+
+
+def _cmd_wild_convert(a: argparse.Namespace) -> int:
+    from .wild_park_published import convert_cnn_wild_park
+
+    out = convert_cnn_wild_park(
+        a.src, a.out, splits_file=a.splits, input_size=a.input_size, overwrite=a.overwrite
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_wild_park_zoo(sub: Any) -> None:
+    from .wild_park import WILD_PARK_RECIPES
+
+    wz = sub.add_parser(
+        "wild-park-zoo",
+        help="heterogeneous CNN zoos (CNN Wild Park style): fit, info, verify, show, convert",
+    )
+    wsub = wz.add_subparsers(dest="wild_command", required=True)
+    f = wsub.add_parser("fit", help="train a wild park zoo (resumable; deterministic for a seed)")
+    f.add_argument("--dataset", default="fashion-mnist",
+                   choices=["fashion-mnist", "mnist", "mnist-5k", "digits"])  # fmt: skip
+    f.add_argument("--recipe", default="default", choices=sorted(WILD_PARK_RECIPES))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--num-networks", type=int, help="override the recipe's number of networks")
+    f.add_argument("--out", help="zoo folder (default: the cache, $NNGRAPH_ZOOS)")
+    f.add_argument("--root", help="folder of the IDX files (fashion-mnist / mnist)")
+    f.add_argument("--threads", type=int, help="torch threads (recorded; same threads, same bytes)")
+    f.add_argument("--overwrite", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no progress line")
+    f.set_defaults(func=_cmd_wild_fit)
+    i = wsub.add_parser("info", help="counts, architectures, splits, accuracy quantiles")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_wild_info)
+    v = wsub.add_parser("verify", help="re-hash every shard, check it against the manifest")
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_wild_verify)
+    s = wsub.add_parser("show", help="PNG: test-accuracy histogram and accuracy against epoch")
+    s.add_argument("path")
+    s.add_argument("--out", help="PNG file (default PATH/preview.png)")
+    s.add_argument("--curves", type=int, default=100, help="networks drawn on the right")
+    s.set_defaults(func=_cmd_wild_show)
+    c = wsub.add_parser("convert", help="convert a CNN Wild Park folder (reference layout)")
+    c.add_argument("layout", choices=["cnn-wild-park"], help="the published layout")
+    c.add_argument("src", help="the data set folder (splits json + checkpoint.pt files)")
+    c.add_argument("out", help="the zoo folder to create")
+    c.add_argument("--splits", default="cnn_park_splits.json", help="the splits file in SRC")
+    c.add_argument("--input-size", type=int, default=32, help="image size (32: CIFAR-10)")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=_cmd_wild_convert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nngraph-datasets", description="INR and CNN model zoos: fit, inspect, verify."
@@ -434,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=_cmd_convert)
     _add_cnn_zoo(sub)
+    _add_wild_park_zoo(sub)
     return p
 
 

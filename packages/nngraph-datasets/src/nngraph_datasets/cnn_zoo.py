@@ -328,30 +328,36 @@ def init_cnn_params(
         if key.endswith("bias"):
             out[key] = torch.zeros(shape, dtype=dtype)
             continue
-        rf = math.prod(shape[2:]) if len(shape) > 2 else 1
-        fan_in, fan_out = shape[1] * rf, shape[0] * rf
-        z = torch.empty(shape, dtype=torch.float64)
-        if initializer == "normal":
-            w = z.normal_(0.0, init_std, generator=generator)
-        elif initializer == "truncated_normal":
-            w = z.normal_(0.0, 1.0, generator=generator)
-            bad = w.abs() > 2
-            while bool(bad.any()):  # redraw outside +-2 std (the TensorFlow rule)
-                w[bad] = torch.empty(int(bad.sum()), dtype=torch.float64).normal_(
-                    generator=generator
-                )
-                bad = w.abs() > 2
-            w = w * init_std
-        elif initializer == "uniform":
-            a = math.sqrt(3.0) * init_std
-            w = z.uniform_(-a, a, generator=generator)
-        elif initializer == "glorot_uniform":
-            a = math.sqrt(6.0 / (fan_in + fan_out))
-            w = z.uniform_(-a, a, generator=generator)
-        else:  # he_normal
-            w = z.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
-        out[key] = w.to(dtype)
+        out[key] = _init_tensor(shape, initializer, init_std, generator, dtype)
     return out
+
+
+def _init_tensor(
+    shape: tuple[int, ...], initializer: str, init_std: float, generator: torch.Generator,
+    dtype: torch.dtype,
+) -> Tensor:  # fmt: skip
+    """One weight tensor drawn by `initializer` (in float64, then cast to `dtype`)."""
+    rf = math.prod(shape[2:]) if len(shape) > 2 else 1
+    fan_in, fan_out = shape[1] * rf, shape[0] * rf
+    z = torch.empty(shape, dtype=torch.float64)
+    if initializer == "normal":
+        w = z.normal_(0.0, init_std, generator=generator)
+    elif initializer == "truncated_normal":
+        w = z.normal_(0.0, 1.0, generator=generator)
+        bad = w.abs() > 2
+        while bool(bad.any()):  # redraw outside +-2 std (the TensorFlow rule)
+            w[bad] = torch.empty(int(bad.sum()), dtype=torch.float64).normal_(generator=generator)
+            bad = w.abs() > 2
+        w = w * init_std
+    elif initializer == "uniform":
+        a = math.sqrt(3.0) * init_std
+        w = z.uniform_(-a, a, generator=generator)
+    elif initializer == "glorot_uniform":
+        a = math.sqrt(6.0 / (fan_in + fan_out))
+        w = z.uniform_(-a, a, generator=generator)
+    else:  # he_normal
+        w = z.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
+    return w.to(dtype)
 
 
 # ----------------------------------------------------------------------------- batched training
