@@ -9,7 +9,10 @@ Each run is `nngraph-train fit --config fmnist_cnn_gen_<model> --seed_everything
 --trainer.max_time <budget> --num_threads 1` in its own process (`--jobs` at once, one torch
 thread each), on the cached default Fashion-MNIST CNN zoo (built on first use), with model
 selection on validation Kendall tau and the test at the best validation checkpoint, as every
-`nngraph-train` run. Runs already finished (a `results.json` in their folder) are not run again,
+`nngraph-train` run. The `wild_*` models train on the default Fashion-MNIST wild park zoo
+(CNNs of many architectures, `fmnist_wild_*` configs, `WildParkTask`). An epoch budget
+(`--epochs N`, `--epochs-for MODEL=N`) replaces the time budget where runs share a loaded
+machine. Runs already finished (a `results.json` in their folder) are not run again,
 so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` in
 `--summary-out`, default `--out`) gives per model: test tau per seed, mean +- std, tau over the trained checkpoints only
 (epoch >= 1, from each run's predictions.csv), test R2 (mean),
@@ -60,6 +63,13 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{kind_embeddings: true}"],
         "NG-GNN + activation / node / edge type embeddings",
     ),
+    "wild_statnn": (
+        "fmnist_wild_statnn",
+        [],
+        "wild park zoo: StatNN on statistics aligned by tensor role",
+    ),
+    "wild_ngnn": ("fmnist_wild_ngnn", [], "wild park zoo: NG-GNN + kind embeddings, mixed batches"),
+    "wild_ngt": ("fmnist_wild_ngt", [], "wild park zoo: NG-T + kind embeddings, mixed batches"),
     "ngt_kinds": (
         "fmnist_cnn_gen_ngt",
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", kind_embeddings: true}"],

@@ -113,38 +113,39 @@ def aligned_statistics(params: Tensor, spec: ngc.NetworkSpec, max_depth: int) ->
 
 def mixed_params(batch: ngc.GraphBatch) -> list[tuple[ngc.NetworkSpec, Tensor, Tensor]]:
     """The flat parameters of a mixed batch, architecture by architecture:
-    `(spec, graph ids [n], params [n, P])` for each distinct spec, in order of appearance
-    (one scatter per architecture: every parameter is one node or edge feature entry)."""
-    st_node = batch.node_param if batch.template is None else None
+    `(spec, graph ids [n], params [n, P])` for each distinct spec, in order of appearance.
+
+    Every parameter is one node or edge feature entry (`node_param` / `edge_param` give its
+    position in its graph's flat vector): one scatter of the whole batch into the concatenated
+    flat vectors, then one gather per architecture.
+    """
     if batch.template is not None:
-        params = batch.params()
-        return [(batch.template.spec, torch.arange(batch.num_graphs), params)]
-    assert st_node is not None
-    groups: dict[ngc.NetworkSpec, list[int]] = {}
-    for i, spec in enumerate(batch.specs):
-        groups.setdefault(spec, []).append(i)
+        return [(batch.template.spec, torch.arange(batch.num_graphs), batch.params())]
     dev = batch.node_features.device
-    node_graph = batch.batch
+    sizes = torch.tensor([s.num_params for s in batch.specs], dtype=torch.long, device=dev)
+    offset = torch.cumsum(sizes, 0) - sizes
+    flat = batch.node_features.new_zeros(int(sizes.sum()))
+    node_param = batch.node_param
+    node_param = node_param if node_param.dim() == 2 else node_param[:, None]
+    node_feats = batch.node_features[:, : node_param.shape[1]]
     edge_graph = torch.repeat_interleave(
         torch.arange(batch.num_graphs, device=dev), batch.edge_ptr.diff()
     )
-    node_param = st_node if st_node.dim() == 2 else st_node[:, None]
-    node_feats = batch.node_features[:, : node_param.shape[1]]
-    edge_param = batch.edge_param
+    for feats, param, graph in (
+        (node_feats, node_param, batch.batch),
+        (batch.edge_features, batch.edge_param, edge_graph),
+    ):
+        keep = param >= 0
+        pos = (offset[graph][:, None] + param)[keep]
+        flat[pos] = feats[keep]
+    groups: dict[ngc.NetworkSpec, list[int]] = {}
+    for i, spec in enumerate(batch.specs):
+        groups.setdefault(spec, []).append(i)
     out = []
     for spec, ids in groups.items():
         gid = torch.tensor(ids, dtype=torch.long, device=dev)
-        local = torch.full((batch.num_graphs,), -1, dtype=torch.long, device=dev)
-        local[gid] = torch.arange(len(ids), device=dev)
-        flat = batch.node_features.new_zeros(len(ids) * spec.num_params)
-        for feats, param, graph in (
-            (node_feats, node_param, node_graph),
-            (batch.edge_features, edge_param, edge_graph),
-        ):
-            row = local[graph][:, None].expand_as(param)
-            keep = (row >= 0) & (param >= 0)
-            flat[row[keep] * spec.num_params + param[keep]] = feats[keep]
-        out.append((spec, gid, flat.view(len(ids), spec.num_params)))
+        idx = offset[gid][:, None] + torch.arange(spec.num_params, device=dev)
+        out.append((spec, gid, flat[idx]))
     return out
 
 
