@@ -155,8 +155,8 @@ class CnnZooDataModule(pl.LightningDataModule):
         if self.manifest:
             dataset = self.manifest.get("dataset", self.dataset)
             recipe = dict(self.manifest.get("recipe") or {}).get("name", "?")
-            return f"{dataset} CNN zoo (recipe {recipe})"
-        return f"{self.dataset} CNN zoo (recipe {self.recipe})"
+            return f"{dataset} {self.zoo_kind} (recipe {recipe})"
+        return f"{self.dataset} {self.zoo_kind} (recipe {self.recipe})"
 
     @property
     def zoo_dir(self) -> Path | None:
@@ -169,27 +169,34 @@ class CnnZooDataModule(pl.LightningDataModule):
         return self.splits["train"]["params"]
 
     # -- zoo --------------------------------------------------------------------------------------
+    #: what the source line calls the zoo
+    zoo_kind = "CNN zoo"
+
+    def _read(self, path: Path) -> Any:
+        """The zoo in folder `path`."""
+        return nds.CnnZoo(path)
+
+    def _load(self) -> Any:
+        """The cached zoo of `dataset` / `recipe` / `zoo_seed`, built on first use."""
+        return nds.load_cnn_zoo(
+            self.dataset, self.recipe, self.zoo_seed, build=self.build, progress=True,
+            data_root=self.root,
+        )  # fmt: skip
+
     def _open(self) -> Any:
         if self.zoo_dir_arg is not None:
             path = Path(self.zoo_dir_arg)
             if not path.is_dir():
                 raise FileNotFoundError(
-                    f"no CNN zoo at {path}: pass another --data.zoo_dir, or leave it out to use "
-                    f"(and build) the cached {self.dataset} zoo"
+                    f"no {self.zoo_kind} at {path}: pass another --data.zoo_dir, or leave it out "
+                    f"to use (and build) the cached {self.dataset} zoo"
                 )
-            return nds.CnnZoo(path)
+            return self._read(path)
         t0 = time.monotonic()
-        zoo = nds.load_cnn_zoo(
-            self.dataset,
-            self.recipe,
-            self.zoo_seed,
-            build=self.build,
-            progress=True,
-            data_root=self.root,
-        )
+        zoo = self._load()
         took = time.monotonic() - t0
         if took > 5:
-            print(f"[nngraph] CNN zoo ready in {took:.0f} s: {zoo.path}", file=sys.stderr)
+            print(f"[nngraph] {self.zoo_kind} ready in {took:.0f} s: {zoo.path}", file=sys.stderr)
         return zoo
 
     def prepare_data(self) -> None:
@@ -208,32 +215,48 @@ class CnnZooDataModule(pl.LightningDataModule):
         for name in ("train", "val", "test"):
             if name not in zoo.splits:
                 raise DataConfigError(f"{zoo.path}: the zoo has no {name!r} split")
-            params = zoo.params(name).float()
-            metrics = zoo.metrics(name)
-            keep = self._select(metrics)
-            if not bool(keep.any()):
+            inputs = {"params": zoo.params(name).float()}
+            self.splits[name] = self._part(zoo, name, zoo.metrics(name), inputs, owner)
+
+    #: per-checkpoint columns a batch carries beside the inputs and `target`
+    columns: tuple[str, ...] = HYPERPARAMETERS
+
+    def _part(
+        self,
+        zoo: Any,
+        name: str,
+        metrics: dict[str, Tensor],
+        inputs: dict[str, Tensor],
+        owner: dict[int, str],
+    ) -> dict[str, Tensor]:
+        """One split's tensors: `inputs` and the metric columns of the kept checkpoints, after
+        checking the targets and that no network has checkpoints in another split (`owner`:
+        network -> split, filled in)."""
+        keep = self._select(metrics)
+        if not bool(keep.any()):
+            raise DataConfigError(
+                f"{zoo.path}: no {name} checkpoints left (checkpoints={self.checkpoints!r}, "
+                f"min_epoch={self.min_epoch})"
+            )
+        target = metrics["test_acc"].float()
+        if not bool(((target >= 0) & (target <= 1)).all()):
+            raise DataConfigError(
+                f"{zoo.path}: test_acc must be accuracies in [0, 1] (the {name} split has "
+                f"values in [{float(target.min())}, {float(target.max())}])"
+            )
+        part = {k: v[keep] for k, v in inputs.items()}
+        part["target"] = target[keep]
+        for col in self.columns:
+            if col in metrics:
+                part[col] = metrics[col][keep]
+        for net in part["network"].unique().tolist():
+            other = owner.setdefault(int(net), name)
+            if other != name:
                 raise DataConfigError(
-                    f"{zoo.path}: no {name} checkpoints left (checkpoints={self.checkpoints!r}, "
-                    f"min_epoch={self.min_epoch})"
+                    f"{zoo.path}: network {net} has checkpoints in the {other} and the {name} "
+                    "split; the splits must be by network"
                 )
-            target = metrics["test_acc"].float()
-            if not bool(((target >= 0) & (target <= 1)).all()):
-                raise DataConfigError(
-                    f"{zoo.path}: test_acc must be accuracies in [0, 1] (the {name} split has "
-                    f"values in [{float(target.min())}, {float(target.max())}])"
-                )
-            part = {"params": params[keep], "target": target[keep]}
-            for col in HYPERPARAMETERS:
-                if col in metrics:
-                    part[col] = metrics[col][keep]
-            for net in part["network"].unique().tolist():
-                other = owner.setdefault(int(net), name)
-                if other != name:
-                    raise DataConfigError(
-                        f"{zoo.path}: network {net} has checkpoints in the {other} and the {name} "
-                        "split; the splits must be by network"
-                    )
-            self.splits[name] = part
+        return part
 
     def _select(self, metrics: dict[str, Tensor]) -> Tensor:
         return select_checkpoints(metrics, self.checkpoints, self.min_epoch)

@@ -17,13 +17,10 @@ residual edge are told apart), and StatNN on per-tensor statistics aligned by th
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +31,11 @@ from nngraph_layers.baselines.statnn import NUM_STATS, weight_statistics
 
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
-from .generalization import HYPERPARAMETERS, GeneralizationTask, select_checkpoints
+from .generalization import (
+    HYPERPARAMETERS,
+    CnnZooDataModule,
+    GeneralizationTask,
+)
 
 __all__ = [
     "WILD_HYPERPARAMETERS",
@@ -228,7 +229,7 @@ class GraphBatchLoader:
             yield {**item, "graphs": self.graphs_fn(item["row"])}
 
 
-class WildParkDataModule(pl.LightningDataModule):
+class WildParkDataModule(CnnZooDataModule):
     """A wild park zoo as train / val / test batches for generalisation prediction.
 
     Batches are dicts: `graphs` (the checkpoints' networks as one mixed
@@ -257,6 +258,9 @@ class WildParkDataModule(pl.LightningDataModule):
         seed: seed of the shuffling.
     """
 
+    zoo_kind = "wild park zoo"
+    columns = WILD_HYPERPARAMETERS
+
     def __init__(
         self,
         dataset: str = "fashion-mnist",
@@ -271,23 +275,10 @@ class WildParkDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        if checkpoints not in ("all", "final"):
-            raise DataConfigError(f"checkpoints must be 'all' or 'final', not {checkpoints!r}")
-        if batch_size < 1:
-            raise DataConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset, self.recipe, self.zoo_seed = dataset, recipe, zoo_seed
-        self.zoo_dir_arg = zoo_dir
-        self.root, self.build = root, build
-        self.checkpoints, self.min_epoch = checkpoints, min_epoch
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.seed = seed
-        self.splits: dict[str, dict[str, Tensor]] = {}
-        self.manifest: dict[str, Any] = {}
-        self.categories: dict[str, list[str]] = {}
-        self.zoo: Any = None
+        super().__init__(
+            dataset, recipe, zoo_seed, zoo_dir, root, build, checkpoints, min_epoch, batch_size,
+            eval_batch_size, seed,
+        )  # fmt: skip
         self.templates: list[ngc.GraphTemplate] = []
         #: kernel window of every batch (default: the zoo's largest kernel; the task sets its own)
         self.kernel_shape: tuple[int, int] | None = None
@@ -296,18 +287,10 @@ class WildParkDataModule(pl.LightningDataModule):
         self._row_pos = torch.zeros(0, dtype=torch.long)
 
     @property
-    def source(self) -> str:
-        if self.manifest:
-            dataset = self.manifest.get("dataset", self.dataset)
-            recipe = dict(self.manifest.get("recipe") or {}).get("name", "?")
-            return f"{dataset} wild park zoo (recipe {recipe})"
-        return f"{self.dataset} wild park zoo (recipe {self.recipe})"
-
-    @property
-    def zoo_dir(self) -> Path | None:
-        if self.zoo is not None:
-            return Path(self.zoo.path)
-        return Path(self.zoo_dir_arg) if self.zoo_dir_arg else None
+    def train_params(self) -> Tensor:
+        raise DataConfigError(
+            "a wild park zoo has no flat parameter matrix: its networks have different sizes"
+        )
 
     @property
     def max_depth(self) -> int:
@@ -322,28 +305,14 @@ class WildParkDataModule(pl.LightningDataModule):
             max(t.spec.kernel_shape[1] for t in self.templates),
         )
 
-    def _open(self) -> Any:
-        if self.zoo_dir_arg is not None:
-            path = Path(self.zoo_dir_arg)
-            if not path.is_dir():
-                raise FileNotFoundError(
-                    f"no wild park zoo at {path}: pass another --data.zoo_dir, or leave it out "
-                    f"to use (and build) the cached {self.dataset} zoo"
-                )
-            return nds.WildParkZoo(path)
-        t0 = time.monotonic()
-        zoo = nds.load_wild_park_zoo(
+    def _read(self, path: Path) -> Any:
+        return nds.WildParkZoo(path)
+
+    def _load(self) -> Any:
+        return nds.load_wild_park_zoo(
             self.dataset, self.recipe, self.zoo_seed, build=self.build, progress=True,
             data_root=self.root,
         )  # fmt: skip
-        took = time.monotonic() - t0
-        if took > 5:
-            print(f"[nngraph] wild park zoo ready in {took:.0f} s: {zoo.path}", file=sys.stderr)
-        return zoo
-
-    def prepare_data(self) -> None:
-        if self.zoo_dir_arg is None:
-            self._open()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -367,27 +336,7 @@ class WildParkDataModule(pl.LightningDataModule):
                 raise DataConfigError(f"{zoo.path}: the zoo has no {name!r} split")
             rows = zoo.rows(name)
             m = {k: v[rows] for k, v in metrics.items()}
-            keep = select_checkpoints(m, self.checkpoints, self.min_epoch)
-            if not bool(keep.any()):
-                raise DataConfigError(
-                    f"{zoo.path}: no {name} checkpoints left (checkpoints={self.checkpoints!r}, "
-                    f"min_epoch={self.min_epoch})"
-                )
-            target = m["test_acc"].float()
-            if not bool(((target >= 0) & (target <= 1)).all()):
-                raise DataConfigError(f"{zoo.path}: test_acc must be accuracies in [0, 1]")
-            part = {"row": rows[keep], "target": target[keep]}
-            for col in WILD_HYPERPARAMETERS:
-                if col in m:
-                    part[col] = m[col][keep]
-            for net in part["network"].unique().tolist():
-                other = owner.setdefault(int(net), name)
-                if other != name:
-                    raise DataConfigError(
-                        f"{zoo.path}: network {net} has checkpoints in the {other} and the {name} "
-                        "split; the splits must be by network"
-                    )
-            self.splits[name] = part
+            self.splits[name] = self._part(zoo, name, m, {"row": rows}, owner)
         if self.kernel_shape is None:
             self.kernel_shape = self.zoo_kernel_shape
 
@@ -408,32 +357,11 @@ class WildParkDataModule(pl.LightningDataModule):
         for i in range(0, len(rows), 256):
             yield self.graphs(rows[i : i + 256])
 
-    def _position(self, loader: TensorLoader) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
-        return divmod(done, max(len(loader), 1))
+    def train_dataloader(self) -> GraphBatchLoader:  # type: ignore[override]
+        return GraphBatchLoader(super().train_dataloader(), self.graphs)
 
-    def _dist(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
-    def train_dataloader(self) -> GraphBatchLoader:
-        rank, world = self._dist()
-        loader = TensorLoader(
-            self.splits["train"], self.batch_size, shuffle=True, seed=self.seed, rank=rank,
-            world_size=world,
-        )  # fmt: skip
-        loader.position_fn = lambda: self._position(loader)
-        return GraphBatchLoader(loader, self.graphs)
-
-    def _eval(self, split: str) -> GraphBatchLoader:
-        rank, world = self._dist()
-        loader = TensorLoader(self.splits[split], self.eval_batch_size, rank=rank, world_size=world)
-        return GraphBatchLoader(loader, self.graphs)
+    def _eval(self, split: str) -> GraphBatchLoader:  # type: ignore[override]
+        return GraphBatchLoader(super()._eval(split), self.graphs)
 
     def val_dataloader(self) -> GraphBatchLoader:
         return self._eval("val")
