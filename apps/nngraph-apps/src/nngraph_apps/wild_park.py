@@ -42,13 +42,17 @@ __all__ = [
     "GraphBatchLoader",
     "WildParkDataModule",
     "WildParkTask",
+    "WildStatNN",
     "aligned_statistics",
+    "fit_graph_normalizer",
+    "mixed_params",
+    "num_statistics",
 ]
 
-#: Per-checkpoint columns of a wild park batch beside `graphs` and `target` (for the report).
 WILD_HYPERPARAMETERS = (*HYPERPARAMETERS, "architecture", "depth", "width", "kernel", "residual")
-#: Models that read networks of any architecture.
+"""Per-checkpoint columns of a wild park batch beside `graphs` and `target` (for the report)."""
 WILD_MODELS = ("ngnn", "ngt", "statnn")
+"""Models that read networks of any architecture."""
 
 
 # ------------------------------------------------------------------------------------------
