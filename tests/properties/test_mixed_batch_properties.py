@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -63,6 +63,7 @@ def _batch(nets: list[nn.Module]) -> ngc.GraphBatch:
 
 @pytest.mark.parametrize("kind", ["ngnn", "ngt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@settings(max_examples=50, deadline=None)  # three CNN graphs and two models per example
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_mixed_batch_is_invariant_to_each_networks_permutations(
     kind: str, dtype: torch.dtype, data: st.DataObject, seed: int
@@ -85,6 +86,7 @@ def test_mixed_batch_is_invariant_to_each_networks_permutations(
 
 
 @pytest.mark.parametrize("kind", ["ngnn", "ngt"])
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**16), which=st.integers(0, len(ARCHS) - 1))
 def test_an_illegal_permutation_changes_only_its_network(kind: str, seed: int, which: int) -> None:
     dtype = torch.float64
