@@ -484,8 +484,16 @@ class GeneralizationTask(WeightSpaceTask):
         return torch.sigmoid(out) if self.hparams["loss"] == "bce" else out
 
     # -- steps --------------------------------------------------------------------------------------
+    #: per-checkpoint columns of a test batch kept for the report
+    report_columns: tuple[str, ...] = HYPERPARAMETERS
+
+    def _batch_outputs(self, batch: dict[str, Any]) -> Tensor:
+        """Raw outputs `[B]` of a data-module batch (the inputs are the task's to pick)."""
+        out: Tensor = self(batch["params"], batch.get("activation"))
+        return out
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self(batch["params"], batch.get("activation"))
+        out = self._batch_outputs(batch)
         loss = self.criterion(out, batch["target"])
         self._check_loss(loss)
         b = len(out)
@@ -494,8 +502,7 @@ class GeneralizationTask(WeightSpaceTask):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        out = self(batch["params"], batch.get("activation"))
-        return self._log_eval(out, batch["target"], split)
+        return self._log_eval(self._batch_outputs(batch), batch["target"], split)
 
     def _log_eval(self, out: Tensor, target: Tensor, split: str) -> Tensor:
         """Update and log the split's metrics for raw outputs `out`; returns the predicted
@@ -519,7 +526,7 @@ class GeneralizationTask(WeightSpaceTask):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         pred = self._eval_step(batch, "test")
         row = {"prediction": pred.detach(), "target": batch["target"]}
-        row.update({k: v for k, v in batch.items() if k in HYPERPARAMETERS})
+        row.update({k: v for k, v in batch.items() if k in self.report_columns})
         self._collected.append({k: v.cpu() for k, v in row.items()})
 
     def on_test_epoch_start(self) -> None:

@@ -516,24 +516,10 @@ class WildParkTask(GeneralizationTask):
         out: Tensor = self.model(graphs)
         return out.squeeze(-1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self(batch["graphs"])
-        loss = self.criterion(out, batch["target"])
-        self._check_loss(loss)
-        b = len(out)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=b)  # type: ignore[union-attr]
-        return loss
+    report_columns = WILD_HYPERPARAMETERS
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> Tensor:
-        out = self(batch["graphs"])
-        return self._log_eval(out, batch["target"], split)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self._eval_step(batch, "test")
-        row = {"prediction": pred.detach(), "target": batch["target"]}
-        row.update({k: v for k, v in batch.items() if k in WILD_HYPERPARAMETERS})
-        self._collected.append({k: v.cpu() for k, v in row.items()})
+    def _batch_outputs(self, batch: dict[str, Any]) -> Tensor:
+        return self(batch["graphs"])
 
 
 def fit_graph_normalizer(batches: Iterator[ngc.GraphBatch], num_layers: int) -> Any:
