@@ -13,7 +13,8 @@ from nngraph_apps.cli import main
 EXPECTED_CONFIGS = {
     "mnist5k_ngnn.yaml", "mnist5k_ngt.yaml", "fmnist_ngnn.yaml", "fmnist_ngt.yaml",
     "mnist_dws_ngnn.yaml", "mnist5k_mlp.yaml", "mnist5k_deepsets.yaml", "mnist5k_probe_mlp.yaml",
-    "mnist5k_dilate_ngnn.yaml", "mnist5k_dilate_ngt.yaml",
+    "mnist5k_dilate_ngnn.yaml", "mnist5k_dilate_ngt.yaml", "fmnist_ngnn_paper.yaml",
+    "fmnist_probe_mlp.yaml",
 }  # fmt: skip
 
 
@@ -35,6 +36,8 @@ def test_configs_are_shipped(capsys: pytest.CaptureFixture[str]) -> None:
         ("mnist5k_mlp", ["--model.model_kwargs", "{hidden: [16]}"]),
         ("mnist5k_deepsets", ["--model.model_kwargs", "{hidden: 8}"]),
         ("mnist5k_probe_mlp", ["--model.model_kwargs", "{hidden: [16]}"]),
+        ("fmnist_ngnn", []),
+        ("fmnist_probe_mlp", ["--model.model_kwargs", "{hidden: [16]}"]),
     ],
 )  # fmt: skip
 def test_fit_classification(config: str, extra: list[str], tiny_args: list[str]) -> None:
