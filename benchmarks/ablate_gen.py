@@ -63,6 +63,16 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{kind_embeddings: true}"],
         "NG-GNN + activation / node / edge type embeddings",
     ),
+    "ngnn_layers": (
+        "fmnist_cnn_gen_ngnn",
+        ["--model.model_kwargs", "{pooling: layers}"],
+        "NG-GNN, readout of every node layer's mean + the output neurons",
+    ),
+    "ngnn_probes_layers": (
+        "fmnist_cnn_gen_ngnn_probes",
+        ["--model.model_kwargs", "{pooling: layers}"],
+        "NG-GNN + probe features, readout of layer means + the output neurons",
+    ),
     "wild_statnn": (
         "fmnist_wild_statnn",
         [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,9 +206,41 @@ def test_invariant_head_pooling_options_agree_on_mixed_batches() -> None:
     batch = template.batch(params)
     mixed = ngc.batch(batch.to_graphs())
     x = torch.randn(batch.num_nodes, 5, generator=torch.Generator().manual_seed(1))
-    for pooling in ("cat", "mean", "sum", "max"):
-        head = InvariantHead(5, 3, 2, pooling=pooling)  # type: ignore[arg-type]
+    for pooling in ("cat", "mean", "sum", "max", "layers"):
+        head = InvariantHead(5, 3, 2, pooling=pooling, num_node_layers=3)  # type: ignore[arg-type]
         torch.testing.assert_close(head(x, mixed), head(x, batch))
+
+
+def test_layers_readout_reads_layer_means_and_outputs() -> None:
+    """`pooling="layers"`: the MLP's input is [mean of each node layer, output nodes] (checked
+    against the formula), it is invariant to a hidden permutation of the node features and a
+    batch of another depth is refused by name."""
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    template = ngc.GraphTemplate.from_module(mlp)
+    batch = template.batch(torch.randn(3, template.num_params))
+    x = torch.randn(batch.num_nodes, 5, dtype=torch.float64)
+    head = InvariantHead(5, 3, 2, pooling="layers", num_node_layers=3).double()
+    seen: list[Tensor] = []
+    head.mlp.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0]))
+    out = head(x, batch)
+    dense = x.view(3, template.num_nodes, 5)
+    means = [dense[:, template.layer_nodes(layer)].mean(1) for layer in range(3)]
+    outputs = dense[:, template.layer_nodes(2)].reshape(3, -1)
+    torch.testing.assert_close(seen[0], torch.cat([*means, outputs], -1))
+    hidden = template.layer_nodes(1)
+    perm = torch.arange(template.num_nodes)
+    perm[hidden] = perm[hidden][torch.tensor([2, 0, 3, 1])]
+    torch.testing.assert_close(head(dense[:, perm].reshape(-1, 5), batch), out)
+    deeper = ngc.GraphTemplate.from_module(
+        torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4),
+                            torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    )  # fmt: skip
+    other = deeper.batch(torch.randn(1, deeper.num_params))
+    for b in (other, ngc.batch([*batch.to_graphs(), *other.to_graphs()])):
+        with pytest.raises(ngc.ShapeMismatchError, match="3 node layers"):
+            head(torch.randn(b.num_nodes, 5, dtype=torch.float64), b)
+    with pytest.raises(ValueError, match="num_node_layers"):
+        InvariantHead(5, 3, 2, pooling="layers")
 
 
 def test_equivariant_head_starts_near_identity() -> None:

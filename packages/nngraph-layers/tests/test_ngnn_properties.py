@@ -59,6 +59,15 @@ class TestNGGNNInvariantKinds(InvariantModelTests):
         ).to(dtype)
 
 
+class TestNGGNNInvariantLayersReadout(InvariantModelTests):
+    """With the per-layer readout (`pooling="layers"`: layer means + output neurons)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+
+    def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
+        return NGGNN.for_graphs(template, num_outputs=3, pooling="layers", **SMALL).to(dtype)
+
+
 class TestNGGNNEquivariantFast(EquivariantModelTests):
     kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
 

@@ -14,7 +14,7 @@ from .dropout import Dropout
 
 __all__ = ["EquivariantHead", "InvariantHead", "mlp"]
 
-Pooling = Literal["cat", "mean", "sum", "max"]
+Pooling = Literal["cat", "mean", "sum", "max", "layers"]
 
 
 def mlp(
@@ -40,6 +40,20 @@ class InvariantHead(nn.Module):
     \mathbf{y} = \mathrm{MLP}\big([\mathbf{x}_{o_1} \,\|\, \cdots \,\|\, \mathbf{x}_{o_{n_L}}]\big)
     $$
 
+    `pooling="layers"` adds the mean of every node layer (depth $0, \dots, L$) to the output
+    neurons' features, so the readout sees a summary of each layer directly instead of only
+    through the messages that reach the outputs (as StatNN reads per-layer statistics):
+
+    $$
+    \mathbf{y} = \mathrm{MLP}\big([\bar{\mathbf{x}}^{(0)} \,\|\, \cdots \,\|\,
+    \bar{\mathbf{x}}^{(L)} \,\|\, \mathbf{x}_{o_1} \,\|\, \cdots \,\|\,
+    \mathbf{x}_{o_{n_L}}]\big), \qquad
+    \bar{\mathbf{x}}^{(l)} = \frac{1}{|V_l|} \sum_{i \in V_l} \mathbf{x}_i .
+    $$
+
+    A permutation moves neurons only within their layer, so the layer means are invariant. Every
+    graph of a batch needs `num_node_layers` depths (mixed batches of one depth are fine).
+
     The alternatives pool over all nodes of a graph: $\mathbf{y} =
     \mathrm{MLP}(\bigoplus_i \mathbf{x}_i)$ with $\bigoplus \in \{\mathrm{mean},
     \mathrm{sum}, \max\}$ (these also accept mixed batches with different output counts).
@@ -47,11 +61,13 @@ class InvariantHead(nn.Module):
     Args:
         in_channels (int): node width $d$.
         out_channels (int): number of predicted values.
-        num_output_nodes (int): $n_L$ (used by `"cat"`).
-        hidden_channels (int, optional): MLP width (default: `in_channels * num_output_nodes`
-            for `"cat"`, else `in_channels`; at least 32).
-        pooling (str, optional): `"cat"`, `"mean"`, `"sum"` or `"max"`.
+        num_output_nodes (int): $n_L$ (used by `"cat"` and `"layers"`).
+        hidden_channels (int, optional): MLP width (default: the MLP's input width:
+            `in_channels * num_output_nodes` for `"cat"`, `in_channels * (num_node_layers +
+            num_output_nodes)` for `"layers"`, else `in_channels`; at least 32).
+        pooling (str, optional): `"cat"`, `"layers"`, `"mean"`, `"sum"` or `"max"`.
         dropout (float, optional): dropout inside the MLP.
+        num_node_layers (int, optional): node layers $L + 1$ of the graphs (`"layers"` only).
 
     Shapes:
         - **input:** node features `[sum N, d]`, the [`GraphBatch`][nngraph_core.GraphBatch]
@@ -66,13 +82,23 @@ class InvariantHead(nn.Module):
         hidden_channels: int | None = None,
         pooling: Pooling = "cat",
         dropout: float = 0.0,
+        num_node_layers: int | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in ("cat", "mean", "sum", "max"):
+        if pooling not in ("cat", "mean", "sum", "max", "layers"):
             raise ValueError(f"unknown pooling {pooling!r}")
+        if pooling == "layers" and (num_node_layers is None or num_node_layers < 2):
+            raise ValueError(
+                f"pooling='layers' needs num_node_layers >= 2 (the graphs' depths), got "
+                f"{num_node_layers!r}"
+            )
         self.pooling = pooling
         self.num_output_nodes = num_output_nodes
-        width = in_channels * num_output_nodes if pooling == "cat" else in_channels
+        self.num_node_layers = num_node_layers
+        width = {
+            "cat": in_channels * num_output_nodes,
+            "layers": in_channels * (num_output_nodes + (num_node_layers or 0)),
+        }.get(pooling, in_channels)
         hidden = hidden_channels if hidden_channels is not None else max(width, 32)
         self.mlp = mlp(width, hidden, out_channels, dropout)
 
@@ -85,16 +111,9 @@ class InvariantHead(nn.Module):
         b = batch.num_graphs
         t = batch.template
         if self.pooling == "cat":
-            if t is not None:
-                pooled = x.view(b, t.num_nodes, -1)[:, t.layer_nodes(t.spec.num_layers)]
-            else:
-                pooled = x[batch.node_role == int(ngc.NodeRole.OUTPUT)]
-            if pooled.numel() != b * self.num_output_nodes * x.shape[-1]:
-                raise ngc.ShapeMismatchError(
-                    f"'cat' readout built for {self.num_output_nodes} output nodes per graph; "
-                    "use pooling='mean' for batches with other output counts"
-                )
-            return self.mlp(pooled.reshape(b, -1))
+            return self.mlp(self._outputs(x, batch))
+        if self.pooling == "layers":
+            return self.mlp(torch.cat([self._layer_means(x, batch), self._outputs(x, batch)], -1))
         if t is not None:
             dense = x.view(b, t.num_nodes, -1)
             if self.pooling == "max":
@@ -102,10 +121,52 @@ class InvariantHead(nn.Module):
             pooled = dense.sum(dim=1)
             return self.mlp(pooled / t.num_nodes if self.pooling == "mean" else pooled)
         index = batch.batch
-        reduce = {"mean": "mean", "sum": "sum", "max": "amax"}[self.pooling]
+        reduce = {"mean": "mean", "sum": "sum", "max": "amax"}[str(self.pooling)]
         out = x.new_zeros(b, x.shape[-1])
         idx = index.unsqueeze(-1).expand_as(x)
         return self.mlp(out.scatter_reduce(0, idx, x, reduce=reduce, include_self=False))
+
+    def _outputs(self, x: Tensor, batch: ngc.GraphBatch) -> Tensor:
+        """The output neurons' features, concatenated: `[B, n_L * d]`."""
+        b, t = batch.num_graphs, batch.template
+        if t is not None:
+            pooled = x.view(b, t.num_nodes, -1)[:, t.layer_nodes(t.spec.num_layers)]
+        else:
+            pooled = x[batch.node_role == int(ngc.NodeRole.OUTPUT)]
+        if pooled.numel() != b * self.num_output_nodes * x.shape[-1]:
+            raise ngc.ShapeMismatchError(
+                f"{self.pooling!r} readout built for {self.num_output_nodes} output nodes per "
+                "graph; use pooling='mean' for batches with other output counts"
+            )
+        return pooled.reshape(b, -1)
+
+    def _layer_means(self, x: Tensor, batch: ngc.GraphBatch) -> Tensor:
+        """The mean feature of every node layer, concatenated: `[B, (L + 1) * d]`."""
+        b, t, d = batch.num_graphs, batch.template, x.shape[-1]
+        n_layers = int(self.num_node_layers or 0)
+        if t is not None:
+            layer_t = t.node_layer.to(x.device)
+            self._check_depth(layer_t.max().view(1) + 1, n_layers)
+            sums = x.new_zeros(b, n_layers, d).index_add_(1, layer_t, x.view(b, t.num_nodes, d))
+            counts = torch.bincount(layer_t, minlength=n_layers).to(x.dtype)
+            return (sums / counts.clamp(min=1).unsqueeze(-1)).reshape(b, -1)
+
+        layer = batch.node_layer.to(x.device)
+        graph = batch.batch.to(x.device)
+        deepest = layer.new_full((b,), -1).scatter_reduce(0, graph, layer, reduce="amax")
+        self._check_depth(deepest + 1, n_layers)
+        key = graph * n_layers + layer
+        sums = x.new_zeros(b * n_layers, d).index_add_(0, key, x)
+        counts = torch.bincount(key, minlength=b * n_layers).to(x.dtype)
+        return (sums / counts.clamp(min=1).unsqueeze(-1)).reshape(b, -1)
+
+    @staticmethod
+    def _check_depth(depths: Tensor, n_layers: int) -> None:
+        if bool((depths != n_layers).any()):
+            raise ngc.ShapeMismatchError(
+                f"'layers' readout built for graphs with {n_layers} node layers; this batch has "
+                f"graphs with {sorted(set(depths.tolist()))}"
+            )
 
 
 class EquivariantHead(nn.Module):

@@ -71,7 +71,9 @@ class NGGNN(GraphModel):
     `kernel="torch"` turns it off.
 
     Build it with [`for_graphs`][nngraph_layers.NGGNN.for_graphs]. Paper sizes: hidden 32, 4 layers,
-    dropout 0.2. `kind_embeddings=True` adds embeddings of every node's activation kind and
+    dropout 0.2. `pooling` picks the invariant readout (see
+    [`InvariantHead`][nngraph_layers.InvariantHead]): `"cat"` (paper) reads the output neurons,
+    `"layers"` adds the mean of every node layer. `kind_embeddings=True` adds embeddings of every node's activation kind and
     node type and every edge's type to the encoder's output (see
     [`GraphEncoder`][nngraph_layers.GraphEncoder]): for mixed-architecture batches and for zoos
     whose networks differ in their activation.
@@ -136,7 +138,10 @@ class NGGNN(GraphModel):
         )
         self.head: InvariantHead | EquivariantHead
         if head == "invariant":
-            self.head = InvariantHead(d, num_outputs, widths[-1], pooling=pooling, dropout=dropout)
+            self.head = InvariantHead(
+                d, num_outputs, widths[-1], pooling=pooling, dropout=dropout,
+                num_node_layers=len(widths),
+            )  # fmt: skip
         elif head == "equivariant":
             self.head = EquivariantHead(d, 2 * de, edge_dim, len(widths) - 1, hidden_channels=d)
         else:
