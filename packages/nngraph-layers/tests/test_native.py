@@ -540,7 +540,9 @@ def test_fourier_features_native_equals_torch(
     w = torch.randn(n, 5, generator=g)
     grads = torch.autograd.grad((out * w).sum(), (x, *ff.parameters()))
     exact = torch.autograd.grad((ref * w.double()).sum(), (x64, *ff64.parameters()))
-    _close_to_exact((out, *grads), (ref, *exact), tol=1e-5)
+    # The parameter gradients sum n float32 terms (in another order than torch): their rounding
+    # error grows like sqrt(n), so the tolerance does too (n = 561 once read 7.4e-4 against 6.2e-4).
+    _close_to_exact((out, *grads), (ref, *exact), tol=1e-5 * max(1.0, (n / 64) ** 0.5))
 
 
 def test_ngt_kernels_are_independent_of_the_thread_count(native: None) -> None:
