@@ -21,6 +21,7 @@ __all__ = [
     "hidden_layer_slot",
     "node_index_in_layer",
     "template_edge_layer",
+    "template_layer_sizes",
     "template_node_index_in_layer",
 ]
 
@@ -50,6 +51,11 @@ def template_node_index_in_layer(template: ngc.GraphTemplate) -> Tensor:
         return torch.arange(template.num_nodes) - starts[template.node_layer]
 
     return _cached(template, "index_in_layer", build)
+
+
+def template_layer_sizes(template: ngc.GraphTemplate) -> Tensor:
+    """`[L + 1]` number of nodes in every node layer (CPU)."""
+    return _cached(template, "layer_sizes", lambda: torch.bincount(template.node_layer))
 
 
 def edge_layer(batch: ngc.GraphBatch) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 import nngraph_core as ngc
 
-from ._graph import edge_layer, edge_valid_mask, hidden_layer_slot
+from ._graph import edge_layer, edge_valid_mask, hidden_layer_slot, template_layer_sizes
 from .dropout import Dropout
 
 __all__ = ["EquivariantHead", "InvariantHead", "mlp"]
@@ -145,27 +145,29 @@ class InvariantHead(nn.Module):
         b, t, d = batch.num_graphs, batch.template, x.shape[-1]
         n_layers = int(self.num_node_layers or 0)
         if t is not None:
+            # the template's layer sizes live on the CPU: the depth check needs no device sync
+            sizes = template_layer_sizes(t)
+            self._check_depth([len(sizes)], n_layers)
             layer_t = t.node_layer.to(x.device)
-            self._check_depth(layer_t.max().view(1) + 1, n_layers)
             sums = x.new_zeros(b, n_layers, d).index_add_(1, layer_t, x.view(b, t.num_nodes, d))
-            counts = torch.bincount(layer_t, minlength=n_layers).to(x.dtype)
+            counts = sizes.to(x.device, x.dtype)
             return (sums / counts.clamp(min=1).unsqueeze(-1)).reshape(b, -1)
-
         layer = batch.node_layer.to(x.device)
         graph = batch.batch.to(x.device)
         deepest = layer.new_full((b,), -1).scatter_reduce(0, graph, layer, reduce="amax")
-        self._check_depth(deepest + 1, n_layers)
+        self._check_depth((deepest + 1).tolist(), n_layers)
         key = graph * n_layers + layer
         sums = x.new_zeros(b * n_layers, d).index_add_(0, key, x)
         counts = torch.bincount(key, minlength=b * n_layers).to(x.dtype)
         return (sums / counts.clamp(min=1).unsqueeze(-1)).reshape(b, -1)
 
     @staticmethod
-    def _check_depth(depths: Tensor, n_layers: int) -> None:
-        if bool((depths != n_layers).any()):
+    def _check_depth(depths: list[int], n_layers: int) -> None:
+        """`ShapeMismatchError` unless every graph has `n_layers` node layers."""
+        if any(depth != n_layers for depth in depths):
             raise ngc.ShapeMismatchError(
                 f"'layers' readout built for graphs with {n_layers} node layers; this batch has "
-                f"graphs with {sorted(set(depths.tolist()))}"
+                f"graphs with {sorted(set(depths))}"
             )
 
 

@@ -73,8 +73,8 @@ class NGGNN(GraphModel):
     Build it with [`for_graphs`][nngraph_layers.NGGNN.for_graphs]. Paper sizes: hidden 32, 4 layers,
     dropout 0.2. `pooling` picks the invariant readout (see
     [`InvariantHead`][nngraph_layers.InvariantHead]): `"cat"` (paper) reads the output neurons,
-    `"layers"` adds the mean of every node layer. `kind_embeddings=True` adds embeddings of every node's activation kind and
-    node type and every edge's type to the encoder's output (see
+    `"layers"` adds the mean of every node layer. `kind_embeddings=True` adds embeddings of
+    every node's activation kind and node type and every edge's type to the encoder's output (see
     [`GraphEncoder`][nngraph_layers.GraphEncoder]): for mixed-architecture batches and for zoos
     whose networks differ in their activation.
 
