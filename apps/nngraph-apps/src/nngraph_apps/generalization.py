@@ -172,16 +172,10 @@ class CnnZooDataModule(pl.LightningDataModule):
     #: what the source line calls the zoo
     zoo_kind = "CNN zoo"
 
-    def _read(self, path: Path) -> Any:
-        """The zoo in folder `path`."""
-        return nds.CnnZoo(path)
-
-    def _load(self) -> Any:
-        """The cached zoo of `dataset` / `recipe` / `zoo_seed`, built on first use."""
-        return nds.load_cnn_zoo(
-            self.dataset, self.recipe, self.zoo_seed, build=self.build, progress=True,
-            data_root=self.root,
-        )  # fmt: skip
+    #: the zoo class that reads a zoo folder (`--data.zoo_dir`)
+    zoo_class: Any = nds.CnnZoo
+    #: the loader of the cached zoo of `dataset` / `recipe` / `zoo_seed`, built on first use
+    zoo_loader: Any = staticmethod(nds.load_cnn_zoo)
 
     def _open(self) -> Any:
         if self.zoo_dir_arg is not None:
@@ -191,9 +185,12 @@ class CnnZooDataModule(pl.LightningDataModule):
                     f"no {self.zoo_kind} at {path}: pass another --data.zoo_dir, or leave it out "
                     f"to use (and build) the cached {self.dataset} zoo"
                 )
-            return self._read(path)
+            return self.zoo_class(path)
         t0 = time.monotonic()
-        zoo = self._load()
+        zoo = self.zoo_loader(
+            self.dataset, self.recipe, self.zoo_seed, build=self.build, progress=True,
+            data_root=self.root,
+        )  # fmt: skip
         took = time.monotonic() - t0
         if took > 5:
             print(f"[nngraph] {self.zoo_kind} ready in {took:.0f} s: {zoo.path}", file=sys.stderr)

@@ -18,7 +18,6 @@ residual edge are told apart), and StatNN on per-tensor statistics aligned by th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -263,6 +262,8 @@ class WildParkDataModule(CnnZooDataModule):
     """
 
     zoo_kind = "wild park zoo"
+    zoo_class = nds.WildParkZoo
+    zoo_loader = staticmethod(nds.load_wild_park_zoo)
     columns = WILD_HYPERPARAMETERS
 
     def __init__(
@@ -308,15 +309,6 @@ class WildParkDataModule(CnnZooDataModule):
             max(t.spec.kernel_shape[0] for t in self.templates),
             max(t.spec.kernel_shape[1] for t in self.templates),
         )
-
-    def _read(self, path: Path) -> Any:
-        return nds.WildParkZoo(path)
-
-    def _load(self) -> Any:
-        return nds.load_wild_park_zoo(
-            self.dataset, self.recipe, self.zoo_seed, build=self.build, progress=True,
-            data_root=self.root,
-        )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
