@@ -85,6 +85,11 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", kind_embeddings: true}"],
         "NG-T + activation / node / edge type embeddings",
     ),
+    "ngt_layers": (
+        "fmnist_cnn_gen_ngt",
+        ["--model.model_kwargs", "{" + NGT_KWARGS + ", pooling: layers}"],
+        "NG-T, readout of every node layer's mean + the output neurons",
+    ),
 }
 
 

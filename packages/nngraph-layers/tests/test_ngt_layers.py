@@ -107,15 +107,22 @@ def test_layer_block_path_matches_general_path(recipe, seed, dtype, data) -> Non
     seed=seeds,
     dtype=dtypes,
     attention=st.sampled_from(["sparse", "dense"]),
-    head=st.sampled_from(["invariant", "equivariant"]),
+    head=st.sampled_from(["invariant", "invariant-layers", "equivariant"]),
 )
 def test_model_fast_path_matches_general_path(recipe, seed, dtype, attention, head) -> None:  # type: ignore[no-untyped-def]
-    """Sparse: blocks == pair lists; dense: ``[B, N, N, d]`` tensors == all-pairs lists."""
+    """Sparse: blocks == pair lists; dense: ``[B, N, N, d]`` tensors == all-pairs lists (also
+    with the per-layer readout)."""
     template, params = _template_and_params(recipe, seed, dtype)
+    pooling = {"pooling": "layers"} if head == "invariant-layers" else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = NGTransformer.for_graphs(
-            template, num_outputs=3, attention=attention, head=head, **TINY
+            template,
+            num_outputs=3,
+            attention=attention,
+            head=head.split("-")[0],
+            **pooling,
+            **TINY,
         ).to(dtype)
     model.eval()
     with torch.no_grad():
@@ -127,16 +134,21 @@ def test_model_fast_path_matches_general_path(recipe, seed, dtype, attention, he
 
 
 # -- mixed batches --------------------------------------------------------------------------------
+@pytest.mark.parametrize("pooling", ["cat", "layers"])
 @pytest.mark.parametrize("attention", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mixed_batch_matches_per_architecture(attention: str, dtype: torch.dtype) -> None:
+def test_mixed_batch_matches_per_architecture(
+    attention: str, dtype: torch.dtype, pooling: str
+) -> None:
     torch.manual_seed(0)
     nets = [
         torch.nn.Sequential(torch.nn.Linear(2, w), torch.nn.Tanh(), torch.nn.Linear(w, 3))
         for w in (4, 6, 5)
     ]
     graphs = [ngc.from_module(net.to(dtype)) for net in nets]
-    model = NGTransformer.for_graphs(graphs[0], num_outputs=2, attention=attention, **TINY)
+    model = NGTransformer.for_graphs(
+        graphs[0], num_outputs=2, attention=attention, pooling=pooling, **TINY
+    )
     model = model.to(dtype).eval()
     with torch.no_grad():
         mixed = model(ngc.batch(graphs))

@@ -53,7 +53,8 @@ class _ProbeRunner:
 
 # Four classes cover both attention modes, both heads and probes on/off (each property runs
 # 200 examples under CI): sparse without probes / dense with probes for the invariant head,
-# the other two combinations for the equivariant head.
+# the other two combinations for the equivariant head. Two more cover options of the sparse
+# invariant model: kind embeddings and the per-layer readout.
 
 
 class TestNGTSparseInvariant(InvariantModelTests):
@@ -68,6 +69,15 @@ class TestNGTSparseInvariantKinds(InvariantModelTests):
 
     def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
         return tiny_ngt(template, dtype, attention="sparse", kind_embeddings=True)
+
+
+class TestNGTSparseInvariantLayersReadout(InvariantModelTests):
+    """With the per-layer readout (`pooling="layers"`: layer means + output neurons)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+
+    def make_model(self, template: ngc.GraphTemplate, dtype: torch.dtype) -> nn.Module:
+        return tiny_ngt(template, dtype, attention="sparse", pooling="layers")
 
 
 class TestNGTDenseInvariantProbes(_ProbeRunner, InvariantModelTests):

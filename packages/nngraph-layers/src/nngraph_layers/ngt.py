@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 import nngraph_core as ngc
 
 from ._native import Kernel
-from .heads import EquivariantHead, InvariantHead
+from .heads import EquivariantHead, InvariantHead, Pooling
 from .model import GraphEncoder, GraphModel, as_template
 from .relational_attention import BlockLayout
 from .rt_layer import RTLayer
@@ -96,7 +96,7 @@ class NGTransformer(GraphModel):
 
     Heads: `"invariant"` concatenates the output neurons' final features and applies an MLP
     ([`InvariantHead`][nngraph_layers.InvariantHead]; the last layer then skips its unused edge
-    update, as the reference does); `"equivariant"` predicts a delta per bias (node MLP) and per
+    update, as the reference does; `pooling="layers"` adds the mean of every node layer); `"equivariant"` predicts a delta per bias (node MLP) and per
     weight (edge MLP on the final features of both pairs of the weight,
     $[\mathbf{e}_{ij} \Vert \mathbf{e}_{ji}]$), scaled per layer (initial 0.01) and added to the
     input network ([`EquivariantHead`][nngraph_layers.EquivariantHead]).
@@ -118,6 +118,10 @@ class NGTransformer(GraphModel):
         num_layers: transformer layers (paper: 4).
         heads: attention heads (paper: 8).
         out_hidden_dim: width of the invariant head's MLP (paper: 128).
+        pooling: the invariant head's readout (see
+            [`InvariantHead`][nngraph_layers.InvariantHead]): `"cat"` (paper) reads the output
+            neurons, `"layers"` adds the mean of every node layer; `"mean"`, `"sum"`, `"max"`
+            pool all nodes.
         dropout: dropout in the layers and the head (paper: 0.2 for INR classification).
         sigma: Fourier feature std (paper: 1 for NG-T).
         use_probes: add projected probe features `batch.probe_features [sum N, K]`.
@@ -166,6 +170,7 @@ class NGTransformer(GraphModel):
         num_layers: int = 4,
         heads: int = 8,
         out_hidden_dim: int = 128,
+        pooling: Pooling = "cat",
         dropout: float = 0.2,
         sigma: float = 1.0,
         num_frequencies: int = 128,
@@ -240,6 +245,8 @@ class NGTransformer(GraphModel):
                 num_output_nodes,
                 hidden_channels=out_hidden_dim,
                 dropout=dropout,
+                pooling=pooling,
+                num_node_layers=num_hidden_layers + 2,
             )
         else:
             self.head = EquivariantHead(
