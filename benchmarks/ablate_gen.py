@@ -13,16 +13,18 @@ selection on validation Kendall tau and the test at the best validation checkpoi
 (CNNs of many architectures, `fmnist_wild_*` configs, `WildParkTask`). An epoch budget
 (`--epochs N`, `--epochs-for MODEL=N`) replaces the time budget where runs share a loaded
 machine. Runs already finished (a `results.json` in their folder) are not run again,
-so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` in
-`--summary-out`, default `--out`) gives per model: test tau per seed, mean +- std, tau over the trained checkpoints only
-(epoch >= 1, from each run's predictions.csv), test R2 (mean),
-best validation tau (mean), optimiser steps and epochs done; the machine heads it.
+so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` and the
+plot `summary.png` in `--summary-out`, default `--out`) gives per model: test tau per seed,
+mean +- std, tau over the trained checkpoints only (epoch >= 1, from each run's
+predictions.csv), test R2 (mean), best validation tau (mean), optimiser steps and epochs done;
+the machine heads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -246,7 +248,41 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
     (dest / "summary.json").write_text(json.dumps(out, indent=2))
     (dest / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(rows, dest / "summary.png", _budget(args, names))
     return rows
+
+
+def _plot(rows: list[dict[str, object]], path: Path, budget: str) -> None:
+    """Test tau per model: a bar at the mean, a dot per seed, StatNN's mean as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [r for r in rows if r["runs"] and not math.isnan(float(r["tau_mean"]))]  # type: ignore[arg-type]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+    for i, row in enumerate(rows):
+        taus = [float(r["tau"]) for r in row["runs"] if r["tau"] is not None]  # type: ignore[attr-defined]
+        ax.barh(i, float(row["tau_mean"]), xerr=float(row["tau_std"]), color="#7aa6d6")  # type: ignore[arg-type]
+        ax.plot(taus, [i] * len(taus), "k.", ms=6)
+        if row["model"] == "statnn":
+            ax.axvline(float(row["tau_mean"]), color="#c0504d", ls="--", lw=1, label="StatNN mean")  # type: ignore[arg-type]
+    ax.set_yticks(range(len(rows)), [str(r["model"]) for r in rows])
+    ax.invert_yaxis()
+    lo = min(min(float(r["tau"]) for r in row["runs"]) for row in rows)  # type: ignore[attr-defined]
+    hi = max(max(float(r["tau"]) for r in row["runs"]) for row in rows)  # type: ignore[attr-defined]
+    ax.set_xlim(max(0.0, lo - 0.05), min(1.0, hi + 0.03))
+    ax.set_xlabel("test Kendall tau; bars: mean ± std, dots: seeds")
+    ax.set_title(budget, fontsize=8)
+    if any(r["model"] == "statnn" for r in rows):
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
