@@ -87,6 +87,16 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", kind_embeddings: true}"],
         "NG-T + activation / node / edge type embeddings",
     ),
+    "ngnn_probes_heldout": (
+        "fmnist_cnn_gen_ngnn_probes",
+        ["--model.probe_images", "heldout"],
+        "NG-GNN + probe features of 16 real images no network saw (held-out Fashion-MNIST)",
+    ),
+    "probe_mlp_heldout": (
+        "fmnist_cnn_gen_probe_mlp",
+        ["--model.probe_images", "heldout"],
+        "MLP on the logits on 16 real images no network saw (held-out Fashion-MNIST)",
+    ),
     "ngt_layers": (
         "fmnist_cnn_gen_ngt",
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", pooling: layers}"],

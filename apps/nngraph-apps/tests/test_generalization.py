@@ -19,6 +19,7 @@ from nngraph_apps import (
     kendall_tau,
 )
 from nngraph_apps.cli import main, task_name
+from nngraph_probe import ProbeFeatures, select_probe_images
 
 NETWORKS, EPOCHS = 40, 3
 CATEGORIES = {
@@ -39,6 +40,10 @@ MODEL_KWARGS = {
     "mlp": "{hidden: [16]}",
     "probe_mlp": "{hidden: [16]}",
     "ngnn_probes": "{hidden_channels: 8, num_layers: 1}",
+}
+TINY_KW: dict[str, dict[str, object]] = {
+    "ngnn": {"hidden_channels": 8, "num_layers": 1},
+    "probe_mlp": {"hidden": [16]},
 }
 
 
@@ -300,3 +305,54 @@ def test_bad_config_is_a_config_error(
     assert "error" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         GeneralizationTask(model="inr_mlp")
+
+
+@pytest.fixture(scope="module")
+def digits_cnn_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (built) tiny CNN zoo on the 8x8 digits (16x16 inputs): 12 networks."""
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("cnn") / "digits"
+    return Path(nds.build_cnn_zoo(out, dataset="digits", recipe="tiny", progress=False))
+
+
+@pytest.mark.parametrize("model", ["probe_mlp", "ngnn"])
+def test_heldout_probe_images_are_images_no_network_saw(
+    model: str, digits_cnn_zoo: Path, tmp_path: Path
+) -> None:
+    """`probe_images: heldout`: the probes are class-balanced images of the zoo's data set from
+    outside its training pool and test subset, set when fitting starts and kept in checkpoints."""
+    dm = CnnZooDataModule(zoo_dir=str(digits_cnn_zoo), batch_size=4)
+    dm.setup("fit")
+    task = GeneralizationTask(
+        model=model, use_probes=model == "ngnn", num_probes=10, input_size=16,
+        probe_images="heldout", model_kwargs=TINY_KW[model],
+    )  # fmt: skip
+    images, labels, _ = nds.heldout_images(dm.zoo)
+    task.set_heldout_probes(dm)
+    probe = next(m for m in task.modules() if isinstance(m, ProbeFeatures))
+    expected = select_probe_images(images, 10, labels=labels, seed=0)
+    assert torch.equal(probe.probes, expected)
+    assert probe.probes.shape == (10, 1, 16, 16) and float(probe.probes.min()) >= 0.0
+    # fitted from the CLI: the checkpoint holds them
+    run = tmp_path / "run"
+    args = [*TINY, "--data.zoo_dir", str(digits_cnn_zoo), "--run_dir", str(run),
+            "--data.batch_size", "4", "--model.model", model, "--model.num_probes", "10",
+            "--model.input_size", "16", "--model.probe_images", "heldout",
+            "--model.use_probes", str(model == "ngnn").lower(),
+            "--model.model_kwargs", MODEL_KWARGS[model], "--trainer.max_steps", "2"]  # fmt: skip
+    assert main(["fit", "--config", "fmnist_cnn_gen_statnn", *args]) == 0
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    saved = [v for k, v in state.items() if k.endswith("probes")]
+    assert len(saved) == 1 and torch.equal(saved[0], expected)
+
+
+def test_heldout_probe_images_need_a_probing_model_and_a_built_zoo(cnn_zoo: Path) -> None:
+    with pytest.raises(ConfigError, match="use_probes"):
+        GeneralizationTask(model="ngnn", probe_images="heldout")
+    with pytest.raises(ConfigError, match="probe_images"):
+        GeneralizationTask(model="probe_mlp", probe_images="test")  # type: ignore[arg-type]
+    dm = CnnZooDataModule(zoo_dir=str(cnn_zoo))  # written from outside weights: no image record
+    dm.setup("fit")
+    task = GeneralizationTask(model="probe_mlp", num_probes=4, probe_images="heldout")
+    with pytest.raises(ConfigError, match="does not record"):
+        task.set_heldout_probes(dm)

@@ -575,3 +575,57 @@ def test_malformed_small_cnn_zoo_is_a_typed_error(
     with pytest.raises(nds.ZooFormatError, match=match):
         nds.convert_small_cnn_zoo(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- held-out images
+def test_heldout_images_are_the_images_no_network_saw(tiny_zoo: Path) -> None:
+    from nngraph_datasets.cnn_zoo import _as_zoo_inputs, _data_rows
+    from nngraph_datasets.images import load_raw
+
+    zoo = nds.CnnZoo(tiny_zoo)
+    x, y, ids = nds.heldout_images(zoo)
+    raw, labels, all_ids = load_raw("digits")
+    recipe = nds.CnnRecipe.named("tiny")
+    pool, test, _ = _data_rows(all_ids, "digits", recipe.train_pool, recipe.eval_test, 0)
+    seen = set(all_ids[np.concatenate([pool, test])].tolist())
+    assert len(ids) == len(all_ids) - recipe.train_pool - recipe.eval_test  # type: ignore[operator]
+    assert not seen & set(ids.tolist())
+    # the inputs the networks would see: [0, 1] pixels, the 8x8 digits padded to 16x16
+    assert x.shape == (len(ids), 1, 16, 16) and x.dtype == torch.float32
+    rows = ids.numpy()
+    torch.testing.assert_close(x, _as_zoo_inputs(raw[rows], "digits"), rtol=0, atol=0)
+    assert torch.equal(y, torch.from_numpy(labels[rows]))
+    # the manifest dict works as well as the zoo
+    assert torch.equal(nds.heldout_images(zoo.manifest)[2], ids)
+
+
+def test_heldout_images_refuse_zoos_without_or_with_other_images(tiny_zoo: Path) -> None:
+    manifest = dict(nds.CnnZoo(tiny_zoo).manifest)
+    tampered = {**manifest, "data": {**manifest["data"], "pool_ids": "0" * 64}}
+    with pytest.raises(nds.ZooFormatError, match="pool_ids"):
+        nds.heldout_images(tampered)
+    other_seed = {**manifest, "seed": int(manifest["seed"]) + 1}
+    with pytest.raises(nds.ZooFormatError, match="not those the zoo was built from"):
+        nds.heldout_images(other_seed)
+    with pytest.raises(nds.ZooFormatError, match="does not record"):
+        nds.heldout_images({k: v for k, v in manifest.items() if k != "data"})
+    everything = {**manifest, "recipe": {**manifest["recipe"], "train_pool": None,
+                                         "eval_test": None}}  # fmt: skip
+    everything["data"] = _hashes_for(everything)
+    with pytest.raises(nds.ZooFormatError, match="no held-out image"):
+        nds.heldout_images(everything)
+
+
+def _hashes_for(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The `data` entry a build with this manifest's recipe would record (pool / test hashes)."""
+    import hashlib
+
+    from nngraph_datasets.cnn_zoo import _data_rows
+    from nngraph_datasets.images import load_raw
+
+    _, _, ids = load_raw(manifest["dataset"])
+    r = manifest["recipe"]
+    pool, test, _ = _data_rows(ids, manifest["dataset"], r["train_pool"], r["eval_test"],
+                               int(manifest["seed"]))  # fmt: skip
+    return {**manifest["data"], "pool_ids": hashlib.sha256(ids[pool].tobytes()).hexdigest(),
+            "test_ids": hashlib.sha256(ids[test].tobytes()).hexdigest()}  # fmt: skip

@@ -30,7 +30,7 @@ from torchmetrics.regression import KendallRankCorrCoef, MeanSquaredError, R2Sco
 
 import nngraph_core as ngc
 import nngraph_datasets as nds
-from nngraph_probe import ProbeFeatures
+from nngraph_probe import ProbeFeatures, select_probe_images
 
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
@@ -333,6 +333,13 @@ class GeneralizationTask(WeightSpaceTask):
         learned_probes: train the probe images with the model.
         probe_stats: per-channel statistics of the probe features (default `["mean"]`; any of
             `mean`, `std`, `max`).
+        probe_images: `"random"` (default): random normal probe images; `"heldout"`: real
+            images of the zoo's data set that no network of the zoo saw -- neither in its
+            training pool nor among the test images its accuracy was measured on
+            ([`heldout_images`][nngraph_datasets.heldout_images]) -- `num_probes` of them,
+            class-balanced ([`select_probe_images`][nngraph_probe.select_probe_images]), set
+            when fitting starts and stored in the checkpoints. Needs a zoo built by
+            nngraph-datasets and its image data set.
     """
 
     monitor = "val/tau"
@@ -356,9 +363,17 @@ class GeneralizationTask(WeightSpaceTask):
         num_probes: int = 16,
         learned_probes: bool = False,
         probe_stats: list[Literal["mean", "std", "max"]] | None = None,
+        probe_images: Literal["random", "heldout"] = "random",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if probe_images not in ("random", "heldout"):
+            raise ConfigError(f"probe_images must be 'random' or 'heldout', not {probe_images!r}")
+        if probe_images == "heldout" and not (use_probes or model == "probe_mlp"):
+            raise ConfigError(
+                "probe_images: heldout sets the probe images of a model that probes: "
+                "use_probes: true (ngnn, ngt) or model: probe_mlp"
+            )
         if model not in GEN_MODELS:
             raise ConfigError(
                 f"model {model!r} does not predict generalisation; choose one of "
@@ -447,11 +462,38 @@ class GeneralizationTask(WeightSpaceTask):
         hp = self.hparams
         try:
             self.variants = [
-                cnn_template(hp["in_channels"], hp["num_classes"], hp["channels"], a) for a in names
+                cnn_template(
+                    hp["in_channels"], hp["num_classes"], hp["channels"], a, hp["input_size"]
+                )
+                for a in names
             ]
         except (KeyError, ValueError) as e:
             raise ConfigError(f"the zoo's activations {names} are not all known: {e}") from e
         fit_normalization(self.model, self.template, dm.train_params)
+        if stage == "fit" and hp.get("probe_images", "random") == "heldout":
+            self.set_heldout_probes(dm)
+
+    def set_heldout_probes(self, dm: Any) -> None:
+        """Set the probe images to `num_probes` class-balanced images of the zoo's data set that
+        no network of the zoo saw (`probe_images: heldout`; a resumed run then loads the
+        checkpoint's, which are these or, with `learned_probes`, their trained versions)."""
+        try:
+            images, labels, _ = nds.heldout_images(dm.zoo, data_root=dm.root)
+        except (nds.DatasetError, FileNotFoundError) as e:
+            raise ConfigError(f"probe_images: heldout: {e}") from e
+        probes = [m for m in self.modules() if isinstance(m, ProbeFeatures)]
+        for probe in probes:
+            if probe.generated:
+                raise ConfigError("probe_images: heldout cannot set generated (ProbeGen) probes")
+            k = probe.num_probes
+            if tuple(images.shape[1:]) != tuple(probe.probes.shape[1:]):
+                raise ConfigError(
+                    f"probe_images: heldout: the zoo's images are {tuple(images.shape[1:])}, the "
+                    f"probes {tuple(probe.probes.shape[1:])}: set --model.input_size"
+                )
+            picked = select_probe_images(images, k, labels=labels, seed=0)
+            with torch.no_grad():
+                probe.probes.copy_(picked.to(probe.probes))
 
     def forward(self, params: Tensor, activation: Tensor | None = None) -> Tensor:
         """Raw outputs `[B]` (logits with `loss: bce`) of flat parameters `[B, P]`;

@@ -75,6 +75,7 @@ __all__ = [
     "CnnZoo",
     "build_cnn_zoo",
     "default_cnn_zoo_dir",
+    "heldout_images",
     "init_cnn_params",
     "load_cnn_zoo",
     "small_cnn",
@@ -650,13 +651,11 @@ def _plain_train(
 
 
 # ----------------------------------------------------------------------------- data
-def _load_data(
-    dataset: str, recipe: CnnRecipe, seed: int, data_root: str | os.PathLike[str] | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
-    """`(pool_x [N, 1, H, W], pool_y, test_x, test_y, info)`: the training pool and the test
-    subset (seeded), pixels in [0, 1]; the 8x8 `digits` are zero-padded to 16x16."""
-    images, labels, ids = load_raw(dataset, "all", data_root)
-    scale = float(source_info(dataset)["scale"])  # type: ignore[arg-type]
+def _data_rows(
+    ids: np.ndarray, dataset: str, train_pool: int | None, eval_test: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """`(pool, test, n_test)`: the rows of the training pool and of the test subset of a zoo's
+    images (seeded; the draw of every zoo built so far), and the size of the test split."""
     rng = np.random.default_rng([seed, 0xDA7A])
     if dataset in ("fashion-mnist", "mnist"):
         train_rows, test_rows = np.flatnonzero(ids < 60000), np.flatnonzero(ids >= 60000)
@@ -664,21 +663,99 @@ def _load_data(
         perm = rng.permutation(len(ids))
         cut = len(ids) * 4 // 5
         train_rows, test_rows = np.sort(perm[:cut]), np.sort(perm[cut:])
-    pool = train_rows if recipe.train_pool is None or recipe.train_pool >= len(train_rows) else (
-        np.sort(rng.permutation(train_rows)[: recipe.train_pool]))  # fmt: skip
-    test = test_rows if recipe.eval_test is None or recipe.eval_test >= len(test_rows) else (
-        np.sort(rng.permutation(test_rows)[: recipe.eval_test]))  # fmt: skip
+    pool = train_rows if train_pool is None or train_pool >= len(train_rows) else (
+        np.sort(rng.permutation(train_rows)[:train_pool]))  # fmt: skip
+    test = test_rows if eval_test is None or eval_test >= len(test_rows) else (
+        np.sort(rng.permutation(test_rows)[:eval_test]))  # fmt: skip
+    return pool, test, len(test_rows)
+
+
+def _as_zoo_inputs(images: np.ndarray, dataset: str) -> Tensor:
+    """Integer pixels `[n, H, W]` -> the networks' inputs `[n, 1, H', W']`: pixels in [0, 1];
+    images too small for three stride-2 3x3 convolutions (the 8x8 digits) zero-padded to 16x16."""
+    scale = float(source_info(dataset)["scale"])  # type: ignore[arg-type]
     x = torch.from_numpy(images.astype(np.float32) / scale).unsqueeze(1)
-    if x.shape[-1] < 15:  # too small for three stride-2 3x3 convolutions: pad
+    if x.shape[-1] < 15:
         p = (16 - x.shape[-1]) // 2
         x = F.pad(x, (p, 16 - x.shape[-1] - p, p, 16 - x.shape[-2] - p))
+    return x
+
+
+def _load_data(
+    dataset: str, recipe: CnnRecipe, seed: int, data_root: str | os.PathLike[str] | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+    """`(pool_x [N, 1, H, W], pool_y, test_x, test_y, info)`: the training pool and the test
+    subset (seeded), pixels in [0, 1]; the 8x8 `digits` are zero-padded to 16x16."""
+    images, labels, ids = load_raw(dataset, "all", data_root)
+    pool, test, n_test = _data_rows(ids, dataset, recipe.train_pool, recipe.eval_test, seed)
+    x = _as_zoo_inputs(images, dataset)
     y = torch.from_numpy(labels.astype(np.int64))
     info = {"train_pool": len(pool), "test_images": len(test),
-            "test_is_subset": bool(len(test) < len(test_rows)),
+            "test_is_subset": bool(len(test) < n_test),
             "input_shape": [int(s) for s in x.shape[1:]],
             "pool_ids": hashlib.sha256(ids[pool].tobytes()).hexdigest(),
             "test_ids": hashlib.sha256(ids[test].tobytes()).hexdigest()}  # fmt: skip
     return x[pool], y[pool], x[test], y[test], info
+
+
+def heldout_images(
+    zoo: Any, data_root: str | os.PathLike[str] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The images of a zoo's data set that **no network of the zoo saw**: neither in the
+    training pool the networks drew their training images from, nor among the test images
+    their recorded test accuracy was measured on. Inputs exactly as the networks saw them
+    (pixels in [0, 1]; the 8x8 digits zero-padded to 16x16), e.g. for real probe images
+    ([`select_probe_images`][nngraph_probe.select_probe_images]) that carry no information about
+    the recorded accuracies beyond the networks' function.
+
+    The pool and the test subset are drawn again from the zoo's manifest (data set, seed,
+    `train_pool`, `eval_test`) and checked against the hashes of their image ids that the
+    builder recorded, so images that differ from those the zoo was built from are refused.
+
+    Args:
+        zoo: a [`CnnZoo`][nngraph_datasets.CnnZoo] or wild park zoo (anything with the builder's
+            `manifest`), or a manifest dict.
+        data_root: the folder of the IDX files (fashion-mnist / mnist; default as for building).
+
+    Returns:
+        `(images [n, 1, H, W] float32, labels [n] int64, ids [n] int64)`: `ids` as in
+        [`load_images`][nngraph_datasets.load_images] (test-split ids of the 70k sets start at
+        60,000).
+
+    Raises:
+        ZooFormatError: a zoo whose manifest does not record the images it was built from (a
+            zoo written from outside weights, e.g. a converted published zoo), or whose
+            recorded pool / test ids do not match the images found; a zoo whose data set has no
+            image left over.
+    """
+    mf = zoo if isinstance(zoo, Mapping) else zoo.manifest
+    where = getattr(zoo, "path", "the zoo")
+    data, recipe = mf.get("data"), mf.get("recipe")
+    if not isinstance(data, Mapping) or not isinstance(recipe, Mapping) or "pool_ids" not in data:
+        raise ZooFormatError(
+            f"{where}: the manifest does not record which images the zoo was built from (no "
+            "'data' entry with 'pool_ids'): held-out images are known only for zoos built by "
+            "nngraph-datasets"
+        )
+    dataset, seed = str(mf.get("dataset")), int(mf.get("seed", 0))
+    images, labels, ids = load_raw(dataset, "all", data_root)
+    pool, test, _ = _data_rows(
+        ids, dataset, recipe.get("train_pool"), recipe.get("eval_test"), seed
+    )
+    for name, rows in (("pool", pool), ("test", test)):
+        if hashlib.sha256(ids[rows].tobytes()).hexdigest() != data.get(f"{name}_ids"):
+            raise ZooFormatError(
+                f"{where}: the {dataset} images found are not those the zoo was built from "
+                f"(the ids of its {name} images differ from the manifest's {name}_ids)"
+            )
+    rest = np.setdiff1d(np.arange(len(ids)), np.concatenate([pool, test]))
+    if len(rest) == 0:
+        raise ZooFormatError(
+            f"{where}: every {dataset} image is in the zoo's training pool or test subset; no "
+            "held-out image is left"
+        )
+    x = _as_zoo_inputs(images[rest], dataset)
+    return x, torch.from_numpy(labels[rest].astype(np.int64)), torch.from_numpy(ids[rest])
 
 
 def _network_streams(
