@@ -438,7 +438,36 @@ class SafeModelCheckpoint(ModelCheckpoint):
 
     Its state is stored under the same key as a plain `ModelCheckpoint`'s, so either resumes
     from the other's checkpoints.
+
+    With `save_last`, `last.ckpt` is the **latest** state at every validation (or training
+    epoch end) and when training ends, as `--ckpt_path last` needs: Lightning's own callback
+    refreshes it only when a top-k checkpoint is saved, so after the last improvement of the
+    monitored metric it stayed behind (a resumed run lost every epoch since).
     """
+
+    def _refresh_last(self, trainer: Any) -> None:
+        """Save `last.ckpt` unless this step's state is already saved."""
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and (
+            self._should_save_on_train_epoch_end(trainer)
+        ):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not (
+            self._should_save_on_train_epoch_end(trainer)
+        ):
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not trainer.sanity_checking and not getattr(trainer, "fast_dev_run", False):
+            self._refresh_last(trainer)
 
     @property
     def state_key(self) -> str:
