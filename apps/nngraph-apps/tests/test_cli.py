@@ -96,18 +96,24 @@ def test_fit_then_test_and_validate_best_checkpoint(tiny_args: list[str]) -> Non
     assert "val/acc" in json.loads((run / "results.json").read_text())["test"]
 
 
-def test_last_checkpoint_is_the_latest_state_not_the_best(tiny_args: list[str]) -> None:
+@pytest.mark.parametrize("every", [[], ["--checkpoint_every_n_steps", "4"]])
+def test_last_checkpoint_is_the_latest_state_not_the_best(
+    every: list[str], tiny_args: list[str]
+) -> None:
     """`last.ckpt` (what `--ckpt_path last` resumes) is the final state even when the monitored
     metric stopped improving: with lr 0 validation never improves after the first epoch, so the
-    best checkpoint is the first epoch's and last.ckpt must still be the third's."""
+    best checkpoint is the first epoch's and last.ckpt must still be the third's. One last.ckpt,
+    also when a second callback refreshes it every n steps (no `last-v1.ckpt` beside it)."""
     run = Path(tiny_args[-1])
     limits = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2", "--model.lr", "0"]
-    assert main(["fit", "--config", "mnist5k_ngnn", *tiny_args, *limits]) == 0
+    assert main(["fit", "--config", "mnist5k_ngnn", *tiny_args, *limits, *every]) == 0
     results = json.loads((run / "results.json").read_text())
     best = torch.load(results["best_checkpoint"], weights_only=True)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert best["global_step"] == 2 and best["epoch"] == 0
     assert last["global_step"] == 6 == results["steps"]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [Path(results["best_checkpoint"]).name, "last.ckpt"]
 
 
 def test_aggregate_seeds(tiny_args: list[str], tmp_path: Path) -> None:

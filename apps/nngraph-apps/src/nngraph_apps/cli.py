@@ -238,13 +238,20 @@ class NNGraphCLI(LightningCLI):
                 save_top_k=1,
                 save_last=True,
                 auto_insert_metric_name=False,
+                # one last.ckpt, whichever callback writes it (not last-v1.ckpt beside it)
+                enable_version_counter=False,
             ),
             self.timer,
         ]
         n = int(cfg.get("checkpoint_every_n_steps") or 0)
         if n > 0:
             extra.append(
-                SafeModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=n)
+                SafeModelCheckpoint(
+                    dirpath=ckpt_dir,
+                    filename="last",
+                    every_n_train_steps=n,
+                    enable_version_counter=False,
+                )
             )
         self.sigterm = SigtermCheckpoint(ckpt_dir)
         extra.append(self.sigterm)
