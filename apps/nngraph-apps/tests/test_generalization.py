@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import nngraph_datasets as nds
 from nngraph_apps import (
@@ -40,10 +41,6 @@ MODEL_KWARGS = {
     "mlp": "{hidden: [16]}",
     "probe_mlp": "{hidden: [16]}",
     "ngnn_probes": "{hidden_channels: 8, num_layers: 1}",
-}
-TINY_KW: dict[str, dict[str, object]] = {
-    "ngnn": {"hidden_channels": 8, "num_layers": 1},
-    "probe_mlp": {"hidden": [16]},
 }
 
 
@@ -325,7 +322,7 @@ def test_heldout_probe_images_are_images_no_network_saw(
     dm.setup("fit")
     task = GeneralizationTask(
         model=model, use_probes=model == "ngnn", num_probes=10, input_size=16,
-        probe_images="heldout", model_kwargs=TINY_KW[model],
+        probe_images="heldout", model_kwargs=yaml.safe_load(MODEL_KWARGS[model]),
     )  # fmt: skip
     images, labels, _ = nds.heldout_images(dm.zoo)
     task.set_heldout_probes(dm)
