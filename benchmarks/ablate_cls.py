@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _machine import cpu_model, gemm_gflops
+from _plots import seed_bars
 
 # name -> (config, extra CLI arguments, what it is)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
@@ -248,26 +249,15 @@ def summarize(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def _plot(rows: list[dict[str, object]], path: Path, minutes: float) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """Test accuracy per variant: a bar at the mean, a dot per seed."""
+    accs = [[100 * r["test_acc"] for r in row["runs"]] for row in rows]  # type: ignore[attr-defined, index]
+    if not any(accs):
         return
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    for i, row in enumerate(rows):
-        accs = [100 * r["test_acc"] for r in row["runs"]]  # type: ignore[attr-defined, index]
-        ax.barh(i, row["mean"], color="#7aa6d6")  # type: ignore[arg-type]
-        ax.plot(accs, [i] * len(accs), "k.", ms=6)
-    ax.set_yticks(range(len(rows)), [str(r["variant"]) for r in rows])
-    ax.invert_yaxis()
-    lo = min(min(100 * r["test_acc"] for r in row["runs"]) for row in rows)  # type: ignore[attr-defined, index]
-    ax.set_xlim(max(0.0, lo - 5), 100)
-    ax.set_xlabel(f"test accuracy (%), {minutes:g} min of training; dots: seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    seed_bars(
+        [str(r["variant"]) for r in rows], accs, path,
+        xlim=(max(0.0, min(min(a) for a in accs if a) - 5), 100),
+        xlabel=f"test accuracy (%), {minutes:g} min of training; dots: seeds",
+    )  # fmt: skip
 
 
 def main() -> None:
