@@ -34,12 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _machine import cpu_model, gemm_gflops
+from _plots import seed_bars
 
 #: the shipped NG-T config's model_kwargs (a CLI dict replaces the config's whole dict)
 NGT_KWARGS = (
     "node_dim: 32, edge_channels: 16, attention_dim: 32, node_hidden_dim: 64, "
     "edge_hidden_dim: 32, num_layers: 3, heads: 4, out_hidden_dim: 64"
 )
+
+#: the reference code's weight-space augmentation for CNN zoos (noise, weight dropout)
+AUG = ["--data.augment.noise", "0.1", "--data.augment.weight_dropout", "0.01"]
 
 # name -> (config, extra CLI arguments, what it is)
 MODELS: dict[str, tuple[str, list[str], str]] = {
@@ -101,6 +105,21 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         "fmnist_cnn_gen_ngt",
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", pooling: layers}"],
         "NG-T, readout of every node layer's mean + the output neurons",
+    ),
+    "statnn_aug": (
+        "fmnist_cnn_gen_statnn",
+        [*AUG],
+        "StatNN, training batches augmented (noise 0.1 std, weight dropout 0.01)",
+    ),
+    "ngnn_layers_aug": (
+        "fmnist_cnn_gen_ngnn",
+        ["--model.model_kwargs", "{pooling: layers}", *AUG],
+        "NG-GNN, per-layer readout, training batches augmented (noise 0.1 std, weight dropout 0.01)",
+    ),
+    "ngt_aug": (
+        "fmnist_cnn_gen_ngt",
+        [*AUG],
+        "NG-T, training batches augmented (noise 0.1 std, weight dropout 0.01)",
     ),
 }
 
@@ -264,35 +283,20 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
 
 def _plot(rows: list[dict[str, object]], path: Path, budget: str) -> None:
     """Test tau per model: a bar at the mean, a dot per seed, StatNN's mean as a line."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
     rows = [r for r in rows if r["runs"] and not math.isnan(float(r["tau_mean"]))]  # type: ignore[arg-type]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
-    for i, row in enumerate(rows):
-        taus = [float(r["tau"]) for r in row["runs"] if r["tau"] is not None]  # type: ignore[attr-defined]
-        ax.barh(i, float(row["tau_mean"]), xerr=float(row["tau_std"]), color="#7aa6d6")  # type: ignore[arg-type]
-        ax.plot(taus, [i] * len(taus), "k.", ms=6)
-        if row["model"] == "statnn":
-            ax.axvline(float(row["tau_mean"]), color="#c0504d", ls="--", lw=1, label="StatNN mean")  # type: ignore[arg-type]
-    ax.set_yticks(range(len(rows)), [str(r["model"]) for r in rows])
-    ax.invert_yaxis()
-    lo = min(min(float(r["tau"]) for r in row["runs"]) for row in rows)  # type: ignore[attr-defined]
-    hi = max(max(float(r["tau"]) for r in row["runs"]) for row in rows)  # type: ignore[attr-defined]
-    ax.set_xlim(max(0.0, lo - 0.05), min(1.0, hi + 0.03))
-    ax.set_xlabel("test Kendall tau; bars: mean ± std, dots: seeds")
-    ax.set_title(budget, fontsize=8)
-    if any(r["model"] == "statnn" for r in rows):
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    taus = [[float(r["tau"]) for r in row["runs"] if r["tau"] is not None] for row in rows]  # type: ignore[attr-defined]
+    statnn = [float(r["tau_mean"]) for r in rows if r["model"] == "statnn"]  # type: ignore[arg-type]
+    lo, hi = min(min(t) for t in taus if t), max(max(t) for t in taus if t)
+    seed_bars(
+        [str(r["model"]) for r in rows], taus, path,
+        errors=[float(r["tau_std"]) for r in rows],  # type: ignore[arg-type]
+        xlim=(max(0.0, lo - 0.05), min(1.0, hi + 0.03)),
+        xlabel="test Kendall tau; bars: mean ± std, dots: seeds",
+        reference=(statnn[0], "StatNN mean") if statnn else None,
+        title=budget,
+    )  # fmt: skip
 
 
 def main() -> None:

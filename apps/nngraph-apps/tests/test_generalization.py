@@ -13,6 +13,7 @@ import yaml
 
 import nngraph_datasets as nds
 from nngraph_apps import (
+    Augmentation,
     CnnZooDataModule,
     ConfigError,
     GeneralizationTask,
@@ -258,6 +259,48 @@ def test_fit_writes_the_report_and_resumes(cnn_zoo: Path, tmp_path: Path) -> Non
     assert a["global_step"] == b["global_step"] == 8
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+
+
+AUG = ["--data.augment.noise", "0.1", "--data.augment.weight_dropout", "0.05"]
+
+
+def test_augmentation_changes_training_batches_only_and_resumes_exactly(
+    cnn_zoo: Path, tmp_path: Path
+) -> None:
+    """Noise and weight dropout on training batches: the run differs from an unaugmented one, the
+    setting is in the checkpoint, validation batches are untouched, and a run stopped after 4
+    steps and resumed ends with the weights of an uninterrupted one (same augmented batches)."""
+    base = ["fit", "--config", "fmnist_cnn_gen_statnn", "--test_after_fit", "false"]
+    plain, full, part = tmp_path / "plain", tmp_path / "full", tmp_path / "part"
+    assert main([*base, *_args(cnn_zoo, plain), *_steps(8)]) == 0
+    assert main([*base, *_args(cnn_zoo, full), *_steps(8), *AUG]) == 0
+    assert main([*base, *_args(cnn_zoo, part), *_steps(4), *AUG]) == 0
+    assert main([*base, *_args(cnn_zoo, part), *_steps(8), *AUG, "--ckpt_path", "last"]) == 0
+    a, b, c = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in (plain, full, part)
+    )
+    assert b["datamodule_hyper_parameters"]["augment"]["noise"] == 0.1
+    assert a["datamodule_hyper_parameters"]["augment"] is None
+    assert any(not torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+    assert b["global_step"] == c["global_step"] == 8
+    for key, value in b["state_dict"].items():
+        assert torch.equal(value, c["state_dict"][key]), key
+
+    dm = CnnZooDataModule(zoo_dir=str(cnn_zoo), augment=Augmentation(noise=0.1))
+    dm.setup("fit")
+    batch = {"params": dm.splits["val"]["params"][:4]}
+    assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer: nothing is augmented
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"rotation": 10.0}, {"translation": 0.1}, {"signs": True}, {"phases": True}]
+)
+def test_inr_only_augmentations_are_refused_for_cnn_zoos(
+    kwargs: dict[str, float | bool], cnn_zoo: Path
+) -> None:
+    with pytest.raises(ConfigError, match="CNN zoo"):
+        CnnZooDataModule(zoo_dir=str(cnn_zoo), augment=Augmentation(**kwargs))  # type: ignore[arg-type]
 
 
 def test_probe_models_run_each_network_with_its_activation() -> None:

@@ -32,6 +32,7 @@ import nngraph_core as ngc
 import nngraph_datasets as nds
 from nngraph_probe import ProbeFeatures, select_probe_images
 
+from .augment import Augmentation, augment_params
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
 from .models import GRAPH_MODELS, build_model, fit_normalization
@@ -112,7 +113,14 @@ class CnnZooDataModule(pl.LightningDataModule):
         min_epoch: drop checkpoints before this epoch (e.g. 1 to skip the initialisations).
         batch_size: checkpoints per training batch (paper: 128).
         eval_batch_size: batch size of validation and test (default `batch_size`).
-        seed: seed of the shuffling.
+        seed: seed of the shuffling and of the augmentation.
+        augment: training-time augmentation of the flat training batches (never of validation
+            or test): `noise` (Gaussian noise in units of each parameter tensor's std, per
+            network), `weight_dropout` (each parameter zeroed with this probability) and
+            `permute` (random hidden channel permutations; a no-op for the graph models, which
+            are invariant to them), e.g. `--data.augment.noise 0.1`. See
+            [`Augmentation`][nngraph_apps.Augmentation]; the geometric maps and the sine
+            symmetries are INR-only and rejected here.
     """
 
     def __init__(
@@ -128,9 +136,18 @@ class CnnZooDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         seed: int = 0,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.hparams["augment"] = augment.describe() if augment is not None else None
+        if augment is not None and (augment.geometric or augment.signs or augment.phases):
+            raise ConfigError(
+                "a CNN zoo takes the augmentations augment.noise, augment.weight_dropout and "
+                "augment.permute; the geometric maps (rotation, translation, scale) and the "
+                "sine symmetries (signs, phases) act on INRs"
+            )
+        self.augment = augment if augment is not None and augment.active else None
         if checkpoints not in ("all", "final"):
             raise DataConfigError(f"checkpoints must be 'all' or 'final', not {checkpoints!r}")
         if batch_size < 1:
@@ -195,6 +212,18 @@ class CnnZooDataModule(pl.LightningDataModule):
         if took > 5:
             print(f"[nngraph] {self.zoo_kind} ready in {took:.0f} s: {zoo.path}", file=sys.stderr)
         return zoo
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+        params = batch["params"]
+        gen = torch.Generator(device=params.device)
+        gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        spec = self.zoo.template().spec
+        return {**batch, "params": augment_params(params, spec, self.augment, gen)}
 
     def prepare_data(self) -> None:
         """Build the zoo if it is missing (rank 0 only under DDP)."""
