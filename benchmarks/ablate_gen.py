@@ -106,6 +106,11 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{" + NGT_KWARGS + ", pooling: layers}"],
         "NG-T, readout of every node layer's mean + the output neurons",
     ),
+    "ngt_probes": (
+        "fmnist_cnn_gen_ngt_probes",
+        [],
+        "NG-T + probe features (mean/std/max of 16 probe images)",
+    ),
     "statnn_aug": (
         "fmnist_cnn_gen_statnn",
         [*AUG],

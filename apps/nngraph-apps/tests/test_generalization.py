@@ -42,6 +42,8 @@ MODEL_KWARGS = {
     "mlp": "{hidden: [16]}",
     "probe_mlp": "{hidden: [16]}",
     "ngnn_probes": "{hidden_channels: 8, num_layers: 1}",
+    "ngt_probes": "{node_dim: 8, edge_channels: 8, attention_dim: 8, node_hidden_dim: 8, "
+    "edge_hidden_dim: 8, num_layers: 1, heads: 2, out_hidden_dim: 8}",
 }
 
 
@@ -227,7 +229,7 @@ def test_fit_every_model(model: str, cnn_zoo: Path, tmp_path: Path) -> None:
     assert main([*args, "--trainer.fast_dev_run", "2"]) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["task"] == "GeneralizationTask"
-    name = {"mlp": "flat_mlp", "ngnn_probes": "ngnn"}.get(model, model)
+    name = {"mlp": "flat_mlp", "ngnn_probes": "ngnn", "ngt_probes": "ngt"}.get(model, model)
     assert results["model"] == name
     assert results["use_probes"] == ("probe" in model)
     assert -1.0 <= results["test"]["test/tau"] <= 1.0
