@@ -121,6 +121,21 @@ MODELS: dict[str, tuple[str, list[str], str]] = {
         ["--model.model_kwargs", "{pooling: layers}", *AUG],
         "NG-GNN, per-layer readout, training batches augmented (noise 0.1 std, weight dropout 0.01)",
     ),
+    "statnn_signs": (
+        "fmnist_cnn_gen_statnn",
+        ["--data.augment.signs", "true"],
+        "StatNN, training batches augmented with random sign flips of tanh networks' channels",
+    ),
+    "ngnn_layers_signs": (
+        "fmnist_cnn_gen_ngnn",
+        ["--model.model_kwargs", "{pooling: layers}", "--data.augment.signs", "true"],
+        "NG-GNN, per-layer readout, random sign flips of tanh networks' channels",
+    ),
+    "ngt_signs": (
+        "fmnist_cnn_gen_ngt",
+        ["--data.augment.signs", "true"],
+        "NG-T, training batches augmented with random sign flips of tanh networks' channels",
+    ),
     "ngt_aug": (
         "fmnist_cnn_gen_ngt",
         [*AUG],

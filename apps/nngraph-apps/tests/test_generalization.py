@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+import nngraph_core as ngc
 import nngraph_datasets as nds
 from nngraph_apps import (
     Augmentation,
@@ -21,7 +23,7 @@ from nngraph_apps import (
     kendall_tau,
 )
 from nngraph_apps.cli import main, task_name
-from nngraph_probe import ProbeFeatures, select_probe_images
+from nngraph_probe import ProbeFeatures, functional_forward, select_probe_images
 
 NETWORKS, EPOCHS = 40, 3
 CATEGORIES = {
@@ -295,8 +297,47 @@ def test_augmentation_changes_training_batches_only_and_resumes_exactly(
     assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer: nothing is augmented
 
 
+def _training(dm: CnnZooDataModule, step: int = 0) -> None:
+    """Make `dm` see a trainer in its training loop at `step` (as Lightning's is)."""
+    total = SimpleNamespace(processed=step)
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(total=total)))
+    dm.trainer = SimpleNamespace(training=True, fit_loop=loop, global_rank=0)  # type: ignore[assignment]
+
+
+def test_sign_augmentation_flips_tanh_networks_only_and_keeps_their_function(
+    cnn_zoo: Path,
+) -> None:
+    """`augment.signs` negates hidden channels of the tanh networks of a batch (same outputs on
+    any input), leaves the ReLU networks as they are, and draws the same flips for the same step."""
+    dm = CnnZooDataModule(zoo_dir=str(cnn_zoo), augment=Augmentation(signs=True))
+    dm.setup("fit")
+    _training(dm, step=3)
+    part = dm.splits["train"]
+    batch = {"params": part["params"][:24].double(), "activation": part["activation"][:24]}
+    tanh = dm.categories["activation"].index("tanh")
+    is_tanh = batch["activation"] == tanh
+    assert 0 < int(is_tanh.sum()) < 24  # both kinds in the batch
+    out = dm.on_after_batch_transfer(batch, 0)["params"]
+    again = dm.on_after_batch_transfer(batch, 0)["params"]
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+    torch.testing.assert_close(out[~is_tanh], batch["params"][~is_tanh], rtol=0, atol=0)
+    assert not torch.equal(out[is_tanh], batch["params"][is_tanh])
+    variants = [ngc.GraphTemplate.from_module(dm.zoo.architecture(a)) for a in ("relu", "tanh")]
+    codes = is_tanh.long()  # index into variants
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    before = functional_forward(variants, batch["params"], x, spec_index=codes)
+    after = functional_forward(variants, out, x, spec_index=codes)
+    torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-10)
+    # negating one channel's outgoing weights only (not its incoming ones) changes the function
+    off, (n_out, n_in) = list(variants[1].spec.param_offsets().values())[-2]  # classifier weight
+    broken = out[is_tanh].clone()
+    broken[:, off : off + n_out * n_in].view(-1, n_out, n_in)[:, :, 0] *= -1
+    moved = functional_forward(variants[1], broken, x)
+    assert not torch.allclose(moved, after[is_tanh], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"rotation": 10.0}, {"translation": 0.1}, {"signs": True}, {"phases": True}]
+    "kwargs", [{"rotation": 10.0}, {"translation": 0.1}, {"scale": 0.1}, {"phases": True}]
 )
 def test_inr_only_augmentations_are_refused_for_cnn_zoos(
     kwargs: dict[str, float | bool], cnn_zoo: Path

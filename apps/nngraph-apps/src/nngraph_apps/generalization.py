@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,8 @@ HYPERPARAMETERS = (
     "network", "epoch", "train_acc", "activation", "initializer", "optimizer", "init_std", "lr",
     "l2", "dropout", "train_fraction",
 )  # fmt: skip
+#: Activations of zoo networks whose hidden neurons may be negated (`augment.signs`).
+ODD_ACTIVATIONS = ("tanh",)
 #: Models of the task.
 GEN_MODELS = ("ngnn", "ngt", "statnn", "nfn", "deepsets", "flat_mlp", "probe_mlp")
 
@@ -116,11 +119,13 @@ class CnnZooDataModule(pl.LightningDataModule):
         seed: seed of the shuffling and of the augmentation.
         augment: training-time augmentation of the flat training batches (never of validation
             or test): `noise` (Gaussian noise in units of each parameter tensor's std, per
-            network), `weight_dropout` (each parameter zeroed with this probability) and
+            network), `weight_dropout` (each parameter zeroed with this probability), `signs`
+            (random sign flips of the hidden channels of tanh networks: the same function, and
+            for a zoo drawn from sign-symmetric initialisers an equally likely network) and
             `permute` (random hidden channel permutations; a no-op for the graph models, which
             are invariant to them), e.g. `--data.augment.noise 0.1`. See
-            [`Augmentation`][nngraph_apps.Augmentation]; the geometric maps and the sine
-            symmetries are INR-only and rejected here.
+            [`Augmentation`][nngraph_apps.Augmentation]; the geometric maps and phase shifts
+            are INR-only and rejected here.
     """
 
     def __init__(
@@ -141,11 +146,11 @@ class CnnZooDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.hparams["augment"] = augment.describe() if augment is not None else None
-        if augment is not None and (augment.geometric or augment.signs or augment.phases):
+        if augment is not None and (augment.geometric or augment.phases):
             raise ConfigError(
-                "a CNN zoo takes the augmentations augment.noise, augment.weight_dropout and "
-                "augment.permute; the geometric maps (rotation, translation, scale) and the "
-                "sine symmetries (signs, phases) act on INRs"
+                "a CNN zoo takes the augmentations augment.noise, augment.weight_dropout, "
+                "augment.signs and augment.permute; the geometric maps (rotation, translation, "
+                "scale) and the phase shifts of sine neurons (phases) act on INRs"
             )
         self.augment = augment if augment is not None and augment.active else None
         if checkpoints not in ("all", "final"):
@@ -222,8 +227,28 @@ class CnnZooDataModule(pl.LightningDataModule):
         params = batch["params"]
         gen = torch.Generator(device=params.device)
         gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        aug = self.augment
         spec = self.zoo.template().spec
-        return {**batch, "params": augment_params(params, spec, self.augment, gen)}
+        out = augment_params(params, spec, replace(aug, signs=False, permute=False), gen)
+        if aug.symmetries:
+            # each network with the symmetries of its own activation (sign flips: tanh only)
+            codes = batch["activation"]
+            out = out.clone()
+            for code in codes.unique().tolist():
+                rows = (codes == code).nonzero().squeeze(1)
+                out[rows] = ngc.random_symmetry(
+                    self._spec(int(code)), out[rows], gen, permute=aug.permute,
+                    signs=aug.signs and self._odd(int(code)), phases=False,
+                )  # fmt: skip
+        return {**batch, "params": out}
+
+    def _spec(self, code: int) -> ngc.NetworkSpec:
+        """The architecture of the zoo's networks of activation code `code`."""
+        name = self.categories["activation"][code]
+        return ngc.GraphTemplate.from_module(self.zoo.architecture(name)).spec
+
+    def _odd(self, code: int) -> bool:
+        return self.categories["activation"][code] in ODD_ACTIVATIONS
 
     def prepare_data(self) -> None:
         """Build the zoo if it is missing (rank 0 only under DDP)."""
