@@ -16,7 +16,8 @@ machine. Runs already finished (a `results.json` in their folder) are not run ag
 so the script can be stopped and restarted. The summary (`summary.md`, `summary.json` and the
 plot `summary.png` in `--summary-out`, default `--out`) gives per model: test tau per seed,
 mean +- std, tau over the trained checkpoints only (epoch >= 1, from each run's
-predictions.csv), test R2 (mean), best validation tau (mean), optimiser steps and epochs done;
+predictions.csv), test R2 (mean), best validation tau (mean), optimiser steps and epochs done,
+the training time (mean over seeds; the runs' own `fit_seconds`);
 the machine heads it.
 """
 
@@ -257,6 +258,7 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
                     "tau_trained": _tau_trained(f.parent),
                     "epochs": r["epochs"],
                     "steps": r["steps"],
+                    "fit_seconds": r.get("fit_seconds"),
                     "parameters": r.get("num_parameters"),
                     "split_sizes": r.get("split_sizes"),
                 }
@@ -274,8 +276,8 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
         f"torch thread(s), {args.jobs} runs at a time; zoo checkpoints train/val/test {sizes}.",
         "",
         "| model | what | test tau per seed | **tau mean ± std** | tau, epochs ≥ 1 | R² mean ± std "
-        "| best val tau (mean) | steps (per seed) | epochs | parameters |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| best val tau (mean) | steps (per seed) | epochs | training min (mean) | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         runs = row["runs"]
@@ -283,6 +285,7 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
         r2s = [float(r["r2"]) for r in runs if r["r2"] is not None]  # type: ignore[attr-defined]
         vals = [float(r["val_tau"]) for r in runs if r["val_tau"] is not None]  # type: ignore[attr-defined]
         trained = [float(r["tau_trained"]) for r in runs if r["tau_trained"] is not None]  # type: ignore[attr-defined]
+        fits = [float(r["fit_seconds"]) / 60 for r in runs if r.get("fit_seconds")]  # type: ignore[attr-defined]
         tau_m, tau_s = _mean_std(taus)
         tt_m, tt_s = _mean_std(trained)
         r2_m, r2_s = _mean_std(r2s)
@@ -292,7 +295,8 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
             f"| **{tau_m:.3f} ± {tau_s:.3f}** | {tt_m:.3f} ± {tt_s:.3f} | {r2_m:.3f} ± {r2_s:.3f} "
             f"| {statistics.mean(vals) if vals else float('nan'):.3f} "
             f"| {' / '.join(str(r['steps']) for r in runs)} "  # type: ignore[index]
-            f"| {' / '.join(str(r['epochs']) for r in runs)} | {runs[0]['parameters']:,} |"  # type: ignore[index]
+            f"| {' / '.join(str(r['epochs']) for r in runs)} "  # type: ignore[index]
+            f"| {statistics.mean(fits) if fits else float('nan'):.1f} | {runs[0]['parameters']:,} |"  # type: ignore[index]
         )
     (dest / "summary.json").write_text(json.dumps(out, indent=2))
     (dest / "summary.md").write_text("\n".join(lines) + "\n")
