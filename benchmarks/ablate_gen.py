@@ -17,8 +17,10 @@ so the script can be stopped and restarted. The summary (`summary.md`, `summary.
 plot `summary.png` in `--summary-out`, default `--out`) gives per model: test tau per seed,
 mean +- std, tau over the trained checkpoints only (epoch >= 1, from each run's
 predictions.csv), test R2 (mean), best validation tau (mean), optimiser steps and epochs done,
-the training time (mean over seeds; the runs' own `fit_seconds`);
-the machine heads it.
+the training time (mean over seeds; the runs' own `fit_seconds`), and the difference of test
+tau to the `--reference` model (default StatNN) over the seeds both ran, with a 95% interval
+from resampling the test networks (1,000 draws, every checkpoint of a drawn network together,
+the same draws for both models); the machine heads it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from _machine import cpu_model, gemm_gflops
 from _plots import seed_bars
 
@@ -227,9 +230,65 @@ def _tau_trained(run_dir: Path) -> float | None:
         return None
     pred = [float(r["prediction"]) for r in rows]
     true = [float(r["target"]) for r in rows]
-    import numpy as np
-
     return kendall_tau(np.asarray(pred), np.asarray(true))
+
+
+def _test_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(prediction, target, network) of a run's test checkpoints, from `predictions.csv`."""
+    f = run_dir / "predictions.csv"
+    if not f.exists():
+        return None
+    data = np.genfromtxt(f, delimiter=",", names=True)
+    return data["prediction"], data["target"], data["network"].astype(np.int64)
+
+
+def _pair_terms(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Kendall tau_b's pair matrices: concordance sx*sy, |sx|, |sy| (s = sign of differences)."""
+    sx = np.sign(pred[:, None] - pred[None, :])
+    sy = np.sign(target[:, None] - target[None, :])
+    return sx * sy, np.abs(sx), np.abs(sy)
+
+
+def _weighted_tau(terms: tuple[np.ndarray, ...], w: np.ndarray) -> np.ndarray:
+    """tau_b of every bootstrap sample, `w` `[R, n]` the multiplicity of each checkpoint."""
+    num, dx, dy = (((w @ t) * w).sum(1) for t in terms)
+    return num / np.sqrt(dx * dy)
+
+
+def delta_vs_reference(
+    runs: dict[int, Path], reference: dict[int, Path], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, float] | None:
+    """Test tau of a model minus the reference model's (mean over the seeds both ran), with a
+    95% interval from resampling the test *networks* (all checkpoints of a drawn network
+    together; the same draw for both models): how much the gap depends on which networks are
+    in the test split. `None` without common seeds or predictions."""
+    seeds = sorted(set(runs) & set(reference))
+    loaded = [(_test_predictions(runs[s]), _test_predictions(reference[s])) for s in seeds]
+    loaded = [(a, b) for a, b in loaded if a is not None and b is not None]
+    if not loaded:
+        return None
+    nets = loaded[0][0][2]
+    ids, index = np.unique(nets, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
+    counts = np.zeros((resamples, len(ids)))
+    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
+    w = counts[:, index]  # [R, n]: each checkpoint weighted by its network's draws
+    deltas = np.zeros(resamples)
+    point = 0.0
+    for (p, t, n), (pr, tr, nr) in loaded:
+        if not (np.array_equal(n, nets) and np.array_equal(nr, nets) and np.array_equal(t, tr)):
+            return None  # not the same test checkpoints in the same order
+        a, b = _pair_terms(p, t), _pair_terms(pr, tr)
+        deltas += _weighted_tau(a, w) - _weighted_tau(b, w)
+        ones = np.ones((1, len(p)))
+        point += float(_weighted_tau(a, ones)[0] - _weighted_tau(b, ones)[0])
+    deltas /= len(loaded)
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return {
+        "delta": point / len(loaded), "lo": float(lo), "hi": float(hi),
+        "p_ge_0": float((deltas >= 0).mean()), "seeds": len(loaded),
+    }  # fmt: skip
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -276,9 +335,12 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
         f"torch thread(s), {args.jobs} runs at a time; zoo checkpoints train/val/test {sizes}.",
         "",
         "| model | what | test tau per seed | **tau mean ± std** | tau, epochs ≥ 1 | R² mean ± std "
-        "| best val tau (mean) | steps (per seed) | epochs | training min (mean) | parameters |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best val tau (mean) | steps (per seed) | epochs | training min (mean) | parameters "
+        f"| tau − `{args.reference}` [95% interval] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    dirs = {n: {s: args.out / f"{n}-seed{s}" for s in args.seeds} for n in names}
+    ref = {s: d for s, d in dirs.get(args.reference, {}).items() if (d / "results.json").exists()}
     for row in rows:
         runs = row["runs"]
         taus = [float(r["tau"]) for r in runs if r["tau"] is not None]  # type: ignore[attr-defined]
@@ -289,14 +351,18 @@ def summarize(args: argparse.Namespace, names: list[str]) -> list[dict[str, obje
         tau_m, tau_s = _mean_std(taus)
         tt_m, tt_s = _mean_std(trained)
         r2_m, r2_s = _mean_std(r2s)
-        row.update(tau_mean=tau_m, tau_std=tau_s, r2_mean=r2_m, r2_std=r2_s)
+        mine = {s: d for s, d in dirs[str(row["model"])].items() if (d / "results.json").exists()}
+        delta = delta_vs_reference(mine, ref) if row["model"] != args.reference else None
+        row.update(tau_mean=tau_m, tau_std=tau_s, r2_mean=r2_m, r2_std=r2_s, delta=delta)
+        gap = f"{delta['delta']:+.3f} [{delta['lo']:+.3f}, {delta['hi']:+.3f}]" if delta else "—"
         lines.append(
             f"| `{row['model']}` | {row['what']} | {' / '.join(f'{t:.3f}' for t in taus)} "
             f"| **{tau_m:.3f} ± {tau_s:.3f}** | {tt_m:.3f} ± {tt_s:.3f} | {r2_m:.3f} ± {r2_s:.3f} "
             f"| {statistics.mean(vals) if vals else float('nan'):.3f} "
             f"| {' / '.join(str(r['steps']) for r in runs)} "  # type: ignore[index]
             f"| {' / '.join(str(r['epochs']) for r in runs)} "  # type: ignore[index]
-            f"| {statistics.mean(fits) if fits else float('nan'):.1f} | {runs[0]['parameters']:,} |"  # type: ignore[index]
+            f"| {statistics.mean(fits) if fits else float('nan'):.1f} | {runs[0]['parameters']:,} "  # type: ignore[index]
+            f"| {gap} |"
         )
     (dest / "summary.json").write_text(json.dumps(out, indent=2))
     (dest / "summary.md").write_text("\n".join(lines) + "\n")
@@ -327,6 +393,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--reference", default="statnn",
+        help="the model every other is compared with in the summary (tau difference on the "
+        "seeds both ran, 95%% interval from resampling the test networks)",
+    )  # fmt: skip
     ap.add_argument("--minutes", type=float, default=4.0, help="training time per run")
     ap.add_argument(
         "--epochs", type=int, default=None,
