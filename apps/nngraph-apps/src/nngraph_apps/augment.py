@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,6 +97,20 @@ class Augmentation:
 
     def describe(self) -> dict[str, float | bool]:
         return asdict(self)
+
+
+def training_batch_generator(
+    trainer: Any, seed: int, device: torch.device
+) -> torch.Generator | None:
+    """The generator of a training batch's augmentation: seeded by `seed`, the batches the
+    trainer has done and its rank, so a run resumed from any checkpoint draws what the
+    uninterrupted run drew. `None` outside training (no trainer, or validation / test)."""
+    if trainer is None or not trainer.training:
+        return None
+    done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+    return gen
 
 
 def _affine(b: int, aug: Augmentation, gen: torch.Generator, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ from torch import Tensor
 import nngraph_core as ngc
 import nngraph_datasets as nds
 
-from .augment import Augmentation, augment_params
+from .augment import Augmentation, augment_params, training_batch_generator
 from .errors import ConfigError
 
 __all__ = ["OFFLINE_SOURCES", "InrDataModule", "TensorLoader", "default_zoo_dir", "inr_template"]
@@ -393,13 +393,12 @@ class InrDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
-        trainer = self.trainer
-        if self.augment is None or trainer is None or not trainer.training:
+        if self.augment is None:
             return batch
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
         params = batch["params"]
-        gen = torch.Generator(device=params.device)
-        gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        gen = training_batch_generator(self.trainer, self.seed, params.device)
+        if gen is None:
+            return batch
         return {**batch, "params": augment_params(params, self.spec, self.augment, gen)}
 
     # -- loaders ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import nngraph_core as ngc
 import nngraph_datasets as nds
 from nngraph_probe import ProbeFeatures, select_probe_images
 
-from .augment import Augmentation, augment_params
+from .augment import Augmentation, augment_params, training_batch_generator
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
 from .models import GRAPH_MODELS, build_model, fit_normalization
@@ -220,13 +220,12 @@ class CnnZooDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
-        trainer = self.trainer
-        if self.augment is None or trainer is None or not trainer.training:
+        if self.augment is None:
             return batch
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
         params = batch["params"]
-        gen = torch.Generator(device=params.device)
-        gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        gen = training_batch_generator(self.trainer, self.seed, params.device)
+        if gen is None:
+            return batch
         aug = self.augment
         spec = self.zoo.template().spec
         out = augment_params(params, spec, replace(aug, signs=False, permute=False), gen)
