@@ -46,8 +46,6 @@ HYPERPARAMETERS = (
     "network", "epoch", "train_acc", "activation", "initializer", "optimizer", "init_std", "lr",
     "l2", "dropout", "train_fraction",
 )  # fmt: skip
-#: Activations of zoo networks whose hidden neurons may be negated (`augment.signs`).
-ODD_ACTIVATIONS = ("tanh",)
 #: Models of the task.
 GEN_MODELS = ("ngnn", "ngt", "statnn", "nfn", "deepsets", "flat_mlp", "probe_mlp")
 
@@ -168,6 +166,7 @@ class CnnZooDataModule(pl.LightningDataModule):
         self.manifest: dict[str, Any] = {}
         self.categories: dict[str, list[str]] = {}
         self.zoo: Any = None
+        self._specs: dict[int, ngc.NetworkSpec] = {}
 
     # -- facts the CLI and the report read --------------------------------------------------------
     @property
@@ -227,27 +226,31 @@ class CnnZooDataModule(pl.LightningDataModule):
         if gen is None:
             return batch
         aug = self.augment
-        spec = self.zoo.template().spec
-        out = augment_params(params, spec, replace(aug, signs=False, permute=False), gen)
+        # noise and dropout act on the parameter layout, the same for every activation
+        out = augment_params(params, self._spec(0), replace(aug, signs=False, permute=False), gen)
         if aug.symmetries:
-            # each network with the symmetries of its own activation (sign flips: tanh only)
+            # each network with the symmetries of its own activation (`random_symmetry` flips
+            # signs of odd activations only: tanh networks, not ReLU ones)
             codes = batch["activation"]
             out = out.clone()
             for code in codes.unique().tolist():
                 rows = (codes == code).nonzero().squeeze(1)
                 out[rows] = ngc.random_symmetry(
-                    self._spec(int(code)), out[rows], gen, permute=aug.permute,
-                    signs=aug.signs and self._odd(int(code)), phases=False,
+                    self._spec(int(code)), out[rows], gen, permute=aug.permute, signs=aug.signs,
+                    phases=False,
                 )  # fmt: skip
         return {**batch, "params": out}
 
     def _spec(self, code: int) -> ngc.NetworkSpec:
-        """The architecture of the zoo's networks of activation code `code`."""
-        name = self.categories["activation"][code]
-        return ngc.GraphTemplate.from_module(self.zoo.architecture(name)).spec
-
-    def _odd(self, code: int) -> bool:
-        return self.categories["activation"][code] in ODD_ACTIVATIONS
+        """The architecture of the zoo's networks of activation code `code`, built once, on the
+        first batch that needs it. Building it leaves the global RNG as it was, so a resumed run
+        draws the same dropout masks as an uninterrupted one."""
+        if code not in self._specs:
+            name = self.categories["activation"][code]
+            with torch.random.fork_rng(devices=[]):
+                net = self.zoo.architecture(name)
+                self._specs[code] = ngc.GraphTemplate.from_module(net).spec
+        return self._specs[code]
 
     def prepare_data(self) -> None:
         """Build the zoo if it is missing (rank 0 only under DDP)."""
