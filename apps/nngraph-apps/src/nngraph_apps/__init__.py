@@ -17,7 +17,7 @@
   `nngraph_apps/configs` (`nngraph-train --list-configs`).
 """
 
-from .augment import Augmentation, augment_params
+from .augment import Augmentation, AugmentedTrainingBatches, augment_params
 from .callbacks import SigtermCheckpoint, TimeBudget, Timer
 from .checkpoint import AtomicCheckpointIO, SafeModelCheckpoint, read_checkpoint
 from .cli import NNGraphCLI, config_path, list_configs, main
@@ -48,6 +48,7 @@ __all__ = [
     "MODELS",
     "AtomicCheckpointIO",
     "Augmentation",
+    "AugmentedTrainingBatches",
     "CheckpointError",
     "CheckpointWriteError",
     "CnnZooDataModule",

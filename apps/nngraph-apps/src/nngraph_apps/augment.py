@@ -38,7 +38,7 @@ import nngraph_core as ngc
 
 from .errors import ConfigError
 
-__all__ = ["Augmentation", "augment_params"]
+__all__ = ["Augmentation", "AugmentedTrainingBatches", "augment_params"]
 
 
 @dataclass
@@ -99,18 +99,34 @@ class Augmentation:
         return asdict(self)
 
 
-def training_batch_generator(
-    trainer: Any, seed: int, device: torch.device
-) -> torch.Generator | None:
-    """The generator of a training batch's augmentation: seeded by `seed`, the batches the
-    trainer has done and its rank, so a run resumed from any checkpoint draws what the
-    uninterrupted run drew. `None` outside training (no trainer, or validation / test)."""
-    if trainer is None or not trainer.training:
-        return None
-    done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
-    return gen
+class AugmentedTrainingBatches:
+    """Mixin of the data modules that augment their training batches (before
+    `pl.LightningDataModule` in the bases): Lightning's `on_after_batch_transfer` hook replaces a
+    training batch's `params` by `augment_batch(batch, augment, generator)`; validation and test
+    batches, and every batch of a module whose `augment` is `None`, pass unchanged.
+
+    The generator is seeded by the module's `seed`, the batches the trainer has done and its
+    rank, so a run resumed from any checkpoint draws what the uninterrupted run drew.
+    """
+
+    augment: Augmentation | None
+    seed: int
+    trainer: Any
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+        gen = torch.Generator(device=batch["params"].device)
+        gen.manual_seed((self.seed * 1_000_003 + done) * 1_009 + int(trainer.global_rank))
+        return {**batch, "params": self.augment_batch(batch, self.augment, gen)}
+
+    def augment_batch(
+        self, batch: dict[str, Tensor], augment: Augmentation, generator: torch.Generator
+    ) -> Tensor:
+        """The augmented `params` of a training batch."""
+        raise NotImplementedError
 
 
 def _affine(b: int, aug: Augmentation, gen: torch.Generator, like: Tensor) -> tuple[Tensor, Tensor]:

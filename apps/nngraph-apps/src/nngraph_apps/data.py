@@ -29,7 +29,7 @@ from torch import Tensor
 import nngraph_core as ngc
 import nngraph_datasets as nds
 
-from .augment import Augmentation, augment_params, training_batch_generator
+from .augment import Augmentation, AugmentedTrainingBatches, augment_params
 from .errors import ConfigError
 
 __all__ = ["OFFLINE_SOURCES", "InrDataModule", "TensorLoader", "default_zoo_dir", "inr_template"]
@@ -193,7 +193,7 @@ class _Bar:
                 print(file=sys.stderr)
 
 
-class InrDataModule(pl.LightningDataModule):
+class InrDataModule(AugmentedTrainingBatches, pl.LightningDataModule):
     """An INR zoo (`nngraph_datasets`) as train / val / test batches of flat parameters.
 
     Batches are dicts: `params [B, P]` (float32, state-dict order), `label [B]` and, with
@@ -391,15 +391,12 @@ class InrDataModule(pl.LightningDataModule):
         arch = self.manifest["architecture"]
         return inr_template(int(arch["layers"][1]), float(arch.get("w0", 30.0))).spec
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
-        if self.augment is None:
-            return batch
-        params = batch["params"]
-        gen = training_batch_generator(self.trainer, self.seed, params.device)
-        if gen is None:
-            return batch
-        return {**batch, "params": augment_params(params, self.spec, self.augment, gen)}
+    def augment_batch(
+        self, batch: dict[str, Tensor], augment: Augmentation, generator: torch.Generator
+    ) -> Tensor:
+        """Augmented `params` of a training batch (see
+        [`AugmentedTrainingBatches`][nngraph_apps.AugmentedTrainingBatches])."""
+        return augment_params(batch["params"], self.spec, augment, generator)
 
     # -- loaders ----------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:

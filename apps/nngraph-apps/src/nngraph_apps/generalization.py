@@ -33,7 +33,7 @@ import nngraph_core as ngc
 import nngraph_datasets as nds
 from nngraph_probe import ProbeFeatures, select_probe_images
 
-from .augment import Augmentation, augment_params, training_batch_generator
+from .augment import Augmentation, AugmentedTrainingBatches, augment_params
 from .data import DataConfigError, TensorLoader
 from .errors import ConfigError
 from .models import GRAPH_MODELS, build_model, fit_normalization
@@ -83,7 +83,7 @@ def select_checkpoints(
     return keep
 
 
-class CnnZooDataModule(pl.LightningDataModule):
+class CnnZooDataModule(AugmentedTrainingBatches, pl.LightningDataModule):
     """A CNN zoo as train / val / test batches for generalisation prediction.
 
     Batches are dicts of `[B, ...]` tensors: `params` (flat float32 parameters, the zoo's
@@ -217,18 +217,15 @@ class CnnZooDataModule(pl.LightningDataModule):
             print(f"[nngraph] {self.zoo_kind} ready in {took:.0f} s: {zoo.path}", file=sys.stderr)
         return zoo
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Augment training batches (seeded by seed, batches done and rank: exact on resume)."""
-        if self.augment is None:
-            return batch
-        params = batch["params"]
-        gen = training_batch_generator(self.trainer, self.seed, params.device)
-        if gen is None:
-            return batch
-        aug = self.augment
+    def augment_batch(
+        self, batch: dict[str, Tensor], augment: Augmentation, generator: torch.Generator
+    ) -> Tensor:
+        """Augmented `params` of a training batch (see
+        [`AugmentedTrainingBatches`][nngraph_apps.AugmentedTrainingBatches])."""
         # noise and dropout act on the parameter layout, the same for every activation
-        out = augment_params(params, self._spec(0), replace(aug, signs=False, permute=False), gen)
-        if aug.symmetries:
+        plain = replace(augment, signs=False, permute=False)
+        out = augment_params(batch["params"], self._spec(0), plain, generator)
+        if augment.symmetries:
             # each network with the symmetries of its own activation (`random_symmetry` flips
             # signs of odd activations only: tanh networks, not ReLU ones)
             codes = batch["activation"]
@@ -236,10 +233,10 @@ class CnnZooDataModule(pl.LightningDataModule):
             for code in codes.unique().tolist():
                 rows = (codes == code).nonzero().squeeze(1)
                 out[rows] = ngc.random_symmetry(
-                    self._spec(int(code)), out[rows], gen, permute=aug.permute, signs=aug.signs,
-                    phases=False,
+                    self._spec(int(code)), out[rows], generator, permute=augment.permute,
+                    signs=augment.signs, phases=False,
                 )  # fmt: skip
-        return {**batch, "params": out}
+        return out
 
     def _spec(self, code: int) -> ngc.NetworkSpec:
         """The architecture of the zoo's networks of activation code `code`, built once, on the
