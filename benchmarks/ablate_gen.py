@@ -214,32 +214,31 @@ def _best_val(run_dir: Path) -> float | None:
     return best
 
 
-def _tau_trained(run_dir: Path) -> float | None:
-    """Test tau over the trained checkpoints only (epoch >= 1), from `predictions.csv`: the
-    initialisations sit at chance accuracy, where ranking them is noise."""
-    f = run_dir / "predictions.csv"
-    if not f.exists():
-        return None
-    import csv
-
-    from nngraph_apps import kendall_tau
-
-    with open(f, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) >= 1]
-    if len(rows) < 2:
-        return None
-    pred = [float(r["prediction"]) for r in rows]
-    true = [float(r["target"]) for r in rows]
-    return kendall_tau(np.asarray(pred), np.asarray(true))
-
-
-def _test_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(prediction, target, network) of a run's test checkpoints, from `predictions.csv`."""
+def _test_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """prediction, target, network and epoch of a run's test checkpoints, from
+    `predictions.csv` (`None` without one)."""
     f = run_dir / "predictions.csv"
     if not f.exists():
         return None
     data = np.genfromtxt(f, delimiter=",", names=True)
-    return data["prediction"], data["target"], data["network"].astype(np.int64)
+    return {
+        "prediction": data["prediction"], "target": data["target"],
+        "network": data["network"].astype(np.int64), "epoch": data["epoch"].astype(np.int64),
+    }  # fmt: skip
+
+
+def _tau_trained(run_dir: Path) -> float | None:
+    """Test tau over the trained checkpoints only (epoch >= 1), from `predictions.csv`: the
+    initialisations sit at chance accuracy, where ranking them is noise."""
+    from nngraph_apps import kendall_tau
+
+    pred = _test_predictions(run_dir)
+    if pred is None:
+        return None
+    trained = pred["epoch"] >= 1
+    if int(trained.sum()) < 2:
+        return None
+    return kendall_tau(pred["prediction"][trained], pred["target"][trained])
 
 
 def _pair_terms(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -267,7 +266,7 @@ def delta_vs_reference(
     loaded = [(a, b) for a, b in loaded if a is not None and b is not None]
     if not loaded:
         return None
-    nets = loaded[0][0][2]
+    nets = loaded[0][0]["network"]
     ids, index = np.unique(nets, return_inverse=True)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
@@ -276,12 +275,14 @@ def delta_vs_reference(
     w = counts[:, index]  # [R, n]: each checkpoint weighted by its network's draws
     deltas = np.zeros(resamples)
     point = 0.0
-    for (p, t, n), (pr, tr, nr) in loaded:
-        if not (np.array_equal(n, nets) and np.array_equal(nr, nets) and np.array_equal(t, tr)):
+    for mine, ref in loaded:
+        same = all(np.array_equal(x["network"], nets) for x in (mine, ref))
+        if not (same and np.array_equal(mine["target"], ref["target"])):
             return None  # not the same test checkpoints in the same order
-        a, b = _pair_terms(p, t), _pair_terms(pr, tr)
+        a = _pair_terms(mine["prediction"], mine["target"])
+        b = _pair_terms(ref["prediction"], ref["target"])
         deltas += _weighted_tau(a, w) - _weighted_tau(b, w)
-        ones = np.ones((1, len(p)))
+        ones = np.ones((1, len(nets)))
         point += float(_weighted_tau(a, ones)[0] - _weighted_tau(b, ones)[0])
     deltas /= len(loaded)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
